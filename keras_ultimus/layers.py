@@ -1,0 +1,123 @@
+"""The Ultimus attention block."""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_ultimus")
+class UltimusLayer(keras.layers.Layer):
+    """Per-sample attention over the entries of a projected feature vector.
+
+    Each sample's features are projected to `key_dim`-dim vectors `q`, `k`
+    and `v`. Their outer product `q ⊗ k` gives a `key_dim × key_dim`
+    attention map per sample, softmaxed over its last axis, and
+    `z = v · AM` is projected back to the input width. Samples never mix.
+
+    Args:
+        key_dim: int. Size of the q, k and v projections. Defaults to `8`.
+        scale: str. `"pre"` scales the scores by `1/sqrt(key_dim)` before the
+            softmax; `"post"` divides the softmax output instead, as the
+            original assignment text words it. Defaults to `"pre"`.
+        residual: bool. If `True`, return `inputs + block(inputs)`.
+            Defaults to `False`.
+        kernel_initializer: initializer for the four Dense kernels.
+            Defaults to `"glorot_uniform"`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name` and `dtype`.
+
+    Example:
+
+    ```python
+    inputs = keras.Input(shape=(48,))
+    outputs = UltimusLayer(key_dim=8)(inputs)
+    model = keras.Model(inputs, outputs)
+    model(np.random.rand(2, 48))  # shape (2, 48)
+    ```
+
+    References:
+        The "Ultimus" block of the TSAI EVA assignment (per-sample variant).
+    """
+
+    def __init__(
+        self,
+        key_dim: int = 8,
+        scale: str = "pre",
+        residual: bool = False,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if scale not in ("pre", "post"):
+            raise ValueError(f"`scale` must be 'pre' or 'post', got {scale!r}.")
+        if key_dim < 1:
+            raise ValueError(f"`key_dim` must be positive, got {key_dim}.")
+        self.key_dim = key_dim
+        self.scale = scale
+        self.residual = residual
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                "UltimusLayer expects input of shape (batch, features), "
+                f"got {input_shape}."
+            )
+        features = input_shape[-1]
+
+        def dense(units, name):
+            initializer = self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
+            )
+            return keras.layers.Dense(
+                units,
+                kernel_initializer=initializer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.query_dense = dense(self.key_dim, "query")
+        self.key_dense = dense(self.key_dim, "key")
+        self.value_dense = dense(self.key_dim, "value")
+        self.output_dense = dense(features, "output")
+        for layer in (self.query_dense, self.key_dense, self.value_dense):
+            layer.build(input_shape)
+        self.output_dense.build((input_shape[0], self.key_dim))
+        self.built = True
+
+    def call(self, inputs, return_attention_scores=False):
+        q = self.query_dense(inputs)
+        k = self.key_dense(inputs)
+        v = self.value_dense(inputs)
+        # Outer product per sample: scores[b, i, j] = q[b, i] * k[b, j].
+        scores = q[:, :, None] * k[:, None, :]
+        norm = math.sqrt(self.key_dim)
+        if self.scale == "pre":
+            attention = ops.softmax(scores / norm, axis=-1)
+        else:
+            attention = ops.softmax(scores, axis=-1) / norm
+        z = ops.einsum("bi,bij->bj", v, attention)
+        outputs = self.output_dense(z)
+        if self.residual:
+            outputs = inputs + outputs
+        if return_attention_scores:
+            return outputs, attention
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "key_dim": self.key_dim,
+                "scale": self.scale,
+                "residual": self.residual,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
