@@ -1,0 +1,95 @@
+"""The Keras backend check: a bad backend is a one-line error with exit code 2, in every CLI."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_ultimus.backend import INSTALL, configured_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIS = [
+    ["-m", "keras_ultimus.train"],
+    ["-m", "keras_ultimus.data"],
+    ["-m", "keras_ultimus.export"],
+    ["-m", "keras_ultimus.predict"],
+    ["-m", "keras_ultimus.report"],
+    ["-m", "keras_ultimus.benchmark"],
+    ["tuner/tune.py"],
+]
+
+
+def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run `python <args> --help` from the repo root with a clean Keras config and `env` on top."""
+    base = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
+    base["KERAS_HOME"] = str(tmp_path / "keras-home")  # never the user's ~/.keras
+    return subprocess.run(
+        [sys.executable, *args, "--help"], cwd=ROOT, env={**base, **env},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("cli", CLIS, ids=lambda a: a[-1])
+def test_unknown_backend_is_a_one_line_error_in_every_cli(cli, tmp_path):
+    result = run_cli(cli, tmp_path, KERAS_BACKEND="tensorfow")
+    assert_one_line_error(result, "'tensorfow'", "KERAS_BACKEND", "tensorflow, torch, jax")
+
+
+def test_unknown_backend_from_keras_json_names_the_file(tmp_path):
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    (home / "keras.json").write_text(json.dumps({"floatx": "float32", "backend": "theano"}))
+    result = run_cli(["-m", "keras_ultimus.train"], tmp_path)
+    assert_one_line_error(result, "'theano'", str(home / "keras.json"))
+
+
+@pytest.mark.parametrize("cli", [CLIS[0], CLIS[-1]], ids=lambda a: a[-1])
+def test_missing_backend_package_says_how_to_install_it(cli, tmp_path):
+    # A `jax` package that fails to import stands in for jax not being installed.
+    stub = tmp_path / "stub" / "jax"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
+    result = run_cli(cli, tmp_path, KERAS_BACKEND="jax", PYTHONPATH=str(stub.parent))
+    assert_one_line_error(
+        result, "'jax'", "not installed", "No module named 'jax'",
+        "pip install -r requirements.txt", "pip install jax==0.10.2 jaxlib==0.10.2",
+    )
+
+
+def test_installed_backend_passes_the_check(tmp_path):
+    result = run_cli(["-m", "keras_ultimus.train"], tmp_path, KERAS_BACKEND="tensorflow")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_backend_comes_from_env_then_keras_json_then_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert configured_backend() == ("tensorflow", "Keras' default")
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert configured_backend() == ("jax", str(tmp_path / "keras.json"))
+    monkeypatch.setenv("KERAS_BACKEND", "")  # Keras ignores an empty KERAS_BACKEND
+    assert configured_backend() == ("jax", str(tmp_path / "keras.json"))
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert configured_backend() == ("torch", "KERAS_BACKEND")
+
+
+def test_install_hints_pin_the_versions_in_requirements_txt():
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M))
+    for command in INSTALL.values():
+        for package, version in re.findall(r"([\w-]+)==(\S+)", command):
+            assert pins.get(package) == version, f"{command!r} disagrees with requirements.txt"
