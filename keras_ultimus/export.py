@@ -1,0 +1,200 @@
+"""Export a trained model for serving: `python -m keras_ultimus.export --help`.
+
+SavedModel (default) goes to the TF Serving layout `OUT/<version>/`, a new
+integer version each time. Its `serving_default` signature takes `images`
+(uint8, [None, 32, 32, 3], raw pixels) and returns `probabilities`
+(float32 [None, 10]), `class_id` (int64 [None]) and `class_name` (string
+[None]). `--format onnx` writes the same function, same names and dtypes, to
+the file `OUT.onnx`. Normalisation is inside the model, so clients send raw
+pixels.
+
+A `.keras` file saved under any backend exports here; the export itself runs
+on the TensorFlow backend (the CLI restarts itself with it if needed).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_ultimus.layers  # noqa: F401  registers UltimusLayer for loading
+from keras_ultimus.model import CLASS_NAMES
+
+IMAGE_SPEC = tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or exported; its message is one line for the user."""
+
+
+def require_tensorflow() -> None:
+    """Raise ModelError unless Keras runs on the TensorFlow backend."""
+    if keras.backend.backend() != "tensorflow":
+        raise ModelError(
+            f"export needs the TensorFlow backend, this process uses "
+            f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow"
+        )
+
+
+def load_keras_model(path: str | os.PathLike) -> keras.Model:
+    """Load a `.keras` file, or a run folder's `model.keras`, for inference."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if path.suffix != ".keras" or not path.is_file():
+        raise ModelError(f"{path}: not a .keras file or a run folder with model.keras")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # a corrupt zip or config raises many different types
+        raise ModelError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def next_version(base: Path) -> int:
+    """One more than the largest integer version folder under `base`, from 1."""
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def serving_fn(model: keras.Model):
+    """The serving function: uint8 images in; probabilities, class ids and names out."""
+    class_names = tf.constant(CLASS_NAMES)
+
+    def serve(images):
+        # Signatures don't check shapes themselves; this refuses wrong rank or size.
+        images = tf.ensure_shape(images, IMAGE_SPEC.shape)
+        logits = model(tf.cast(images, tf.float32), training=False)
+        class_id = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        return {
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "class_id": class_id,
+            "class_name": tf.gather(class_names, class_id),
+        }
+
+    return serve
+
+
+def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
+    """Write `model` as SavedModel version `base/<next version>/` and return that folder."""
+    require_tensorflow()
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_fn(model), input_signature=[IMAGE_SPEC])
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base)
+    # Write beside the final name and rename, so a failure leaves no version folder
+    # and TF Serving (which only loads integer folders) never sees a partial one.
+    partial = base / f".partial-{version}"
+    try:
+        archive.write_out(partial, verbose=False)
+        partial.rename(base / str(version))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return base / str(version)
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler: TF's exact GELU uses Erfc, which ONNX lacks; erfc(x) = 1 - erf(x)."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Write the serving function (same inputs and outputs as the SavedModel) to ONNX `path`.
+
+    Not `model.export(format="onnx")`: with tf2onnx 1.17 that leaves the
+    Normalization constants as extra graph inputs and fails on the Erfc op of
+    TF's exact GELU. Freezing the function first and mapping Erfc to 1 - Erf
+    fixes both. The file is checked against TensorFlow with onnxruntime.
+    """
+    require_tensorflow()
+    path = Path(path)
+    if path.exists():
+        raise ModelError(f"{path}: already exists; exports never overwrite")
+    try:
+        import onnxruntime
+        import tf2onnx
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    except ImportError as e:
+        raise ModelError(f"ONNX export needs tf2onnx and onnxruntime ({e})") from None
+    serve = tf.function(serving_fn(model), input_signature=[IMAGE_SPEC])
+    concrete = serve.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    # Flattened outputs follow the sorted keys of the returned dict.
+    output_names = dict(zip((t.name for t in frozen.outputs), sorted(concrete.structured_outputs)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".partial-{path.name}")
+    tf_logger, level = tf.get_logger(), tf.get_logger().level
+    tf_logger.setLevel("ERROR")  # tf2onnx calls TF1 graph tools that print deprecation notices
+    try:
+        tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(),
+            name="ultimus",
+            input_names=["images:0"],
+            output_names=list(output_names),
+            tensors_to_rename={"images:0": "images", **output_names},
+            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+            output_path=str(partial),
+        )
+        images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+        want = serve(images)["probabilities"].numpy()
+        try:
+            session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
+            got = session.run(["probabilities"], {"images": images})[0]
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
+        if not np.allclose(got, want, atol=1e-4):
+            raise ModelError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
+        partial.rename(path)
+    finally:
+        tf_logger.setLevel(level)
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(prog="python -m keras_ultimus.export", description=__doc__.split(":")[0] + ".")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder (uses its model.keras) or a .keras file")
+    p.add_argument("--out", default="export/ultimus",
+                   help="SavedModel base folder, gets OUT/<version>/; for onnx the file OUT.onnx "
+                   "(default: export/ultimus)")
+    p.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
+                   help="savedmodel: TF Serving layout (default); onnx: one file, same inputs and outputs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model and export it in the chosen format."""
+    args = parse_args(argv)
+    if keras.backend.backend() != "tensorflow":
+        # keras is already imported with another backend; restart on TensorFlow.
+        argv = sys.argv[1:] if argv is None else argv
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        os.execve(sys.executable, [sys.executable, "-m", "keras_ultimus.export", *argv], env)
+    try:
+        model = load_keras_model(args.model)
+        if args.format == "onnx":
+            out = Path(args.out)
+            written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
+        else:
+            written = export_saved_model(model, args.out)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Exported {args.model} -> {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Tests for keras_ultimus.export: SavedModel for TF Serving, ONNX, and the CLI."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ultimus import export
+from keras_ultimus.model import CLASS_NAMES, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+TF_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def smooth_images(n: int, seed: int = 0) -> np.ndarray:
+    """Blocky uint8 images (8x8-pixel patches): unlike pixel noise, they move an untrained model's logits."""
+    low = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
+    return low.repeat(8, axis=1).repeat(8, axis=2)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """NumPy reference softmax over the last axis."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Reference: the Keras model's logits on float pixels, softmaxed in NumPy."""
+    return softmax(keras.ops.convert_to_numpy(model(images.astype("float32"), training=False)).astype(np.float64))
+
+
+def assert_classes_match(class_id, class_name, want_probabilities, tolerance):
+    """Ids equal NumPy's argmax wherever the top-2 gap exceeds twice `tolerance`; names follow ids."""
+    top2 = np.sort(want_probabilities, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
+    assert clear.sum() >= len(clear) // 2, "test images give too few clear-cut predictions"
+    want = want_probabilities.argmax(-1)
+    np.testing.assert_array_equal(np.asarray(class_id)[clear], want[clear])
+    names = [n.decode() if isinstance(n, bytes) else n for n in class_name]
+    assert names == [CLASS_NAMES[i] for i in class_id]
+
+
+def run(args, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output, with TensorFlow's C++ logging off."""
+    env = {**os.environ, **TF_QUIET, **kwargs.pop("env", {})}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    # residual=True: an untrained stack of plain Ultimus blocks gives near-identical logits for every image.
+    return build_model(residual=True)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return export.export_saved_model(model, tmp_path_factory.mktemp("export") / "ultimus")
+
+
+def test_versions_count_up_and_never_overwrite(model, tmp_path):
+    base = tmp_path / "ultimus"
+    first = export.export_saved_model(model, base)
+    assert first == base / "1"
+    assert (first / "saved_model.pb").is_file() and (first / "variables").is_dir()
+    before = (first / "saved_model.pb").stat().st_mtime_ns
+    (base / "7").mkdir()
+    (base / "notes").mkdir()
+    assert export.export_saved_model(model, base) == base / "8"
+    assert (first / "saved_model.pb").stat().st_mtime_ns == before
+    assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]
+
+
+def test_failed_export_leaves_no_version_folder(model, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_saved_model(model, tmp_path / "ultimus")
+    assert list((tmp_path / "ultimus").iterdir()) == []
+
+
+def test_serving_default_matches_keras_in_process(model, exported):
+    images = smooth_images(32)
+    out = tf.saved_model.load(str(exported)).signatures["serving_default"](images=tf.constant(images))
+    assert set(out) == {"probabilities", "class_id", "class_name"}
+    assert out["probabilities"].dtype == tf.float32 and out["class_id"].dtype == tf.int64
+    want = keras_probabilities(model, images)
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+    assert_classes_match(out["class_id"].numpy(), out["class_name"].numpy(), want, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), "expected to be a uint8 tensor but is a float tensor"),
+        (np.zeros((32, 32, 3), np.uint8), r"Shape of tensor images \[32,32,3\] is not compatible"),
+        (np.zeros((2, 28, 28, 3), np.uint8), r"Shape of tensor images \[2,28,28,3\] is not compatible"),
+        (np.zeros((2, 32, 32, 1), np.uint8), r"Shape of tensor images \[2,32,32,1\] is not compatible"),
+    ],
+    ids=["float", "rank3", "28x28", "1channel"],
+)
+def test_signature_refuses_bad_input(exported, images, message):
+    serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(images=tf.constant(images))
+
+
+@pytest.mark.slow
+def test_loads_in_fresh_tensorflow_only_process(model, exported, tmp_path):
+    """A server's view: TensorFlow alone, with keras and keras_ultimus made unimportable."""
+    for name in ("keras", "keras_ultimus"):
+        (tmp_path / "hide" / name).mkdir(parents=True)
+        (tmp_path / "hide" / name / "__init__.py").write_text(f"raise ImportError('{name} is hidden')\n")
+    images = smooth_images(32, seed=1)
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+        out = serve(images=tf.constant(np.load("images.npy")))
+        np.savez("out.npz", **{k: v.numpy() for k, v in out.items()})
+        print(sorted(m for m in ("keras", "keras_ultimus") if m in sys.modules))
+        """
+    )
+    result = run([sys.executable, "-c", script, str(exported)], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "hide")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    out = np.load(tmp_path / "out.npz", allow_pickle=True)
+    want = keras_probabilities(model, images)
+    assert out["probabilities"].dtype == np.float32 and out["class_id"].dtype == np.int64
+    np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
+    assert_classes_match(out["class_id"], out["class_name"], want, 1e-5)
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_signature(exported):
+    cli = shutil.which("saved_model_cli")
+    assert cli, "saved_model_cli (installed with tensorflow) is not on PATH"
+    result = run([cli, "show", "--all", "--dir", str(exported)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    signature = text.split("signature_def['serving_default']:")[1].split("Method name is:")[0]
+    for expected in (
+        "inputs['images'] tensor_info: dtype: DT_UINT8 shape: (-1, 32, 32, 3)",
+        "outputs['probabilities'] tensor_info: dtype: DT_FLOAT shape: (-1, 10)",
+        "outputs['class_id'] tensor_info: dtype: DT_INT64 shape: (-1)",
+        "outputs['class_name'] tensor_info: dtype: DT_STRING shape: (-1)",
+    ):
+        assert expected in signature
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
+    pytest.importorskip(backend)
+    save = textwrap.dedent(
+        """
+        import sys
+        import keras
+        import numpy as np
+        from keras_ultimus.model import build_model
+
+        assert keras.backend.backend() == sys.argv[1]
+        keras.utils.set_random_seed(0)
+        model = build_model(residual=True)
+        images = np.load("images.npy")
+        np.save("logits.npy", keras.ops.convert_to_numpy(model(images.astype("float32"))))
+        model.save("model.keras")
+        """
+    )
+    images = smooth_images(16, seed=2)
+    np.save(tmp_path / "images.npy", images)
+    env = {"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)}
+    result = run([sys.executable, "-c", save, backend], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    version = export.export_saved_model(export.load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
+    out = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(images))
+    want = softmax(np.load(tmp_path / "logits.npy").astype(np.float64))
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+    assert_classes_match(out["class_id"].numpy(), out["class_name"].numpy(), want, 1e-5)
+
+
+@pytest.mark.slow
+def test_cli_started_under_torch_restarts_on_tensorflow(model, tmp_path):
+    pytest.importorskip("torch")
+    model.save(tmp_path / "model.keras")
+    env = {"KERAS_BACKEND": "torch", "PYTHONPATH": str(REPO)}
+    result = run([sys.executable, "-m", "keras_ultimus.export", "model.keras", "--out", "ultimus"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("-> ultimus/1")
+    assert (tmp_path / "ultimus" / "1" / "saved_model.pb").is_file()
+
+
+def test_export_refuses_other_backends(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(export.ModelError, match="needs the TensorFlow backend"):
+        export.export_saved_model(model, tmp_path / "ultimus")
+    assert not (tmp_path / "ultimus").exists()
+
+
+def test_onnx_matches_keras_and_keeps_the_signature(model, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnxruntime)")
+    pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
+    path = export.export_onnx(model, tmp_path / "ultimus.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [("images", "tensor(uint8)", [32, 32, 3])]
+    assert {o.name: o.type for o in session.get_outputs()} == {
+        "probabilities": "tensor(float)", "class_id": "tensor(int64)", "class_name": "tensor(string)",
+    }  # fmt: skip
+    images = smooth_images(32, seed=3)
+    probabilities, class_id, class_name = session.run(["probabilities", "class_id", "class_name"], {"images": images})
+    want = keras_probabilities(model, images)
+    np.testing.assert_allclose(probabilities, want, atol=1e-4)
+    assert_classes_match(class_id, class_name, want, 1e-4)
+    with pytest.raises(Exception, match="tensor\\(float\\)"):
+        session.run(None, {"images": images.astype(np.float32)})
+    with pytest.raises(export.ModelError, match="already exists"):
+        export.export_onnx(model, path)
+
+
+def test_cli_exports_run_folder(model, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    model.save(run_dir / "model.keras")
+    assert export.main([str(run_dir), "--out", str(tmp_path / "ultimus")]) == 0
+    assert f"-> {tmp_path / 'ultimus' / '1'}" in capsys.readouterr().out
+    loaded = tf.saved_model.load(str(tmp_path / "ultimus" / "1")).signatures["serving_default"]
+    images = smooth_images(4)
+    np.testing.assert_allclose(
+        loaded(images=tf.constant(images))["probabilities"].numpy(), keras_probabilities(model, images), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.keras", "not a .keras file or a run folder"),
+        (lambda d: d, "not a .keras file or a run folder with model.keras"),
+        (lambda d: (d / "junk.keras").write_text("not a zip") and d / "junk.keras", "cannot load model"),
+    ],
+    ids=["missing", "folder-without-model", "corrupt"],
+)
+def test_cli_bad_model_is_one_line_error(tmp_path, capsys, make, message):
+    source = make(tmp_path)
+    assert export.main([str(source), "--out", str(tmp_path / "ultimus")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "ultimus").exists()
+
+
+def test_cli_help_names_the_formats(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--format {savedmodel,onnx}" in capsys.readouterr().out
