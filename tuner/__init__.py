@@ -1,0 +1,1 @@
+"""KerasTuner search over the Ultimus model: `python -m tuner.tune --help`."""
