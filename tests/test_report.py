@@ -1,0 +1,238 @@
+"""report: tables carry the CSV's numbers, charts are written, bad input exits 2 in one line."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import keras
+from keras_ultimus import report
+from keras_ultimus.data import load_local
+from keras_ultimus.model import CLASS_NAMES, build_model
+
+LOG = {
+    "epoch": [0, 1, 2, 3, 4],
+    "accuracy": [0.30, 0.45, 0.55, 0.60, 0.625],
+    "epoch_seconds": [10.5, 9.5, 9.75, 9.3, 9.0],
+    "learning_rate": [1e-3, 3e-3, 2e-3, 1e-3, 1e-5],
+    "loss": [1.9, 1.5, 1.2, 1.1, 1.05],
+    "val_accuracy": [0.35, 0.5125, 0.53, 0.495, 0.50],
+    "val_loss": [1.8, 1.4, 1.25, 1.45, 1.3],
+}
+TINY = {"num_blocks": 2, "key_dim": 4, "conv_widths": [4, 4, 4]}
+CHARTS = ("curves.png", "learning_rate.png")
+MODEL_CHARTS = ("per_class_accuracy.png", "confusion.png", "misclassified.png", "attention.png")
+
+
+def write_run(folder, log=LOG, model=False, **config):
+    """A synthetic run folder with a known CSV log (and optionally an untrained tiny model)."""
+    folder.mkdir(parents=True)
+    pd.DataFrame(log).to_csv(folder / "log.csv", index=False)
+    info = {"config": {"seed": 0, "epochs": len(log["epoch"]), **TINY, **config}, "backend": "tensorflow",
+            "versions": {"keras": keras.__version__}, "wall_seconds": 48.0}
+    (folder / "run.json").write_text(json.dumps(info))
+    if model:
+        keras.utils.set_random_seed(1)
+        build_model(**TINY).save(folder / "model.keras")
+    return folder
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table in the text, as rows of cells (header first, rule dropped)."""
+    found, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(re.fullmatch(r"-+:?", c) for c in cells):
+                current.append(cells)
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def table_with(markdown: str, first_header: str) -> list[list[str]]:
+    return next(t for t in tables(markdown) if t[0][0] == first_header)
+
+
+def number(cell: str) -> float:
+    """'53.00%' -> 0.53, '1,234' -> 1234, '1.2500 (epoch 3)' -> 1.25."""
+    text = cell.split(" (")[0].replace(",", "").replace("`", "")
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+@pytest.fixture
+def run_with_model(tmp_path):
+    return write_run(tmp_path / "runs" / "tiny", model=True, limit_test=15)
+
+
+def test_single_run_report_has_csv_numbers_charts_and_model_figures(run_with_model, fake_cifar_tarball,
+                                                                    tmp_path):
+    out = tmp_path / "reports" / "tiny"
+    assert report.main([str(run_with_model), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 0
+    md = (out / "report.md").read_text()
+
+    for name in (*CHARTS, *MODEL_CHARTS):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200, name
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (out / link).is_file(), link
+    assert (out / "log.csv").read_text() == (run_with_model / "log.csv").read_text()
+
+    log = pd.DataFrame(LOG)
+    results = {row[0]: row for row in table_with(md, "metric")[1:]}
+    metrics = (("train accuracy", "accuracy", "idxmax"), ("train loss", "loss", "idxmin"),
+               ("test accuracy", "val_accuracy", "idxmax"), ("test loss", "val_loss", "idxmin"))
+    for label, column, best in metrics:
+        i = getattr(log[column], best)()
+        assert number(results[label][1]) == pytest.approx(log[column].iloc[-1], abs=1e-4)
+        assert number(results[label][2]) == pytest.approx(log[column][i], abs=1e-4)
+        assert results[label][2].endswith(f"(epoch {i + 1})")
+    assert "3.50 points (epoch 3→4)" in md
+
+    epochs = table_with(md, "epoch")
+    assert epochs[0] == ["epoch", "train loss", "train acc", "test loss", "test acc", "learning rate",
+                         "time (s)"]
+    assert [int(r[0]) for r in epochs[1:]] == [e + 1 for e in LOG["epoch"]]
+    for row, (_, csv_row) in zip(epochs[1:], log.iterrows()):
+        expected = [csv_row[c] for c in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                                         "epoch_seconds")]
+        np.testing.assert_allclose([number(c) for c in row[1:]], expected, rtol=1e-2)
+
+    model = keras.saving.load_model(run_with_model / "model.keras", compile=False)
+    layers = table_with(md, "Layer (type)")
+    assert [r[0] for r in layers[1:]] == [f"{layer.name} ({type(layer).__name__})" for layer in model.layers]
+    assert sum(number(r[2]) for r in layers[1:]) == model.count_params()
+    assert f"Total params: {model.count_params():,}" in md
+
+    # Per-class table against an independent NumPy count on the same 15 test images.
+    _, (x_test, y_test) = load_local(fake_cifar_tarball)
+    predicted = np.argmax(model.predict(x_test[:15].astype("float32"), verbose=0), axis=1)
+    per_class = {row[0]: row for row in table_with(md, "class")[1:]}
+    for c, name in enumerate(CLASS_NAMES):
+        mask = y_test[:15] == c
+        expected = [mask.sum(), (predicted[mask] == c).sum()]
+        assert [int(per_class[name][1]), int(per_class[name][2])] == expected
+    assert int(per_class["**all**"][2]) == (predicted == y_test[:15]).sum()
+    accuracy = (predicted == y_test[:15]).mean()
+    assert f"first 15 test images (limit_test): {100 * accuracy:.2f}% correct" in md
+    assert "(the log's final test accuracy: 50.00%)" in md
+
+
+def test_several_runs_get_a_comparison_table_and_overlaid_curves(tmp_path):
+    second = {**LOG, "val_accuracy": [0.3, 0.4, 0.45, 0.5, 0.55]}
+    runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", log=second, seed=1)]
+    out = tmp_path / "cmp"
+    assert report.main([*map(str, runs), "--out", str(out), "--no-model"]) == 0
+    md = (out / "report.md").read_text()
+    rows = table_with(md, "run")
+    assert [r[0] for r in rows[1:]] == ["`a`", "`b`", "mean ± std"]
+    finals = [LOG["val_accuracy"][-1], second["val_accuracy"][-1]]
+    assert [number(r[7]) for r in rows[1:3]] == pytest.approx(finals)
+    assert rows[2][8] == "55.00% (5)" and rows[1][8] == "53.00% (3)"
+    mean, std = map(float, re.findall(r"[\d.]+", rows[3][7]))
+    assert (mean, std) == pytest.approx((100 * np.mean(finals), 100 * np.std(finals, ddof=1)), abs=0.01)
+    for name in (*CHARTS, "a-log.csv", "b-log.csv", "a-run.json", "b-run.json"):
+        assert (out / name).is_file(), name
+    assert not any((out / name).exists() for name in MODEL_CHARTS)
+    assert md.count("Skipped (`--no-model`)") == 2
+
+
+def test_run_without_model_skips_model_figures_and_needs_no_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR10_PATH", raising=False)
+    run = write_run(tmp_path / "trial", num_blocks=3)
+    out = tmp_path / "out"
+    assert report.main([str(run), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert f"Skipped (no `model.keras` in `{run}`)" in md
+    layers = [r[0] for r in table_with(md, "Layer (type)")[1:]]
+    assert [n for n in layers if "UltimusLayer" in n] == [f"ultimus{i} (UltimusLayer)" for i in (1, 2, 3)]
+    assert not (out / "confusion.png").exists()
+
+
+def test_gallery_shows_the_most_confident_mistakes(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    probs = rng.dirichlet(np.ones(10), size=60)
+    images = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    ev = report.Evaluation(images, labels, probs, [])
+    shown = report.plot_gallery(ev, "mistakes", tmp_path / "g.png")
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    top = wrong[np.argsort(-probs[wrong].max(1))][:24]
+    assert len(wrong) > 24 and list(shown) == list(top)
+    assert (tmp_path / "g.png").is_file()
+
+
+def break_column(folder):
+    log = pd.DataFrame(LOG).drop(columns="val_loss")
+    log.to_csv(folder / "log.csv", index=False)
+
+
+def break_value(folder):
+    log = pd.DataFrame(LOG).astype({"accuracy": object})
+    log.loc[2, "accuracy"] = "abc"
+    log.to_csv(folder / "log.csv", index=False)
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (break_column, ["log.csv", "missing column 'val_loss'"]),
+        (break_value, ["log.csv", "column 'accuracy'", "'abc'", "line 4"]),
+        (lambda f: (f / "log.csv").unlink(), ["log.csv", "no such file"]),
+        (lambda f: (f / "run.json").unlink(), ["run.json", "no such file"]),
+        (lambda f: (f / "run.json").write_text("{oops"), ["run.json", "not valid JSON"]),
+        (lambda f: (f / "log.csv").write_text(""), ["log.csv", "not a readable CSV"]),
+        (lambda f: (f / "model.keras").write_bytes(b"not a zip"), ["model.keras", "can't load the model"]),
+    ],
+)
+def test_bad_run_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, fake_cifar_tarball,
+                                                                  breakage, expected):
+    run = write_run(tmp_path / "run")
+    breakage(run)
+    out = tmp_path / "out"
+    assert report.main([str(run), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    for part in expected:
+        assert part in err
+    assert not out.exists() and not list(tmp_path.glob(".out-*"))
+
+
+def test_missing_data_exits_2_and_suggests_no_model(run_with_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report.main([str(run_with_model), "--out", str(out), "--data", str(tmp_path / "nope.tar.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope.tar.gz" in err and "--no-model" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_refuses_to_write_into_a_folder_that_is_not_a_report(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    assert report.main([str(run), "--out", str(tmp_path / "busy"), "--no-model"]) == 2
+    assert "not a report folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--no-model" in capsys.readouterr().out
+
+
+def test_confusion_and_class_accuracy_match_a_hand_count():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 0, 1, 1, 0])
+    ev = report.Evaluation(np.zeros((6, 32, 32, 3), np.uint8), labels, np.eye(10)[predicted], [])
+    counts = ev.confusion()
+    assert counts[0, 0] == 2 and counts[0, 1] == 1 and counts[1, 1] == 2 and counts[2, 0] == 1
+    assert counts.sum() == 6 and counts.shape == (10, 10)
+    accuracy = ev.class_accuracy()
+    np.testing.assert_allclose(accuracy[:3], [2 / 3, 1.0, 0.0])
+    assert np.isnan(accuracy[3:]).all()
