@@ -113,13 +113,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except (OSError, ValueError, TypeError) as e:
             p.error(f"--config {args.config}: {e}")
         args = p.parse_args(argv)
+    for flag in ("epochs", "batch_size", "num_blocks", "key_dim", "limit_train", "limit_test"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if not args.max_lr > 0 or not 0 < args.pct_start < 1:
+        p.error("--max-lr must be positive and --pct-start between 0 and 1")
     return args
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON through a temporary file, so a kill never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` through a temporary file, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -149,7 +156,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
         with open(out / "summary.txt", "w") as f:
             model.summary(print_fn=lambda line, **_: f.write(line + "\n"))
         model.summary()
-    write_json(out / "run.json", run_info)
+    write_atomic(out / "run.json", json.dumps(run_info, indent=2))
 
     start = time.perf_counter()
     model.fit(
@@ -171,7 +178,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     run_info["wall_seconds"] = round(sum(run_info["segments_seconds"]), 1)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = pd.read_csv(csv_path).iloc[-1].to_dict()
-    write_json(out / "run.json", run_info)
+    write_atomic(out / "run.json", json.dumps(run_info, indent=2))
     return run_info
 
 
@@ -183,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (out / "run.json").is_file():
             print(f"error: {out}: not a run folder (no run.json)", file=sys.stderr)
             return 2
-        config = json.loads((out / "run.json").read_text())["config"]
+        info = json.loads((out / "run.json").read_text())
+        if "finished" in info:
+            print(f"error: {out}: run already finished at {info['finished']}", file=sys.stderr)
+            return 2
+        config = info["config"]
     else:
         out = Path(args.out or f"runs/ultimus-{datetime.now():%Y%m%d-%H%M%S}")
         if out.exists() and any(out.iterdir()):
@@ -198,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "-m", "keras_ultimus.train", *(sys.argv[1:] if argv is None else argv)])
-    info = train(config, out, data, resume=bool(args.resume), command=command)
+    try:
+        info = train(config, out, data, resume=bool(args.resume), command=command)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with python -m keras_ultimus.train --resume {out}", file=sys.stderr)
+        return 130
     print(f"Run folder: {out}  final: {info['final']}")
     return 0
 

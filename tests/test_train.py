@@ -115,3 +115,18 @@ def test_a_few_steps_on_real_cifar10(tmp_path, real_cifar):
     log = pd.read_csv(out / "log.csv")
     assert np.isfinite(log["loss"]).all() and 0.0 <= log["val_accuracy"].iloc[0] <= 1.0
     assert json.loads((out / "run.json").read_text())["config"]["data"] == real_cifar
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-1"], ["--max-lr", "0"],
+                                   ["--limit-train", "0"], ["--pct-start", "1.5"], ["--blocks", "0"]])
+def test_bad_flag_values_exit_2(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_resume_refuses_a_finished_run(tmp_path, capsys):
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00"}))
+    assert train.main(["--resume", str(tmp_path)]) == 2
+    assert "already finished" in capsys.readouterr().err

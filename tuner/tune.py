@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus import train
+from keras_ultimus.train import write_atomic
 from keras_ultimus.data import Arrays, DataError, load_cifar10, make_dataset, split_validation
 from tuner.hypermodel import FIT_NAME, SPACE, UltimusHyperModel, str_to_widths, widths_to_str
 
@@ -146,14 +147,6 @@ def best_config(values: dict, batch_size: int) -> dict:
     config["conv_widths"] = str_to_widths(config["conv_widths"])
     config["batch_size"] = batch_size
     return config
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def finish(tuner: kt.Tuner, args: argparse.Namespace, test: tuple[np.ndarray, np.ndarray]) -> dict:
