@@ -5,6 +5,9 @@ Reads each run folder's `log.csv` and `run.json` with pandas and writes
 gallery of mistakes and the attention maps come from the run's saved
 `model.keras` evaluated on the CIFAR-10 test split (honouring the run's
 `limit_test`); runs without a model, or `--no-model`, skip them.
+
+A search folder of `tuner/tune.py` (one holding `leaderboard.csv`) gets a
+search report instead: settings, result, leaderboard and per-trial charts.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -80,29 +84,36 @@ class Run:
     evaluation: Evaluation | None = None
 
 
-def read_log(path: Path) -> pd.DataFrame:
-    """Read and validate a run's CSV log; epochs become 1-based, as Keras prints them."""
+def read_table(path: Path, required: tuple[str, ...], numeric: tuple[str, ...], gaps: bool = False,
+               **read_csv) -> pd.DataFrame:
+    """Read a CSV having the `required` columns; `numeric` ones become numbers (gaps allowed if `gaps`)."""
     if not path.is_file():
         raise ReportError(f"{path}: no such file")
     try:
-        log = pd.read_csv(path)
+        table = pd.read_csv(path, **read_csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    for column in REQUIRED_COLUMNS:
-        if column not in log.columns:
+    for column in required:
+        if column not in table.columns:
             raise ReportError(f"{path}: missing column '{column}'")
-    if log.empty:
-        raise ReportError(f"{path}: no epochs logged")
-    for column in (*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in log.columns)):
-        values = pd.to_numeric(log[column], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values)
+    for column in (c for c in numeric if c in table.columns):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = ~np.isfinite(values) & (table[column].notna() | (not gaps))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ReportError(
-                f"{path}: column '{column}' has malformed value {log[column].iloc[row]!r} "
+                f"{path}: column '{column}' has malformed value {table[column].iloc[row]!r} "
                 f"on line {row + 2}"
             )
-        log[column] = values
+        table[column] = values
+    return table
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    """Read and validate a run's CSV log; epochs become 1-based, as Keras prints them."""
+    log = read_table(path, REQUIRED_COLUMNS, (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS))
+    if log.empty:
+        raise ReportError(f"{path}: no epochs logged")
     if (log["epoch"] % 1 != 0).any() or log["epoch"].duplicated().any():
         raise ReportError(f"{path}: column 'epoch' must hold distinct whole numbers")
     log = log.sort_values("epoch").reset_index(drop=True)
@@ -114,16 +125,25 @@ def read_run(folder: Path, name: str) -> Run:
     """Read a run folder's CSV log and run.json."""
     if not folder.is_dir():
         raise ReportError(f"{folder}: no such run folder")
-    info_path = folder / "run.json"
-    if not info_path.is_file():
-        raise ReportError(f"{info_path}: no such file")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"{info_path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise ReportError(f"{info_path}: missing key 'config'")
+    info = read_json(folder / "run.json")
+    if not isinstance(info.get("config"), dict):
+        raise ReportError(f"{folder / 'run.json'}: missing key 'config'")
     return Run(name, folder, read_log(folder / CSV_NAME), info)
+
+
+def read_json(path: Path, required: bool = True) -> dict:
+    """A JSON object from `path`; {} if it is absent and not `required`."""
+    if not path.is_file():
+        if required:
+            raise ReportError(f"{path}: no such file")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: not a JSON object")
+    return data
 
 
 def run_names(folders: list[Path]) -> list[str]:
@@ -517,11 +537,140 @@ def attach_models(runs: list[Run], data: str | None, no_model: bool) -> None:
         run.evaluation = evaluate(run.model, x_test[:limit], y_test[:limit])
 
 
+# ---------------------------------------------------------------- search folders (tuner/tune.py)
+
+SEARCH_COLUMNS = ("trial_id", "status", "num_blocks", "residual", "best_val_accuracy")
+BUDGET = ("algorithm", "epochs", "max_trials", "limit_train", "val_fraction", "seed", "batch_size", "conv_widths")
+
+
+@dataclass
+class Search:
+    """A KerasTuner search folder: leaderboard, settings, result and each trial's log (epochs 1-based)."""
+
+    folder: Path
+    board: pd.DataFrame
+    settings: dict
+    result: dict  # {} while the search has not finished
+    logs: dict[str, pd.DataFrame]
+
+
+def read_search(folder: Path) -> Search:
+    """Read a search folder written by `tuner/tune.py`; trials without a log.csv (failed) have no curve."""
+    ids = {"trial_id": str, "tuner/trial_id": str}  # keep "0003" as it is
+    board = read_table(folder / "leaderboard.csv", SEARCH_COLUMNS, ("num_blocks", "best_val_accuracy"),
+                       gaps=True, dtype=ids)
+    logs = {t: read_log(folder / f"trial_{t}" / CSV_NAME) for t in board["trial_id"]
+            if (folder / f"trial_{t}" / CSV_NAME).is_file()}
+    result = read_json(folder / "result.json", required=False)
+    for key in ("best_trial", "val_accuracy", "test_accuracy", "test_images", "trials_completed"):
+        if result and key not in result:
+            raise ReportError(f"{folder / 'result.json'}: missing key '{key}'")
+    return Search(folder, board, read_json(folder / "search.json"), result, logs)
+
+
+def trial_label(row: dict) -> str:
+    """'0003: 4 blocks, residual on (from 0000)' for a leaderboard row."""
+    n, on, parent = int(row["num_blocks"]), str(row["residual"]) == "True", row.get("tuner/trial_id")
+    return (f"{row['trial_id']}: {n} block{'s' * (n != 1)}, residual {'on' if on else 'off'}"
+            + (f" (from {parent})" if isinstance(parent, str) else ""))
+
+
+def leaderboard_cell(column: str, value) -> str:
+    if pd.isna(value):
+        return ""
+    if column == "best_val_accuracy":
+        return pct(value)
+    if isinstance(value, (str, bool, np.bool_)):
+        return str(value)
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def plot_search_depth(search: Search, path: Path) -> None:
+    """Best val accuracy of each trial against its number of Ultimus blocks, by residual on/off."""
+    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    ax = fig.subplots()
+    board = search.board.dropna(subset=["best_val_accuracy"])
+    on = board["residual"].astype(str) == "True"  # a column with gaps reads as text
+    x = board["num_blocks"] + np.where(on, -0.08, 0.08)  # side by side, not on top of each other
+    y = 100 * board["best_val_accuracy"]
+    ax.scatter(x[on], y[on], marker="o", s=40, alpha=0.8, color="C0", label="residual on")
+    ax.scatter(x[~on], y[~on], marker="s", s=40, alpha=0.8, color="C1", label="residual off")
+    if "best_trial" in search.result:
+        best = board["trial_id"] == search.result["best_trial"]
+        ax.scatter(x[best], y[best], marker="*", s=300, facecolor="none", edgecolor="k",
+                   label=f"best: trial {search.result['best_trial']}")
+    ax.set(title="Best validation accuracy of each trial vs depth", xlabel="number of Ultimus blocks",
+           ylabel="best validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    save(fig, path)
+
+
+def plot_search_curves(search: Search, path: Path) -> None:
+    """Validation accuracy per epoch of every trial, overlaid (Hyperband continuations start later)."""
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.subplots()
+    rows = [r for r in search.board.to_dict("records") if r["trial_id"] in search.logs]
+    for i, row in enumerate(rows):
+        log, best = search.logs[row["trial_id"]], row["trial_id"] == search.result.get("best_trial")
+        # colour, line style and marker together tell 150 trials apart
+        ax.plot(log["epoch"], 100 * log["val_accuracy"], color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3],
+                marker="osv^D"[(i + i // 30) % 5], ms=7 if best else 4, lw=2.5 if best else 1.2,
+                zorder=3 if best else 2, label=trial_label(row) + " (best)" * best)
+    ax.set(title="Validation accuracy per epoch, all trials", xlabel="epoch", ylabel="validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=math.ceil(len(rows) / 25) or 1,
+              title="trial (leaderboard order)", title_fontsize=8)
+    save(fig, path)
+
+
+def write_search_report(search: Search, out: Path, command: str) -> None:
+    """Write report.md, the two search charts and copies of the search's files into `out`."""
+    result, board = search.result, search.board
+    budget, note = {**search.settings, **result.get("settings", {})}, ""
+    if "command" not in budget:
+        flags = [f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+                 for k, v in budget.items() if k in BUDGET and v is not None]
+        budget["command"] = f"python tuner/tune.py --out {search.folder} {' '.join(flags)}"
+        note = "not recorded in search.json; from its settings (`--data` unknown) it was the equivalent of "
+    md = [f"# Search report: `{search.folder.resolve().name}`", "",
+          f"Generated {datetime.now():%Y-%m-%d %H:%M} by `{command}`.", "", "## Search", "",
+          f"- Folder: `{search.folder}`", f"- Command: {note}`{budget['command']}`", "",
+          markdown_table(["setting", "value"], [[k, "not set (default)" if budget.get(k) is None
+                                                  else f"`{json.dumps(budget[k])}`"] for k in BUDGET]), "",
+          "## Result", ""]
+    if result:
+        md += [f"- Best trial **{result['best_trial']}**: validation accuracy **{pct(result['val_accuracy'])}** "
+               "(the objective, on a seeded split of the training images)",
+               f"- Its model's test accuracy, measured once at the end: **{pct(result['test_accuracy'])}** on "
+               f"{result['test_images']:,} official test images",
+               f"- Trials completed: {result['trials_completed']} of {len(board)} in the leaderboard",
+               f"- Train it in full: `python -m keras_ultimus.train --config {search.folder / 'best.json'}`", ""]
+    else:
+        md += ["No result.json: the search has not finished.", ""]
+    numeric = tuple(i for i, c in enumerate(board.columns)
+                    if pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(board[c]))
+    rows = [[leaderboard_cell(c, v) for c, v in row.items()] for row in board.to_dict("records")]
+    plot_search_depth(search, out / "search_depth.png")
+    plot_search_curves(search, out / "search_curves.png")
+    md += ["## Leaderboard", "", "Best validation accuracy first, one row per trial.", "",
+           markdown_table(list(board.columns), rows, right=numeric), "",
+           "![Best validation accuracy vs number of Ultimus blocks](search_depth.png)", "",
+           "![Validation accuracy per epoch, all trials](search_curves.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    for name in ("leaderboard.csv", "search.json", "result.json", "best.json"):
+        if (search.folder / name).is_file():
+            shutil.copyfile(search.folder / name, out / name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, read the runs, evaluate their models and write the report folder."""
     parser = argparse.ArgumentParser(prog="python -m keras_ultimus.report",
                                      description=__doc__.split(":")[0] + ".")
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) holding log.csv and run.json")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) holding log.csv and run.json, "
+                        "or one search folder of tuner/tune.py (holding leaderboard.csv)")
     parser.add_argument("--out", required=True, help="report folder to write (e.g. reports/NAME)")
     parser.add_argument("--data", help="local CIFAR-10 copy for the test-split figures "
                         "(default: $CIFAR10_PATH, else TFDS)")
@@ -534,8 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
             raise ReportError(f"{out}: exists and is not a report folder; pick another --out")
         folders = [Path(r) for r in args.runs]
-        runs = [read_run(f, n) for f, n in zip(folders, run_names(folders))]
-        attach_models(runs, args.data, args.no_model)
+        if any((f / "leaderboard.csv").is_file() for f in folders):
+            if len(folders) > 1:
+                raise ReportError("a search folder (with leaderboard.csv) is reported on its own")
+            write = partial(write_search_report, read_search(folders[0]))
+        else:
+            runs = [read_run(f, n) for f, n in zip(folders, run_names(folders))]
+            attach_models(runs, args.data, args.no_model)
+            write = partial(write_report, runs)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -543,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        write_report(runs, scratch, command)
+        write(scratch, command)
         out.mkdir(exist_ok=True)
         for f in scratch.iterdir():
             os.replace(f, out / f.name)

@@ -236,3 +236,96 @@ def test_confusion_and_class_accuracy_match_a_hand_count():
     accuracy = ev.class_accuracy()
     np.testing.assert_allclose(accuracy[:3], [2 / 3, 1.0, 0.0])
     assert np.isnan(accuracy[3:]).all()
+
+
+# ---------------------------------------------------------------- search folders (tuner/tune.py)
+
+BOARD = {  # leaderboard order: best first; trial 2 failed (no score, no log)
+    "trial_id": ["1", "0", "2"], "status": ["COMPLETED", "COMPLETED", "FAILED"],
+    "num_blocks": [4, 2, 6], "key_dim": [8, 16, 4], "residual": [True, False, True],
+    "scale": ["pre", "post", "pre"], "max_lr": [0.00312, 0.000845, 0.005],
+    "conv_widths": ["32,256,48"] * 3, "trainable_params": [192778, 189562, None],
+    "best_val_accuracy": [0.6125, 0.4875, None], "epochs_run": [3, 3, None], "seconds": [61.5, 40.25, None],
+    "tuner_id": ["tuner0"] * 3,
+}
+SETTINGS = {"algorithm": "random", "epochs": 3, "limit_train": 600, "val_fraction": 0.1, "seed": 0,
+            "batch_size": 64, "conv_widths": ["32,256,48"]}
+COMMAND = "python tuner/tune.py --algorithm random --max-trials 3 --epochs 3 --limit-train 600 --batch-size 64"
+
+
+def write_search(folder, command=COMMAND, board=BOARD):
+    """A synthetic search folder as tuner/tune.py writes it, with two trial logs."""
+    folder.mkdir(parents=True)
+    pd.DataFrame(board).to_csv(folder / "leaderboard.csv", index=False)
+    (folder / "search.json").write_text(json.dumps({**SETTINGS, **({"command": command} if command else {})}))
+    result = {"best_trial": "1", "val_accuracy": 0.6125, "test_accuracy": 0.5843, "test_images": 10000,
+              "trials_completed": 2, "settings": {"max_trials": 3, **SETTINGS}}
+    (folder / "result.json").write_text(json.dumps(result))
+    for trial, scale in (("0", 0.8), ("1", 1.0)):
+        log = pd.DataFrame(LOG).head(3)
+        log[["accuracy", "val_accuracy"]] *= scale
+        (folder / f"trial_{trial}").mkdir()
+        log.to_csv(folder / f"trial_{trial}" / "log.csv", index=False)
+    return folder
+
+
+def test_search_folder_report_has_command_settings_result_leaderboard_and_charts(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR10_PATH", raising=False)  # a search report needs no data
+    search = write_search(tmp_path / "runs" / "search")
+    out = tmp_path / "reports" / "search"
+    assert report.main([str(search), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+
+    assert f"- Command: `{COMMAND}`" in md
+    settings = {row[0]: row[1] for row in table_with(md, "setting")[1:]}
+    assert settings == {"algorithm": '`"random"`', "epochs": "`3`", "max_trials": "`3`", "limit_train": "`600`",
+                        "val_fraction": "`0.1`", "seed": "`0`", "batch_size": "`64`",
+                        "conv_widths": '`["32,256,48"]`'}
+    assert "Best trial **1**: validation accuracy **61.25%**" in md
+    assert "test accuracy, measured once at the end: **58.43%** on 10,000 official test images" in md
+    assert "Trials completed: 2 of 3" in md
+
+    board = table_with(md, "trial_id")
+    assert board[0] == list(BOARD)
+    assert [r[0] for r in board[1:]] == BOARD["trial_id"]
+    column = {name: [r[i] for r in board[1:]] for i, name in enumerate(board[0])}
+    assert [number(c) for c in column["best_val_accuracy"][:2]] == pytest.approx(BOARD["best_val_accuracy"][:2])
+    assert column["best_val_accuracy"][2] == column["trainable_params"][2] == ""  # the failed trial
+    assert [number(c) for c in column["max_lr"]] == pytest.approx(BOARD["max_lr"], rel=1e-3)
+    assert column["trainable_params"][:2] == ["192,778", "189,562"] and column["residual"] == ["True", "False", "True"]
+
+    for name in ("search_depth.png", "search_curves.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200, name
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (out / link).is_file(), link
+    assert (out / "leaderboard.csv").read_text() == (search / "leaderboard.csv").read_text()
+
+
+def test_search_without_a_recorded_command_gives_its_equivalent_from_the_settings(tmp_path):
+    search = write_search(tmp_path / "s", command=None)
+    assert report.main([str(search), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert (f"`python tuner/tune.py --out {search} --algorithm random --epochs 3 --limit-train 600 "
+            "--val-fraction 0.1 --seed 0 --batch-size 64 --conv-widths 32,256,48 --max-trials 3`") in md
+    assert "`--data` unknown" in md
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ({"drop": "num_blocks"}, ["leaderboard.csv", "missing column 'num_blocks'"]),
+    ({"best_val_accuracy": ["0.6", "abc", ""]}, ["leaderboard.csv", "column 'best_val_accuracy'", "'abc'",
+                                                 "line 3"]),
+    ({"result": True}, ["result.json", "missing key 'val_accuracy'"]),
+])
+def test_bad_search_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, breakage, expected):
+    board = {k: v for k, v in {**BOARD, **breakage}.items() if k not in (breakage.get("drop"), "drop", "result")}
+    search = write_search(tmp_path / "s", board=board)
+    if "result" in breakage:
+        (search / "result.json").write_text(json.dumps({"best_trial": "1"}))
+    out = tmp_path / "out"
+    assert report.main([str(search), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    for part in expected:
+        assert part in err
+    assert not out.exists() and not list(tmp_path.glob(".out-*"))

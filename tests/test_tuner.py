@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -164,8 +165,10 @@ def test_bayesian_without_scikit_learn_exits_2(monkeypatch, capsys):
 def test_bayesian_search_completes(fake_cifar_tarball, tmp_path):
     pytest.importorskip("sklearn", reason="--algorithm bayesian needs scikit-learn")
     out = tmp_path / "s"
-    assert tune.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "bayesian",
-                      "--max-trials", "3", "--epochs", "1", *TINY]) == 0
+    argv = ["--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "bayesian",
+            "--max-trials", "3", "--epochs", "1", *TINY]
+    assert tune.main(argv) == 0
+    assert json.loads((out / "search.json").read_text())["command"] == shlex.join(["python", "tuner/tune.py", *argv])
     records = oracle_records(out)
     assert len(records) == 3 and {r["status"] for r in records.values()} == {"COMPLETED"}
     assert_leaderboard_matches_oracle(out)
@@ -193,6 +196,7 @@ def test_hyperband_search_resumes_after_a_kill_during_a_trial(fake_cifar_tarball
     done = subprocess.run([*TUNE, *flags], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Reloading Tuner" in done.stdout
+    assert json.loads((out / "search.json").read_text())["command"] == shlex.join(["python", "tuner/tune.py", *flags])
     assert {p.name: p.read_bytes() for p in (out / "trial_0").iterdir()} == kept
     records = oracle_records(out)
     assert len(records) == 4 and {r["status"] for r in records.values()} == {"COMPLETED"}

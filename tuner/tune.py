@@ -10,6 +10,7 @@ as KerasTuner's chief (tuner id containing "chief") or as a worker.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from importlib.util import find_spec
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     # A worker never wipes the shared folder: the chief (or launcher) does that.
     tuner = make_tuner(args, hypermodel, overwrite=args.fresh and mode != "worker")
     if mode != "worker":
-        write_atomic(Path(args.out) / "search.json", json.dumps({k: getattr(args, k) for k in SETTINGS}))
+        command = shlex.join(["python", "tuner/tune.py", *(sys.argv[1:] if argv is None else argv)])
+        settings = {k: getattr(args, k) for k in SETTINGS}
+        write_atomic(Path(args.out) / "search.json", json.dumps({**settings, "command": command}))
     try:
         tuner.search(x_fit, y_fit, validation_data=val, epochs=args.epochs)
         if mode == "worker":
