@@ -5,10 +5,12 @@ import os
 import tarfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from keras_ultimus.data import TEST_FILE, TRAIN_FILES
+from keras_ultimus.model import build_model
 
 REAL_DATA = os.environ.get("CIFAR10_PATH")
 
@@ -57,3 +59,30 @@ def real_cifar():
     if not REAL_DATA or not Path(REAL_DATA).exists():
         pytest.skip("real CIFAR-10 copy not present: set CIFAR10_PATH to cifar-10-binary.tar.gz")
     return REAL_DATA
+
+
+def smooth_images(n: int, seed: int = 0) -> np.ndarray:
+    """Blocky uint8 images (8x8-pixel patches): unlike pixel noise, they move an untrained model's logits."""
+    low = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
+    return low.repeat(8, axis=1).repeat(8, axis=2)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """NumPy reference softmax over the last axis."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Reference: the Keras model's logits on float pixels, softmaxed in NumPy."""
+    return softmax(keras.ops.convert_to_numpy(model(images.astype("float32"), training=False)).astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def residual_model():
+    """A seeded untrained model whose logits differ per image.
+
+    residual=True: an untrained stack of plain Ultimus blocks gives near-identical logits for every image.
+    """
+    keras.utils.set_random_seed(0)
+    return build_model(residual=True)

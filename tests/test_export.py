@@ -13,27 +13,11 @@ import pytest
 import tensorflow as tf
 
 from keras_ultimus import export
-from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.model import CLASS_NAMES
+from tests.conftest import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
 TF_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def smooth_images(n: int, seed: int = 0) -> np.ndarray:
-    """Blocky uint8 images (8x8-pixel patches): unlike pixel noise, they move an untrained model's logits."""
-    low = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
-    return low.repeat(8, axis=1).repeat(8, axis=2)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """NumPy reference softmax over the last axis."""
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Reference: the Keras model's logits on float pixels, softmaxed in NumPy."""
-    return softmax(keras.ops.convert_to_numpy(model(images.astype("float32"), training=False)).astype(np.float64))
 
 
 def assert_classes_match(class_id, class_name, want_probabilities, tolerance):
@@ -54,46 +38,39 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def model():
-    keras.utils.set_random_seed(0)
-    # residual=True: an untrained stack of plain Ultimus blocks gives near-identical logits for every image.
-    return build_model(residual=True)
+def exported(residual_model, tmp_path_factory):
+    return export.export_saved_model(residual_model, tmp_path_factory.mktemp("export") / "ultimus")
 
 
-@pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    return export.export_saved_model(model, tmp_path_factory.mktemp("export") / "ultimus")
-
-
-def test_versions_count_up_and_never_overwrite(model, tmp_path):
+def test_versions_count_up_and_never_overwrite(residual_model, tmp_path):
     base = tmp_path / "ultimus"
-    first = export.export_saved_model(model, base)
+    first = export.export_saved_model(residual_model, base)
     assert first == base / "1"
     assert (first / "saved_model.pb").is_file() and (first / "variables").is_dir()
     before = (first / "saved_model.pb").stat().st_mtime_ns
     (base / "7").mkdir()
     (base / "notes").mkdir()
-    assert export.export_saved_model(model, base) == base / "8"
+    assert export.export_saved_model(residual_model, base) == base / "8"
     assert (first / "saved_model.pb").stat().st_mtime_ns == before
     assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]
 
 
-def test_failed_export_leaves_no_version_folder(model, tmp_path, monkeypatch):
+def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(tf.saved_model, "save", fail)
     with pytest.raises(OSError, match="disk full"):
-        export.export_saved_model(model, tmp_path / "ultimus")
+        export.export_saved_model(residual_model, tmp_path / "ultimus")
     assert list((tmp_path / "ultimus").iterdir()) == []
 
 
-def test_serving_default_matches_keras_in_process(model, exported):
+def test_serving_default_matches_keras_in_process(residual_model, exported):
     images = smooth_images(32)
     out = tf.saved_model.load(str(exported)).signatures["serving_default"](images=tf.constant(images))
     assert set(out) == {"probabilities", "class_id", "class_name"}
     assert out["probabilities"].dtype == tf.float32 and out["class_id"].dtype == tf.int64
-    want = keras_probabilities(model, images)
+    want = keras_probabilities(residual_model, images)
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
     assert_classes_match(out["class_id"].numpy(), out["class_name"].numpy(), want, 1e-5)
 
@@ -115,7 +92,7 @@ def test_signature_refuses_bad_input(exported, images, message):
 
 
 @pytest.mark.slow
-def test_loads_in_fresh_tensorflow_only_process(model, exported, tmp_path):
+def test_loads_in_fresh_tensorflow_only_process(residual_model, exported, tmp_path):
     """A server's view: TensorFlow alone, with keras and keras_ultimus made unimportable."""
     for name in ("keras", "keras_ultimus"):
         (tmp_path / "hide" / name).mkdir(parents=True)
@@ -138,7 +115,7 @@ def test_loads_in_fresh_tensorflow_only_process(model, exported, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
     out = np.load(tmp_path / "out.npz", allow_pickle=True)
-    want = keras_probabilities(model, images)
+    want = keras_probabilities(residual_model, images)
     assert out["probabilities"].dtype == np.float32 and out["class_id"].dtype == np.int64
     np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
     assert_classes_match(out["class_id"], out["class_name"], want, 1e-5)
@@ -194,9 +171,9 @@ def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_started_under_torch_restarts_on_tensorflow(model, tmp_path):
+def test_cli_started_under_torch_restarts_on_tensorflow(residual_model, tmp_path):
     pytest.importorskip("torch")
-    model.save(tmp_path / "model.keras")
+    residual_model.save(tmp_path / "model.keras")
     env = {"KERAS_BACKEND": "torch", "PYTHONPATH": str(REPO)}
     result = run([sys.executable, "-m", "keras_ultimus.export", "model.keras", "--out", "ultimus"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -204,17 +181,17 @@ def test_cli_started_under_torch_restarts_on_tensorflow(model, tmp_path):
     assert (tmp_path / "ultimus" / "1" / "saved_model.pb").is_file()
 
 
-def test_export_refuses_other_backends(model, tmp_path, monkeypatch):
+def test_export_refuses_other_backends(residual_model, tmp_path, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(export.ModelError, match="needs the TensorFlow backend"):
-        export.export_saved_model(model, tmp_path / "ultimus")
+        export.export_saved_model(residual_model, tmp_path / "ultimus")
     assert not (tmp_path / "ultimus").exists()
 
 
-def test_onnx_matches_keras_and_keeps_the_signature(model, tmp_path):
+def test_onnx_matches_keras_and_keeps_the_signature(residual_model, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnxruntime)")
     pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
-    path = export.export_onnx(model, tmp_path / "ultimus.onnx")
+    path = export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [("images", "tensor(uint8)", [32, 32, 3])]
     assert {o.name: o.type for o in session.get_outputs()} == {
@@ -222,25 +199,25 @@ def test_onnx_matches_keras_and_keeps_the_signature(model, tmp_path):
     }  # fmt: skip
     images = smooth_images(32, seed=3)
     probabilities, class_id, class_name = session.run(["probabilities", "class_id", "class_name"], {"images": images})
-    want = keras_probabilities(model, images)
+    want = keras_probabilities(residual_model, images)
     np.testing.assert_allclose(probabilities, want, atol=1e-4)
     assert_classes_match(class_id, class_name, want, 1e-4)
     with pytest.raises(Exception, match="tensor\\(float\\)"):
         session.run(None, {"images": images.astype(np.float32)})
     with pytest.raises(export.ModelError, match="already exists"):
-        export.export_onnx(model, path)
+        export.export_onnx(residual_model, path)
 
 
-def test_cli_exports_run_folder(model, tmp_path, capsys):
+def test_cli_exports_run_folder(residual_model, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    model.save(run_dir / "model.keras")
+    residual_model.save(run_dir / "model.keras")
     assert export.main([str(run_dir), "--out", str(tmp_path / "ultimus")]) == 0
     assert f"-> {tmp_path / 'ultimus' / '1'}" in capsys.readouterr().out
     loaded = tf.saved_model.load(str(tmp_path / "ultimus" / "1")).signatures["serving_default"]
     images = smooth_images(4)
     np.testing.assert_allclose(
-        loaded(images=tf.constant(images))["probabilities"].numpy(), keras_probabilities(model, images), atol=1e-5
+        loaded(images=tf.constant(images))["probabilities"].numpy(), keras_probabilities(residual_model, images), atol=1e-5
     )
 
 

@@ -9,33 +9,15 @@ from PIL import Image
 
 from keras_ultimus import export, predict
 from keras_ultimus.model import CLASS_NAMES, build_model
-
-
-def smooth_images(n: int, seed: int = 0) -> np.ndarray:
-    """Blocky uint8 images (8x8-pixel patches) that move an untrained model's logits."""
-    low = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
-    return low.repeat(8, axis=1).repeat(8, axis=2)
-
-
-def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Reference: NumPy softmax of the Keras model's logits on float pixels."""
-    logits = keras.ops.convert_to_numpy(model(images.astype("float32"), training=False)).astype(np.float64)
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+from tests.conftest import keras_probabilities, smooth_images
 
 
 @pytest.fixture(scope="module")
-def model():
-    keras.utils.set_random_seed(0)
-    return build_model(residual=True)
-
-
-@pytest.fixture(scope="module")
-def files(model, tmp_path_factory):
+def files(residual_model, tmp_path_factory):
     """The model as a .keras file and as a SavedModel export base folder."""
     root = tmp_path_factory.mktemp("models")
-    model.save(root / "model.keras")
-    export.export_saved_model(model, root / "ultimus")
+    residual_model.save(root / "model.keras")
+    export.export_saved_model(residual_model, root / "ultimus")
     return root
 
 
@@ -124,33 +106,33 @@ def test_predict_runs_in_batches():
 
 
 @pytest.mark.parametrize("kind", ["keras", "run-folder", "version-folder", "base-folder", "onnx"])
-def test_every_model_kind_matches_keras(model, files, kind, tmp_path):
+def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
     if kind == "onnx":
         pytest.importorskip("onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)")
         pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
-        path = export.export_onnx(model, tmp_path / "ultimus.onnx")
+        path = export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     else:
         path = {"keras": files / "model.keras", "run-folder": files, "version-folder": files / "ultimus" / "1",
                 "base-folder": files / "ultimus"}[kind]  # fmt: skip
     images = smooth_images(8, seed=4)
     got = predict.load_predictor(path)(images)
-    np.testing.assert_allclose(got, keras_probabilities(model, images), atol=1e-5 if kind != "onnx" else 1e-4)
+    np.testing.assert_allclose(got, keras_probabilities(residual_model, images), atol=1e-5 if kind != "onnx" else 1e-4)
 
 
-def test_base_folder_uses_latest_version(model, tmp_path):
+def test_base_folder_uses_latest_version(residual_model, tmp_path):
     keras.utils.set_random_seed(1)
     newer = build_model(residual=True)
     base = tmp_path / "ultimus"
-    export.export_saved_model(model, base)
+    export.export_saved_model(residual_model, base)
     export.export_saved_model(newer, base)
     (base / "3").mkdir()  # an unfinished copy without saved_model.pb is not a version
     images = smooth_images(8, seed=5)
     got = predict.load_predictor(base)(images)
     np.testing.assert_allclose(got, keras_probabilities(newer, images), atol=1e-5)
-    assert np.abs(got - keras_probabilities(model, images)).max() > 1e-4
+    assert np.abs(got - keras_probabilities(residual_model, images)).max() > 1e-4
 
 
-def test_cli_prints_top3_and_skips_bad_files(model, files, inputs, capsys):
+def test_cli_prints_top3_and_skips_bad_files(residual_model, files, inputs, capsys):
     args = [str(files / "ultimus"), str(inputs / "green.png"), str(inputs / "notes.png"), str(inputs / "batch.npy")]
     assert predict.main(args) == 1
     out, err = capsys.readouterr()
@@ -159,16 +141,16 @@ def test_cli_prints_top3_and_skips_bad_files(model, files, inputs, capsys):
     want_names = [str(inputs / "green.png")] + [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
     assert [line.split(": ")[0] for line in lines] == want_names
     pixels = np.concatenate([predict.read_images(inputs / "green.png")[1], smooth_images(3, seed=1)])
-    for line, row in zip(lines, keras_probabilities(model, pixels)):
+    for line, row in zip(lines, keras_probabilities(residual_model, pixels)):
         top = np.argsort(-row)[:3]
         assert line.split(": ")[1] == ", ".join(f"{CLASS_NAMES[c]} {row[c]:.3f}" for c in top)
 
 
-def test_cli_json_output(model, files, inputs, capsys):
+def test_cli_json_output(residual_model, files, inputs, capsys):
     assert predict.main([str(files / "model.keras"), str(inputs / "batch.npy"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
-    for r, row in zip(results, keras_probabilities(model, smooth_images(3, seed=1))):
+    for r, row in zip(results, keras_probabilities(residual_model, smooth_images(3, seed=1))):
         assert [t["class_id"] for t in r["top"]] == list(np.argsort(-row)[:3])
         assert all(t["class_name"] == CLASS_NAMES[t["class_id"]] for t in r["top"])
         np.testing.assert_allclose([t["probability"] for t in r["top"]], np.sort(row)[::-1][:3], atol=1e-5)
