@@ -84,17 +84,10 @@ def test_residual_model_logits_differ_per_image(probed):
 
 @pytest.mark.parametrize(("saver", "loader"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
 @pytest.mark.parametrize("model", MODELS)
-def test_weights_file_loads_on_another_backend(probed, model, saver, loader):
+@pytest.mark.parametrize("file", ["weights", "keras"], ids=[".weights.h5", ".keras"])
+def test_saved_file_loads_on_another_backend_and_predicts_the_same(probed, file, model, saver, loader):
     require(saver, loader)
-    loaded = probed[loader][f"weights_from|{saver}|{model}"]
-    assert max_diff(loaded, probed[saver][f"logits|{model}"]) <= LOGITS_ATOL
-
-
-@pytest.mark.parametrize(("saver", "loader"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
-@pytest.mark.parametrize("model", MODELS)
-def test_keras_file_loads_on_another_backend_and_predicts_the_same(probed, model, saver, loader):
-    require(saver, loader)
-    predicted = probed[loader][f"keras_from|{saver}|{model}"]
+    predicted = probed[loader][f"{file}_from|{saver}|{model}"]
     assert max_diff(predicted, probed[saver][f"logits|{model}"]) <= LOGITS_ATOL
 
 
