@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from keras_ultimus.export import ModelError
+from keras_ultimus.errors import UserError
 from keras_ultimus.predict import Predictor, load_predictor
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         predictors = {m: load_predictor(m) for m in args.models}
-    except ModelError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{'model':40s} {'b1 median ms':>12s} {'b1 p90 ms':>10s} {'b256 img/s':>11s}")

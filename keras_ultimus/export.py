@@ -22,36 +22,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_ultimus.layers  # noqa: F401  registers UltimusLayer for loading
+from keras_ultimus.errors import UserError
+from keras_ultimus.loading import load_keras_model
 from keras_ultimus.model import CLASS_NAMES
 
 IMAGE_SPEC = tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")
 
 
-class ModelError(Exception):
-    """A model that cannot be loaded or exported; its message is one line for the user."""
-
-
 def require_tensorflow() -> None:
-    """Raise ModelError unless Keras runs on the TensorFlow backend."""
+    """Raise UserError unless Keras runs on the TensorFlow backend."""
     if keras.backend.backend() != "tensorflow":
-        raise ModelError(
+        raise UserError(
             f"export needs the TensorFlow backend, this process uses "
             f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow"
         )
-
-
-def load_keras_model(path: str | os.PathLike) -> keras.Model:
-    """Load a `.keras` file, or a run folder's `model.keras`, for inference."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if path.suffix != ".keras" or not path.is_file():
-        raise ModelError(f"{path}: not a .keras file or a run folder with model.keras")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # a corrupt zip or config raises many different types
-        raise ModelError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
 
 
 def next_version(base: Path) -> int:
@@ -120,13 +104,13 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
     require_tensorflow()
     path = Path(path)
     if path.exists():
-        raise ModelError(f"{path}: already exists; exports never overwrite")
+        raise UserError(f"{path}: already exists; exports never overwrite")
     try:
         import onnxruntime
         import tf2onnx
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError as e:
-        raise ModelError(f"ONNX export needs tf2onnx and onnxruntime ({e})") from None
+        raise UserError(f"ONNX export needs tf2onnx and onnxruntime ({e})") from None
     serve = tf.function(serving_fn(model), input_signature=[IMAGE_SPEC])
     concrete = serve.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
@@ -152,9 +136,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
             session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
             got = session.run(["probabilities"], {"images": images})[0]
         except Exception as e:
-            raise ModelError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
+            raise UserError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
         if not np.allclose(got, want, atol=1e-4):
-            raise ModelError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
+            raise UserError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
         partial.rename(path)
     finally:
         tf_logger.setLevel(level)
@@ -189,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
         else:
             written = export_saved_model(model, args.out)
-    except ModelError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Exported {args.model} -> {written}")

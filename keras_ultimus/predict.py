@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_ultimus.export import ModelError, load_keras_model
+from keras_ultimus.errors import UserError
+from keras_ultimus.loading import load_keras_model
 from keras_ultimus.model import CLASS_NAMES
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -42,7 +43,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     """Load MODEL as a function from uint8 images (N, 32, 32, 3) to probabilities (N, 10)."""
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder")
     try:
         if path.suffix == ".onnx":
             import onnxruntime
@@ -53,7 +54,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
             serve = tf.saved_model.load(str(found)).signatures["serving_default"]
             return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
     except Exception as e:  # onnxruntime and TensorFlow raise many types for a bad file
-        raise ModelError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
     model = load_keras_model(path)
     return lambda images: keras.ops.convert_to_numpy(
         keras.ops.softmax(model(images.astype("float32"), training=False))
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         predictor = load_predictor(args.model)
-    except ModelError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names, pixels, failed = [], [], 0

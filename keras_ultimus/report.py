@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from keras_ultimus.data import DataError, load_cifar10
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.model import CLASS_NAMES, build_model
-from keras_ultimus.train import CSV_NAME, model_kwargs
+from keras_ultimus.recipe import CSV_NAME, model_kwargs
 
 REQUIRED_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 OPTIONAL_COLUMNS = ("learning_rate", "epoch_seconds")

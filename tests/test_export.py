@@ -183,7 +183,7 @@ def test_cli_started_under_torch_restarts_on_tensorflow(residual_model, tmp_path
 
 def test_export_refuses_other_backends(residual_model, tmp_path, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(export.ModelError, match="needs the TensorFlow backend"):
+    with pytest.raises(export.UserError, match="needs the TensorFlow backend"):
         export.export_saved_model(residual_model, tmp_path / "ultimus")
     assert not (tmp_path / "ultimus").exists()
 
@@ -204,7 +204,7 @@ def test_onnx_matches_keras_and_keeps_the_signature(residual_model, tmp_path):
     assert_classes_match(class_id, class_name, want, 1e-4)
     with pytest.raises(Exception, match="tensor\\(float\\)"):
         session.run(None, {"images": images.astype(np.float32)})
-    with pytest.raises(export.ModelError, match="already exists"):
+    with pytest.raises(export.UserError, match="already exists"):
         export.export_onnx(residual_model, path)
 
 

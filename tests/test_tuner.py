@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_ultimus import train
+from keras_ultimus import recipe, train
 from keras_ultimus.data import load_local
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.model import build_model
@@ -209,7 +209,7 @@ def test_hyperband_search_resumes_after_a_kill_during_a_trial(fake_cifar_tarball
     # The objective is accuracy on the held-out training split; the test set is reported apart.
     best = json.loads((out / "best.json").read_text())
     result = json.loads((out / "result.json").read_text())
-    model = build_model(**train.model_kwargs(best))
+    model = build_model(**recipe.model_kwargs(best))
     model.load_weights(out / f"trial_{result['best_trial']}" / "checkpoint.weights.h5")
     _, val, test = tune.search_data(tune.parse_args(flags))
 

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from keras_ultimus.data import make_dataset  # noqa: E402
 from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.train import compile_model  # noqa: E402
+from keras_ultimus.recipe import compile_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_ultimus.data import make_dataset
 from keras_ultimus.model import build_model
-from keras_ultimus.train import CSV_NAME, EpochStats, compile_model
+from keras_ultimus.recipe import CSV_NAME, EpochStats, compile_model
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was
 # Hyperparameter names are `keras_ultimus.train` flag dests, so the best values

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus import train
-from keras_ultimus.train import write_atomic
+from keras_ultimus.recipe import write_atomic
 from keras_ultimus.data import Arrays, DataError, load_cifar10, make_dataset, split_validation
 from tuner.hypermodel import FIT_NAME, SPACE, UltimusHyperModel, str_to_widths, widths_to_str
 

@@ -1,0 +1,39 @@
+"""The one user-facing error type, and the wrapper every command-line tool runs under.
+
+Library code raises `UserError` for bad input (a missing file, a wrong flag
+value, a corrupt tarball); `cli` turns it into one line on stderr and exit
+code 2, so no user ever sees a traceback for their own mistake.
+"""
+
+import functools
+import sys
+from collections.abc import Callable
+
+Main = Callable[[list[str] | None], int]
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is one line, printed as `error: ...`."""
+
+
+def one_line(message: object) -> str:
+    """The first non-empty line of `message` (errors from libraries can span many)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(message).__name__
+
+
+def cli(main: Main) -> Main:
+    """Wrap a CLI `main(argv) -> int`: UserError exits 2 with one line, Ctrl-C exits 130."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
