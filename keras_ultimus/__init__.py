@@ -1,11 +1,19 @@
-"""Keras 3 multi-backend Ultimus CIFAR-10 classifier."""
+"""Keras 3 multi-backend Ultimus CIFAR-10 classifier.
 
-from keras_ultimus.backend import check_backend
+Importing the package imports no Keras, so a CLI can set up the process
+(`keras_ultimus.backend.prepare`: backend check, log levels, devices) first.
+The public names load Keras on first use.
+"""
 
-check_backend()  # before Keras is imported: Keras fails on a bad backend with a traceback
-
-from keras_ultimus.layers import UltimusLayer  # noqa: E402
-from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.schedules import OneCycle  # noqa: E402
-
+__version__ = "0.2.0"
 __all__ = ["OneCycle", "UltimusLayer", "build_model"]
+
+_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules"}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(f"keras_ultimus.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'keras_ultimus' has no attribute {name!r}")

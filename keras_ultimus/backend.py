@@ -65,3 +65,24 @@ def fail(message: str) -> None:
     """Print `error: message` to stderr and exit with code 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def prepare(verbose: bool = False, devices: int | None = None) -> str:
+    """Set up the process before Keras starts: check the backend, quiet TF logs, split devices.
+
+    Call it first in every CLI, after parsing flags and before importing Keras
+    or any module that imports it. `verbose` keeps TensorFlow's C++ log lines
+    (so does a `TF_CPP_MIN_LOG_LEVEL` the user set). `devices` makes that many
+    logical CPU devices for JAX (TensorFlow's are made by `keras_ultimus.distribute`).
+    Returns the backend name.
+    """
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # oneDNN, CUDA probing, CPU feature lines
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    name = check_backend()
+    if devices and name == "jax":
+        if "jax" in sys.modules and "jax._src.xla_bridge" in sys.modules:
+            fail("--devices must be set before JAX starts; run it in a fresh process")
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), flag]).strip()
+    return name
