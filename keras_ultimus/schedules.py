@@ -13,7 +13,10 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     Matches `torch.optim.lr_scheduler.OneCycleLR` (two phases): the peak is
     reached at step `pct_start * total_steps - 1`, and the last step,
     `total_steps - 1`, ends at `max_lr / (div_factor * final_div_factor)`.
-    Steps past the end stay at that floor.
+    Steps past the end stay at that floor. Short cycles work as in PyTorch:
+    `total_steps=1` is one step at the floor, and a peak at or before step 0
+    means no warm-up (where PyTorch divides 0 by 0 at a peak of exactly 0,
+    step 0 here is the peak).
 
     Args:
         max_lr: float. Peak learning rate.
@@ -38,8 +41,10 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     ):
         if anneal not in ("cos", "linear"):
             raise ValueError(f"`anneal` must be 'cos' or 'linear', got {anneal!r}.")
-        if total_steps < 2:
-            raise ValueError(f"`total_steps` must be at least 2, got {total_steps}.")
+        if total_steps < 1:
+            raise ValueError(f"`total_steps` must be at least 1, got {total_steps}.")
+        if not 0 <= pct_start < 1:
+            raise ValueError(f"`pct_start` must be in [0, 1), got {pct_start}.")
         self.max_lr = max_lr
         self.total_steps = total_steps
         self.pct_start = pct_start
@@ -58,7 +63,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         final_lr = initial_lr / self.final_div_factor
         peak_step = float(self.pct_start * self.total_steps) - 1.0
         last_step = float(self.total_steps - 1)
-        warm_pct = ops.clip(step / max(peak_step, 1e-8), 0.0, 1.0)
+        warm_pct = ops.clip(step / peak_step, 0.0, 1.0) if peak_step > 0 else 1.0
         decay_pct = ops.clip((step - peak_step) / (last_step - peak_step), 0.0, 1.0)
         return ops.where(
             step <= peak_step,

@@ -60,8 +60,41 @@ def test_serializes_and_drives_an_optimizer(tmp_path):
     assert float(keras.ops.convert_to_numpy(restored.learning_rate)) == pytest.approx(0.02)
 
 
+def numpy_one_cycle(max_lr, total_steps, pct_start, step, div=25.0, final_div=1e4):
+    """PyTorch OneCycleLR's two-phase cosine loop, in plain Python; a zero-length warm-up ends at its peak."""
+    initial, final = max_lr / div, max_lr / div / final_div
+    phases = [(float(pct_start * total_steps) - 1, initial, max_lr), (total_steps - 1.0, max_lr, final)]
+    start = 0.0
+    for i, (end, lo, hi) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start) if end != start else 1.0
+            pct = min(max(pct, 0.0), 1.0)
+            return hi + (lo - hi) / 2.0 * (np.cos(np.pi * pct) + 1)
+        start = end
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 13])
+@pytest.mark.parametrize("pct_start", [0.0, 0.25, 0.3, 0.9])
+def test_short_cycles_match_numpy_one_cycle(total_steps, pct_start):
+    s = OneCycle(max_lr=0.003, total_steps=total_steps, pct_start=pct_start)
+    got = [lr(s, step) for step in range(total_steps + 2)]
+    expected = [numpy_one_cycle(0.003, total_steps, pct_start, min(step, total_steps - 1))
+                for step in range(total_steps + 2)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-12)
+
+
+def test_one_step_cycle_runs_at_the_floor_like_pytorch():
+    torch = pytest.importorskip("torch")
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param])
+    torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.003, total_steps=1)
+    assert lr(OneCycle(0.003, 1), 0) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-5)
+
+
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="anneal"):
         OneCycle(0.1, 10, anneal="exp")
     with pytest.raises(ValueError, match="total_steps"):
-        OneCycle(0.1, 1)
+        OneCycle(0.1, 0)
+    with pytest.raises(ValueError, match="pct_start"):
+        OneCycle(0.1, 10, pct_start=1.0)
