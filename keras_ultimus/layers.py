@@ -14,6 +14,8 @@ class UltimusLayer(keras.layers.Layer):
     and `v`. Their outer product `q ⊗ k` gives a `key_dim × key_dim`
     attention map per sample, softmaxed over its last axis, and
     `z = v · AM` is projected back to the input width. Samples never mix.
+    The map is always computed in float32, so under a mixed-precision policy
+    only the four projections run in the low-precision compute dtype.
 
     Args:
         key_dim: int. Size of the q, k and v projections. Defaults to `8`.
@@ -27,6 +29,11 @@ class UltimusLayer(keras.layers.Layer):
         **kwargs: other keyword arguments passed to `keras.layers.Layer`,
             including `name` and `dtype`.
 
+    Call arguments:
+        inputs: tensor of shape `(batch, features)`.
+        return_attention_scores: bool. If `True`, also return the float32
+            attention maps, shape `(batch, key_dim, key_dim)`.
+
     Example:
 
     ```python
@@ -34,6 +41,10 @@ class UltimusLayer(keras.layers.Layer):
     outputs = UltimusLayer(key_dim=8)(inputs)
     model = keras.Model(inputs, outputs)
     model(np.random.rand(2, 48))  # shape (2, 48)
+
+    # The per-sample attention maps, e.g. for a report:
+    outputs, scores = UltimusLayer(key_dim=8)(inputs, return_attention_scores=True)
+    keras.Model(inputs, scores)(np.random.rand(2, 48))  # shape (2, 8, 8)
     ```
 
     References:
@@ -90,6 +101,9 @@ class UltimusLayer(keras.layers.Layer):
         q = self.query_dense(inputs)
         k = self.key_dense(inputs)
         v = self.value_dense(inputs)
+        # The map is computed in float32 under any policy: a float16 or bfloat16
+        # softmax loses the small probabilities that the attention is made of.
+        q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
         # Outer product per sample: scores[b, i, j] = q[b, i] * k[b, j].
         scores = q[:, :, None] * k[:, None, :]
         norm = math.sqrt(self.key_dim)
@@ -97,7 +111,7 @@ class UltimusLayer(keras.layers.Layer):
             attention = ops.softmax(scores / norm, axis=-1)
         else:
             attention = ops.softmax(scores, axis=-1) / norm
-        z = ops.einsum("bi,bij->bj", v, attention)
+        z = ops.einsum("bi,bij->bj", v, ops.cast(attention, v.dtype))
         outputs = self.output_dense(z)
         if self.residual:
             outputs = inputs + outputs
@@ -107,6 +121,15 @@ class UltimusLayer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, return_attention_scores=False):
+        outputs = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if return_attention_scores:
+            scores_shape = (inputs.shape[0], self.key_dim, self.key_dim)
+            return outputs, keras.KerasTensor(scores_shape, dtype="float32")
+        return outputs
 
     def get_config(self):
         config = super().get_config()

@@ -47,5 +47,6 @@ def build_model(
         x = UltimusLayer(
             key_dim=key_dim, scale=scale, residual=residual, name=f"ultimus{i}"
         )(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    # float32 logits under any policy, so the loss's softmax runs in float32.
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="ultimus")

@@ -1,5 +1,6 @@
 """UltimusLayer: math against NumPy, per-sample independence, serialization."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -89,3 +90,47 @@ class UltimusLayerTest(testing.TestCase):
         self.assertEqual(
             (clone.key_dim, clone.scale, clone.residual, clone.name), (5, "post", True, "blk")
         )
+
+
+@pytest.fixture
+def policy(request):
+    """Set a global dtype policy for one test and restore float32 after it."""
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy("float32")
+
+
+def test_attention_scores_on_symbolic_inputs_build_a_functional_model(tmp_path):
+    inputs = keras.Input(shape=(48,))
+    outputs, scores = UltimusLayer(key_dim=6, name="blk")(inputs, return_attention_scores=True)
+    assert tuple(outputs.shape) == (None, 48) and tuple(scores.shape) == (None, 6, 6)
+    model = keras.Model(inputs, [outputs, scores])
+    x = np.random.default_rng(2).normal(size=(3, 48)).astype("float32") * 3.0
+    out, am = (ops.convert_to_numpy(t) for t in model(x))
+    ref_out, ref_am = numpy_ultimus(model.get_layer("blk"), x)
+    np.testing.assert_allclose(am, ref_am, atol=1e-5)
+    np.testing.assert_allclose(out, ref_out, atol=1e-4)
+
+    path = tmp_path / "attention.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"], indirect=True)
+def test_attention_softmax_runs_in_float32_under_mixed_precision(policy):
+    compute = policy.removeprefix("mixed_")
+    inputs = keras.Input(shape=(48,))
+    layer = UltimusLayer(name="blk")
+    outputs, scores = layer(inputs, return_attention_scores=True)
+    assert (outputs.dtype, scores.dtype) == (compute, "float32")
+    model = keras.Model(inputs, [outputs, scores])
+    x = np.random.default_rng(3).normal(size=(4, 48)).astype("float32") * 3.0
+    out, am = model(x)
+    assert (ops.dtype(out), ops.dtype(am)) == (compute, "float32")
+    assert layer.query_dense.kernel.dtype == "float32"  # variables stay float32
+    # Only the projections round to the compute dtype; the map's rows still sum to 1 in float32.
+    np.testing.assert_allclose(ops.convert_to_numpy(am).sum(-1), 1.0, atol=1e-6)
+    _, ref_am = numpy_ultimus(layer, x)
+    np.testing.assert_allclose(ops.convert_to_numpy(am), ref_am, atol=0.05)

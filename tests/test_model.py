@@ -49,3 +49,22 @@ def test_keras_round_trip_gives_identical_predictions(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert isinstance(loaded.get_layer("ultimus3"), UltimusLayer)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_logits_and_attention_stay_float32_under_mixed_precision(policy, tmp_path):
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = build_model()
+        assert model.get_layer("conv2").compute_dtype == policy.removeprefix("mixed_")
+        assert model.get_layer("logits").compute_dtype == "float32"
+        x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+        assert keras.ops.dtype(model(x)) == "float32"
+        path = tmp_path / "m.keras"
+        model.save(path)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    loaded = keras.saving.load_model(path)  # under float32, the logits layer keeps its own policy
+    assert loaded.get_layer("logits").dtype_policy.name == "float32"
+    assert loaded.get_layer("conv2").dtype_policy.name == policy
+    assert trainable_count(loaded) == 192_778
