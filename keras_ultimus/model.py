@@ -13,6 +13,75 @@ CLASS_NAMES = (
 # Per-channel statistics of the CIFAR-10 training set, on the 0-255 scale.
 CIFAR10_MEAN = (125.307, 122.950, 113.865)
 CIFAR10_STD = (62.993, 62.089, 66.705)
+IMAGE_SIZE = 32
+# What happens between two convs of the stem: nothing (the reference), a 2x2
+# max-pool, or a stride of 2 on the next conv.
+DOWNSAMPLE = ("none", "pool", "stride")
+
+
+def parse_conv_widths(text: str) -> list[int]:
+    """Parse comma-separated conv widths like `"32,256,48"`; ValueError names what is wrong."""
+    try:
+        widths = [int(w) for w in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"conv widths {text!r}: expected comma-separated integers like 32,256,48") from None
+    if min(widths) < 1:
+        raise ValueError(f"conv widths {text!r}: every width must be at least 1")
+    return widths
+
+
+def parse_downsample(text: str) -> list[str]:
+    """Parse comma-separated downsampling steps like `"none,pool"`, one per gap between convs."""
+    steps = [s.strip() for s in str(text).split(",")]
+    bad = [s for s in steps if s not in DOWNSAMPLE]
+    if bad:
+        raise ValueError(f"downsample {text!r}: {bad[0]!r} is not one of {', '.join(DOWNSAMPLE)}")
+    return steps
+
+
+def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = None) -> list[tuple[int, int, bool, int]]:
+    """Check the stem arguments; return `(width, stride, pool_after, output_size)` per conv.
+
+    Every conv is 3x3 with "valid" padding, so the feature map shrinks by 2
+    per conv, and by half at each stride or pool; it must stay at least 1x1.
+    """
+    widths = list(conv_widths)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"`conv_widths` must be one or more positive integers, got {conv_widths!r}.")
+    steps = ["none"] * (len(widths) - 1) if downsample is None else list(downsample)
+    if len(steps) != len(widths) - 1:
+        raise ValueError(
+            f"`downsample` needs one entry per gap between the {len(widths)} convs "
+            f"({len(widths) - 1}), got {len(steps)}: {downsample!r}."
+        )
+    bad = [s for s in steps if s not in DOWNSAMPLE]
+    if bad:
+        raise ValueError(f"`downsample` entries must be one of {DOWNSAMPLE}, got {bad[0]!r}.")
+    plan, size = [], IMAGE_SIZE
+    for i, width in enumerate(widths):
+        stride = 2 if i > 0 and steps[i - 1] == "stride" else 1
+        pool = i < len(steps) and steps[i] == "pool"
+        if size < 3:
+            raise ValueError(
+                f"conv{i + 1} gets a {size}x{size} feature map, smaller than its 3x3 kernel: "
+                "use fewer convs or less downsampling."
+            )
+        size = (size - 3) // stride + 1
+        if pool:
+            size //= 2
+        plan.append((width, stride, pool, size))
+    return plan
+
+
+def check_head(num_blocks: int, key_dim: int, scale: str, bn_momentum: float, num_classes: int) -> None:
+    """Check the non-stem arguments of `build_model` with a clear ValueError."""
+    for name, value, low in (("num_blocks", num_blocks, 1), ("key_dim", key_dim, 1), ("num_classes", num_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an integer of at least {low}, got {value!r}.")
+    if scale not in ("pre", "post"):
+        raise ValueError(f"`scale` must be 'pre' or 'post', got {scale!r}.")
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
+        raise ValueError(f"`bn_momentum` must be a number in [0, 1), got {bn_momentum!r}.")
 
 
 def build_model(
@@ -21,27 +90,38 @@ def build_model(
     scale: str = "pre",
     residual: bool = False,
     conv_widths: Sequence[int] = (32, 256, 48),
+    downsample: Sequence[str] | None = None,
     bn_momentum: float = 0.9,
     num_classes: int = 10,
 ) -> keras.Model:
-    """Build the Ultimus model; it takes raw 0-255 float pixels, returns logits.
+    """Build the Ultimus model; it takes raw 0-255 float pixels, returns float32 logits.
+
+    The defaults build the reference model (192,778 trainable parameters).
+    Each conv of the stem is a 3x3 "valid" conv without bias, GELU and
+    BatchNorm; `downsample` has one entry of `DOWNSAMPLE` per gap between two
+    convs: `"pool"` adds a 2x2 max-pool before the next conv, `"stride"` gives
+    the next conv a stride of 2 (default: `"none"` everywhere, the reference).
 
     `bn_momentum=0.9` matches PyTorch's BatchNorm default (momentum 0.1),
     which the reference used; Keras' own default of 0.99 lags badly over
     the ~100 steps of a CIFAR-10 epoch.
     """
-    inputs = keras.Input(shape=(32, 32, 3), name="images")
+    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes)
+    plan = stem_plan(conv_widths, downsample)
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
     x = keras.layers.Normalization(
         mean=CIFAR10_MEAN,
         variance=[s**2 for s in CIFAR10_STD],
         name="normalize",
     )(inputs)
-    for i, width in enumerate(conv_widths, start=1):
+    for i, (width, stride, pool, _) in enumerate(plan, start=1):
         x = keras.layers.Conv2D(
-            width, 3, padding="valid", use_bias=False, name=f"conv{i}"
+            width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
         )(x)
         x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
         x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i}")(x)
+        if pool:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     for i in range(1, num_blocks + 1):
         x = UltimusLayer(
@@ -50,3 +130,27 @@ def build_model(
     # float32 logits under any policy, so the loss's softmax runs in float32.
     outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="ultimus")
+
+
+def trainable_params(
+    num_blocks: int = 4,
+    key_dim: int = 8,
+    scale: str = "pre",
+    residual: bool = False,
+    conv_widths: Sequence[int] = (32, 256, 48),
+    downsample: Sequence[str] | None = None,
+    bn_momentum: float = 0.9,
+    num_classes: int = 10,
+) -> int:
+    """Trainable parameters of `build_model(...)` with the same arguments, without building it.
+
+    Cheap enough to check a search's parameter budget before any weight exists.
+    """
+    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes)
+    plan = stem_plan(conv_widths, downsample)
+    total, channels = 0, 3
+    for width, *_ in plan:
+        total += 9 * channels * width + 2 * width  # conv kernel (no bias) + BN gamma and beta
+        channels = width
+    block = 3 * (channels * key_dim + key_dim) + key_dim * channels + channels
+    return total + num_blocks * block + channels * num_classes + num_classes

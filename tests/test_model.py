@@ -1,16 +1,17 @@
-"""build_model: exact parameter count, layer names, .keras round trip."""
+"""build_model: exact parameter count, stem options, argument checks, mixed precision, .keras round trip."""
 
 import numpy as np
 import pytest
 
 import keras
 from keras_ultimus.layers import UltimusLayer
-from keras_ultimus.model import build_model
+from keras_ultimus.model import build_model, parse_conv_widths, parse_downsample, stem_plan, trainable_params
 
 pytestmark = pytest.mark.multi_backend
 
 
 def trainable_count(model: keras.Model) -> int:
+    """Count the built model's trainable weights, independently of `trainable_params`."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
@@ -68,3 +69,67 @@ def test_logits_and_attention_stay_float32_under_mixed_precision(policy, tmp_pat
     assert loaded.get_layer("logits").dtype_policy.name == "float32"
     assert loaded.get_layer("conv2").dtype_policy.name == policy
     assert trainable_count(loaded) == 192_778
+
+
+def reference_count(widths, num_blocks, key_dim, num_classes=10):
+    """Independent hand count: conv kernels + BN gamma/beta, then 4 Dense per block, then the logits."""
+    convs = sum(3 * 3 * c_in * c_out + 2 * c_out for c_in, c_out in zip([3, *widths], widths))
+    f = widths[-1]
+    block = (f + 1) * key_dim * 3 + (key_dim + 1) * f
+    return convs + num_blocks * block + (f + 1) * num_classes
+
+
+STEMS = [
+    dict(conv_widths=(32, 256, 48)),
+    dict(conv_widths=(16, 32), downsample=("pool",)),
+    dict(conv_widths=(8, 16, 24, 32), downsample=("stride", "none", "pool"), num_blocks=2, key_dim=4),
+    dict(conv_widths=(32, 64, 64, 128, 96, 48), downsample=("pool", "none", "stride", "none", "none")),
+    dict(conv_widths=(8,) * 6, num_blocks=8, key_dim=16, residual=True, scale="post"),
+]
+
+
+@pytest.mark.parametrize("kwargs", STEMS)
+def test_trainable_params_matches_the_built_model_and_a_hand_count(kwargs):
+    model = build_model(**kwargs)
+    expected = reference_count(list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8))
+    assert trainable_count(model) == trainable_params(**kwargs) == expected
+
+
+def test_pooling_and_stride_shrink_the_feature_map_as_planned():
+    kwargs = dict(conv_widths=(8, 16, 24, 32), downsample=("pool", "stride", "none"))
+    model = build_model(**kwargs)
+    # 32 -conv-> 30 -pool-> 15 -conv-> 13 -conv/2-> 6 -conv-> 4
+    assert model.get_layer("pool1").output.shape == (None, 15, 15, 8)
+    assert model.get_layer("conv3").strides == (2, 2)
+    assert model.get_layer("bn3").output.shape == (None, 6, 6, 24)
+    assert model.get_layer("bn4").output.shape == (None, 4, 4, 32)
+    assert [size for *_, size in stem_plan(**kwargs)] == [15, 13, 6, 4]
+    assert not any(layer.name.startswith("pool") for layer in build_model().layers)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(conv_widths=()), "conv_widths"),
+    (dict(conv_widths=(0, 8, 8)), "conv_widths"),
+    (dict(conv_widths=(8, 8), downsample=("pool", "pool")), "one entry per gap"),
+    (dict(conv_widths=(8, 8), downsample=("avg",)), "downsample"),
+    (dict(conv_widths=(8,) * 6, downsample=("pool",) * 5), "smaller than its 3x3 kernel"),
+    (dict(num_blocks=0), "num_blocks"),
+    (dict(key_dim=2.5), "key_dim"),
+    (dict(scale="mid"), "scale"),
+    (dict(bn_momentum=1.0), "bn_momentum"),
+])
+def test_bad_arguments_raise_a_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainable_params(**kwargs)
+
+
+def test_flag_parsers():
+    assert parse_conv_widths("32,256,48") == [32, 256, 48]
+    assert parse_downsample("none,pool,stride") == ["none", "pool", "stride"]
+    for bad in ("32,x", "", "0,8", "8,,8"):
+        with pytest.raises(ValueError, match="conv widths"):
+            parse_conv_widths(bad)
+    with pytest.raises(ValueError, match="'max' is not one of none, pool, stride"):
+        parse_downsample("none,max")
