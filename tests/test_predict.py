@@ -9,7 +9,7 @@ from PIL import Image
 
 from keras_ultimus import export, predict
 from keras_ultimus.model import CLASS_NAMES, build_model
-from tests.conftest import keras_probabilities, smooth_images
+from tests.helpers import keras_probabilities, smooth_images
 
 
 @pytest.fixture(scope="module")
