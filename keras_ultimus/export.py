@@ -1,4 +1,4 @@
-"""Export a trained model for serving: `python -m keras_ultimus.export --help`.
+"""Export a trained model for serving (`ultimus-export --help`).
 
 SavedModel (default) goes to the TF Serving layout `OUT/<version>/`, a new
 integer version each time. Its `serving_default` signature takes `images`
@@ -8,29 +8,44 @@ integer version each time. Its `serving_default` signature takes `images`
 the file `OUT.onnx`. Normalisation is inside the model, so clients send raw
 pixels.
 
-A `.keras` file saved under any backend exports here; the export itself runs
-on the TensorFlow backend (the CLI restarts itself with it if needed).
+A `.keras` file saved under any backend exports here. The export itself runs
+on the TensorFlow backend: when this process uses another backend, `main` runs
+the export in a child process with `KERAS_BACKEND=tensorflow` and returns its
+exit code. Keras and TensorFlow are imported inside the functions, after
+`main` has called `backend.prepare`.
 """
+
+from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
-import numpy as np
-import tensorflow as tf
+from keras_ultimus.backend import INSTALL, prepare
+from keras_ultimus.errors import UserError, cli, one_line
 
-from keras_ultimus.errors import UserError
-from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import CLASS_NAMES
+if TYPE_CHECKING:
+    import keras
 
-IMAGE_SPEC = tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")
+NEEDS_TENSORFLOW = f"export needs TensorFlow: pip install 'keras-ultimus[tensorflow]' (or {INSTALL['tensorflow']})"
+
+
+def image_spec():
+    """The serving input: uint8 raw pixels, [None, 32, 32, 3], named `images`."""
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")
 
 
 def require_tensorflow() -> None:
     """Raise UserError unless Keras runs on the TensorFlow backend."""
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         raise UserError(
             f"export needs the TensorFlow backend, this process uses "
@@ -46,11 +61,16 @@ def next_version(base: Path) -> int:
 
 def serving_fn(model: keras.Model):
     """The serving function: uint8 images in; probabilities, class ids and names out."""
+    import tensorflow as tf
+
+    from keras_ultimus.model import CLASS_NAMES
+
     class_names = tf.constant(CLASS_NAMES)
+    shape = image_spec().shape
 
     def serve(images):
         # Signatures don't check shapes themselves; this refuses wrong rank or size.
-        images = tf.ensure_shape(images, IMAGE_SPEC.shape)
+        images = tf.ensure_shape(images, shape)
         logits = model(tf.cast(images, tf.float32), training=False)
         class_id = tf.argmax(logits, axis=-1, output_type=tf.int64)
         return {
@@ -65,11 +85,15 @@ def serving_fn(model: keras.Model):
 def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
     """Write `model` as SavedModel version `base/<next version>/` and return that folder."""
     require_tensorflow()
+    import keras
+
+    base = Path(base)
+    if base.exists() and not base.is_dir():
+        raise UserError(f"{base}: is a file; a SavedModel export needs a folder (it gets {base}/<version>/)")
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serving_fn(model), input_signature=[IMAGE_SPEC])
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
+    archive.add_endpoint("serving_default", serving_fn(model), input_signature=[image_spec()])
+    make_folder(base)
     version = next_version(base)
     # Write beside the final name and rename, so a failure leaves no version folder
     # and TF Serving (which only loads integer folders) never sees a partial one.
@@ -77,6 +101,8 @@ def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
     try:
         archive.write_out(partial, verbose=False)
         partial.rename(base / str(version))
+    except OSError as e:  # a full disk or a read-only folder: say where, in one line
+        raise UserError(f"{base}: cannot write the export ({one_line(e.strerror or e)})") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return base / str(version)
@@ -84,6 +110,7 @@ def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
 
 def _erfc_as_one_minus_erf(ctx, node, name, args):
     """tf2onnx handler: TF's exact GELU uses Erfc, which ONNX lacks; erfc(x) = 1 - erf(x)."""
+    import numpy as np
     from tf2onnx import utils
 
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
@@ -102,6 +129,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
     fixes both. The file is checked against TensorFlow with onnxruntime.
     """
     require_tensorflow()
+    import numpy as np
+    import tensorflow as tf
+
     path = Path(path)
     if path.exists():
         raise UserError(f"{path}: already exists; exports never overwrite")
@@ -110,13 +140,15 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
         import tf2onnx
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError as e:
-        raise UserError(f"ONNX export needs tf2onnx and onnxruntime ({e})") from None
-    serve = tf.function(serving_fn(model), input_signature=[IMAGE_SPEC])
+        raise UserError(
+            f"ONNX export needs tf2onnx and onnxruntime ({e}): pip install 'keras-ultimus[onnx]'"
+        ) from None
+    serve = tf.function(serving_fn(model), input_signature=[image_spec()])
     concrete = serve.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
     # Flattened outputs follow the sorted keys of the returned dict.
     output_names = dict(zip((t.name for t in frozen.outputs), sorted(concrete.structured_outputs)))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     partial = path.with_name(f".partial-{path.name}")
     tf_logger, level = tf.get_logger(), tf.get_logger().level
     tf_logger.setLevel("ERROR")  # tf2onnx calls TF1 graph tools that print deprecation notices
@@ -146,36 +178,60 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
     return path
 
 
+def make_folder(folder: Path) -> None:
+    """Create `folder` and its parents, or raise UserError naming what is in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{folder}: cannot make this folder, a file is in the way") from None
+    except OSError as e:
+        raise UserError(f"{folder}: cannot make this folder ({one_line(e.strerror or e)})") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.export", description=__doc__.split(":")[0] + ".")
+    p = argparse.ArgumentParser(
+        prog="ultimus-export",
+        description="Export a trained model for serving: a TF Serving SavedModel or an ONNX file.",
+    )
     p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder (uses its model.keras) or a .keras file")
     p.add_argument("--out", default="export/ultimus",
                    help="SavedModel base folder, gets OUT/<version>/; for onnx the file OUT.onnx "
                    "(default: export/ultimus)")
     p.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
                    help="savedmodel: TF Serving layout (default); onnx: one file, same inputs and outputs")
+    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p.parse_args(argv)
 
 
+def export_in_child(argv: list[str]) -> int:
+    """Run this CLI in a child process on the TensorFlow backend and return its exit code."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    # The child must import this same keras_ultimus, installed or not.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "keras_ultimus.export", *argv], env=env).returncode
+
+
+@cli
 def main(argv: list[str] | None = None) -> int:
-    """Load the model and export it in the chosen format."""
+    """Load the model and export it in the chosen format; exit code 2 for bad input."""
     args = parse_args(argv)
-    if keras.backend.backend() != "tensorflow":
-        # keras is already imported with another backend; restart on TensorFlow.
-        argv = sys.argv[1:] if argv is None else argv
-        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        os.execve(sys.executable, [sys.executable, "-m", "keras_ultimus.export", *argv], env)
-    try:
-        model = load_keras_model(args.model)
-        if args.format == "onnx":
-            out = Path(args.out)
-            written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
-        else:
-            written = export_saved_model(model, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if find_spec("tensorflow") is None:
+        raise UserError(NEEDS_TENSORFLOW)
+    keras = sys.modules.get("keras")
+    backend = keras.backend.backend() if keras else prepare(verbose=args.verbose)
+    if backend != "tensorflow":
+        # Keras is (or would be) on another backend here; never replace the caller's process.
+        return export_in_child(sys.argv[1:] if argv is None else list(argv))
+    from keras_ultimus.loading import load_keras_model
+
+    model = load_keras_model(args.model)
+    if args.format == "onnx":
+        out = Path(args.out)
+        written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
+    else:
+        written = export_saved_model(model, args.out)
     print(f"Exported {args.model} -> {written}")
     return 0
 

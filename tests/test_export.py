@@ -14,9 +14,11 @@ import tensorflow as tf
 
 from keras_ultimus import export
 from keras_ultimus.model import CLASS_NAMES
-from tests.conftest import keras_probabilities, smooth_images, softmax
+from keras_ultimus.loading import load_keras_model
+from tests.helpers import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
+NO_TENSORFLOW = REPO / "tests" / "no_tensorflow"
 TF_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -60,7 +62,7 @@ def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(tf.saved_model, "save", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(export.UserError, match="cannot write the export \\(disk full\\)"):
         export.export_saved_model(residual_model, tmp_path / "ultimus")
     assert list((tmp_path / "ultimus").iterdir()) == []
 
@@ -163,7 +165,7 @@ def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
     result = run([sys.executable, "-c", save, backend], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
 
-    version = export.export_saved_model(export.load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
+    version = export.export_saved_model(load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
     out = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(images))
     want = softmax(np.load(tmp_path / "logits.npy").astype(np.float64))
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
@@ -243,3 +245,60 @@ def test_cli_help_names_the_formats(capsys):
         export.main(["--help"])
     assert exit_info.value.code == 0
     assert "--format {savedmodel,onnx}" in capsys.readouterr().out
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code 2 and exactly one `error: ...` line on stderr holding every needle."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("format", ["savedmodel", "onnx"])
+def test_cli_out_blocked_by_a_file_is_one_line_error(residual_model, tmp_path, capsys, format):
+    residual_model.save(tmp_path / "model.keras")
+    (tmp_path / "file").write_text("in the way")
+    outs = {"savedmodel": [("file", "is a file; a SavedModel export needs a folder"),
+                           ("file/ultimus", "a file is in the way")],
+            "onnx": [("file/ultimus", "a file is in the way")]}[format]  # fmt: skip
+    for out, message in outs:
+        code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / out), "--format", format])
+        assert_one_line_error(code, capsys.readouterr().err, message)
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+def test_cli_onnx_never_overwrites_a_folder_named_like_the_file(residual_model, tmp_path, capsys):
+    residual_model.save(tmp_path / "model.keras")
+    (tmp_path / "ultimus.onnx").mkdir()
+    code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus"), "--format", "onnx"])
+    assert_one_line_error(code, capsys.readouterr().err, "ultimus.onnx: already exists")
+
+
+def test_cli_without_tensorflow_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export, "find_spec", lambda name: None if name == "tensorflow" else object())
+    code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus")])
+    assert_one_line_error(code, capsys.readouterr().err, "export needs TensorFlow: pip install")
+    assert not (tmp_path / "ultimus").exists()
+
+
+@pytest.mark.slow
+def test_main_under_another_backend_runs_a_child_and_returns_its_code(residual_model, tmp_path, monkeypatch):
+    """Called in-process (a notebook, a test) with Keras on torch, export must not replace this process."""
+    residual_model.save(tmp_path / "model.keras")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    assert export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus")]) == 0
+    assert (tmp_path / "ultimus" / "1" / "saved_model.pb").is_file()
+    assert export.main([str(tmp_path / "missing.keras"), "--out", str(tmp_path / "ultimus")]) == 2
+    assert sorted(p.name for p in (tmp_path / "ultimus").iterdir()) == ["1"]
+
+
+@pytest.mark.slow
+def test_cli_where_tensorflow_is_unimportable_is_one_line_error(residual_model, tmp_path):
+    pytest.importorskip("torch")
+    residual_model.save(tmp_path / "model.keras")
+    env = {"KERAS_BACKEND": "torch", "PYTHONPATH": os.pathsep.join([str(NO_TENSORFLOW), str(REPO)])}
+    result = run([sys.executable, "-m", "keras_ultimus.export", "model.keras"], cwd=tmp_path, env=env)
+    assert_one_line_error(result.returncode, result.stderr, "tensorflow", "pip install")
+    assert result.stdout == "" and not (tmp_path / "export").exists()
