@@ -1,6 +1,7 @@
-"""report: tables carry the CSV's numbers, charts are written, bad input exits 2 in one line."""
+"""report: tables carry the CSV's numbers, charts are written, saved models re-check, bad input exits 2 in one line."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 from PIL import Image
 
 import keras
-from keras_ultimus import report
 from keras_ultimus.data import load_local
 from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.report import charts
+from keras_ultimus.report.cli import main
+from keras_ultimus.report.evaluate import Evaluation, evaluate
 
 LOG = {
     "epoch": [0, 1, 2, 3, 4],
@@ -72,7 +75,7 @@ def run_with_model(tmp_path):
 def test_single_run_report_has_csv_numbers_charts_and_model_figures(run_with_model, fake_cifar_tarball,
                                                                     tmp_path):
     out = tmp_path / "reports" / "tiny"
-    assert report.main([str(run_with_model), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 0
+    assert main([str(run_with_model), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 0
     md = (out / "report.md").read_text()
 
     for name in (*CHARTS, *MODEL_CHARTS):
@@ -107,6 +110,7 @@ def test_single_run_report_has_csv_numbers_charts_and_model_figures(run_with_mod
     assert [r[0] for r in layers[1:]] == [f"{layer.name} ({type(layer).__name__})" for layer in model.layers]
     assert sum(number(r[2]) for r in layers[1:]) == model.count_params()
     assert f"Total params: {model.count_params():,}" in md
+    assert f"Trainable params: {sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}" in md
 
     # Per-class table against an independent NumPy count on the same 15 test images.
     _, (x_test, y_test) = load_local(fake_cifar_tarball)
@@ -126,7 +130,7 @@ def test_several_runs_get_a_comparison_table_and_overlaid_curves(tmp_path):
     second = {**LOG, "val_accuracy": [0.3, 0.4, 0.45, 0.5, 0.55]}
     runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", log=second, seed=1)]
     out = tmp_path / "cmp"
-    assert report.main([*map(str, runs), "--out", str(out), "--no-model"]) == 0
+    assert main([*map(str, runs), "--out", str(out), "--no-model"]) == 0
     md = (out / "report.md").read_text()
     rows = table_with(md, "run")
     assert [r[0] for r in rows[1:]] == ["`a`", "`b`", "mean ± std"]
@@ -145,9 +149,9 @@ def test_run_without_model_skips_model_figures_and_needs_no_data(tmp_path, monke
     monkeypatch.delenv("CIFAR10_PATH", raising=False)
     run = write_run(tmp_path / "trial", num_blocks=3)
     out = tmp_path / "out"
-    assert report.main([str(run), "--out", str(out)]) == 0
+    assert main([str(run), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    assert f"Skipped (no `model.keras` in `{run}`)" in md
+    assert "Skipped (no `model.keras` in the run folder)" in md
     layers = [r[0] for r in table_with(md, "Layer (type)")[1:]]
     assert [n for n in layers if "UltimusLayer" in n] == [f"ultimus{i} (UltimusLayer)" for i in (1, 2, 3)]
     assert not (out / "confusion.png").exists()
@@ -158,8 +162,8 @@ def test_gallery_shows_the_most_confident_mistakes(tmp_path):
     labels = np.arange(60) % 10
     probs = rng.dirichlet(np.ones(10), size=60)
     images = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
-    ev = report.Evaluation(images, labels, probs, [])
-    shown = report.plot_gallery(ev, "mistakes", tmp_path / "g.png")
+    ev = Evaluation(images, labels, probs, [])
+    shown = charts.plot_gallery(ev, "mistakes", tmp_path / "g.png")
     wrong = np.flatnonzero(probs.argmax(1) != labels)
     top = wrong[np.argsort(-probs[wrong].max(1))][:24]
     assert len(wrong) > 24 and list(shown) == list(top)
@@ -186,7 +190,13 @@ def break_value(folder):
         (lambda f: (f / "run.json").unlink(), ["run.json", "no such file"]),
         (lambda f: (f / "run.json").write_text("{oops"), ["run.json", "not valid JSON"]),
         (lambda f: (f / "log.csv").write_text(""), ["log.csv", "not a readable CSV"]),
-        (lambda f: (f / "model.keras").write_bytes(b"not a zip"), ["model.keras", "can't load the model"]),
+        (lambda f: (f / "model.keras").write_bytes(b"not a zip"), ["model.keras", "cannot load model"]),
+        (lambda f: (f / "model.keras").mkdir(), ["model.keras", "not a .keras file"]),
+        (lambda f: ((f / "log.csv").unlink(), (f / "log.csv").mkdir()), ["log.csv", "is a folder, expected a file"]),
+        (lambda f: ((f / "run.json").unlink(), (f / "run.json").mkdir()), ["run.json", "is a folder"]),
+        (lambda f: (f / "log.csv").write_bytes(b"\xff\xfe\x00garbage"), ["log.csv"]),
+        (lambda f: (f / "run.json").write_text("[1, 2]"), ["run.json", "not a JSON object"]),
+        (lambda f: (f / "run.json").write_text('{"config": {"key_dim": 0}}'), ["run.json", "key_dim"]),
     ],
 )
 def test_bad_run_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, fake_cifar_tarball,
@@ -194,7 +204,7 @@ def test_bad_run_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, capsy
     run = write_run(tmp_path / "run")
     breakage(run)
     out = tmp_path / "out"
-    assert report.main([str(run), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 2
+    assert main([str(run), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     for part in expected:
@@ -202,9 +212,44 @@ def test_bad_run_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, capsy
     assert not out.exists() and not list(tmp_path.glob(".out-*"))
 
 
+def assert_one_line_error(capsys, *parts: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for part in parts:
+        assert part in err, err
+
+
+@pytest.mark.parametrize("make_run, expected", [
+    (lambda tmp: tmp / "nope", ["nope", "no such run folder"]),
+    (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", ["a-file", "is a file, expected a run folder"]),
+])
+def test_missing_run_folder_or_a_file_given_as_one_exits_2(tmp_path, capsys, make_run, expected):
+    out = tmp_path / "out"
+    assert main([str(make_run(tmp_path)), "--out", str(out), "--no-model"]) == 2
+    assert_one_line_error(capsys, *expected)
+    assert not out.exists()
+
+
+def test_out_naming_a_file_exits_2_and_leaves_it_alone(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    (tmp_path / "out").write_text("keep me")
+    assert main([str(run), "--out", str(tmp_path / "out"), "--no-model"]) == 2
+    assert_one_line_error(capsys, "is a file, expected a report folder")
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
+def test_junk_data_file_exits_2_in_one_line(run_with_model, tmp_path, capsys):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball at all" * 50)
+    out = tmp_path / "out"
+    assert main([str(run_with_model), "--out", str(out), "--data", str(junk)]) == 2
+    assert_one_line_error(capsys, "junk.tar.gz", "--no-model")
+    assert not out.exists() and not list(tmp_path.glob(".out-*"))
+
+
 def test_missing_data_exits_2_and_suggests_no_model(run_with_model, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.main([str(run_with_model), "--out", str(out), "--data", str(tmp_path / "nope.tar.gz")]) == 2
+    assert main([str(run_with_model), "--out", str(out), "--data", str(tmp_path / "nope.tar.gz")]) == 2
     err = capsys.readouterr().err.strip()
     assert "nope.tar.gz" in err and "--no-model" in err and "\n" not in err
     assert not out.exists()
@@ -214,14 +259,14 @@ def test_refuses_to_write_into_a_folder_that_is_not_a_report(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
-    assert report.main([str(run), "--out", str(tmp_path / "busy"), "--no-model"]) == 2
+    assert main([str(run), "--out", str(tmp_path / "busy"), "--no-model"]) == 2
     assert "not a report folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
 
 
 def test_help_exits_0(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        report.main(["--help"])
+        main(["--help"])
     assert exit_info.value.code == 0
     assert "--no-model" in capsys.readouterr().out
 
@@ -229,7 +274,7 @@ def test_help_exits_0(capsys):
 def test_confusion_and_class_accuracy_match_a_hand_count():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 1, 0, 1, 1, 0])
-    ev = report.Evaluation(np.zeros((6, 32, 32, 3), np.uint8), labels, np.eye(10)[predicted], [])
+    ev = Evaluation(np.zeros((6, 32, 32, 3), np.uint8), labels, np.eye(10)[predicted], [])
     counts = ev.confusion()
     assert counts[0, 0] == 2 and counts[0, 1] == 1 and counts[1, 1] == 2 and counts[2, 0] == 1
     assert counts.sum() == 6 and counts.shape == (10, 10)
@@ -273,7 +318,7 @@ def test_search_folder_report_has_command_settings_result_leaderboard_and_charts
     monkeypatch.delenv("CIFAR10_PATH", raising=False)  # a search report needs no data
     search = write_search(tmp_path / "runs" / "search")
     out = tmp_path / "reports" / "search"
-    assert report.main([str(search), "--out", str(out)]) == 0
+    assert main([str(search), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
 
     assert f"- Command: `{COMMAND}`" in md
@@ -304,9 +349,9 @@ def test_search_folder_report_has_command_settings_result_leaderboard_and_charts
 
 def test_search_without_a_recorded_command_gives_its_equivalent_from_the_settings(tmp_path):
     search = write_search(tmp_path / "s", command=None)
-    assert report.main([str(search), "--out", str(tmp_path / "out")]) == 0
+    assert main([str(search), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
-    assert (f"`python tuner/tune.py --out {search} --algorithm random --epochs 3 --limit-train 600 "
+    assert (f"`python tuner/tune.py --out {os.path.relpath(search)} --algorithm random --epochs 3 --limit-train 600 "
             "--val-fraction 0.1 --seed 0 --batch-size 64 --conv-widths 32,256,48 --max-trials 3`") in md
     assert "`--data` unknown" in md
 
@@ -323,7 +368,7 @@ def test_bad_search_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, ca
     if "result" in breakage:
         (search / "result.json").write_text(json.dumps({"best_trial": "1"}))
     out = tmp_path / "out"
-    assert report.main([str(search), "--out", str(out)]) == 2
+    assert main([str(search), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     for part in expected:

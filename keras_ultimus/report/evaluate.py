@@ -1,0 +1,144 @@
+"""Evaluate saved run models on the CIFAR-10 test split: predictions, attention maps, re-checks."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_ultimus.data import DataError, load_cifar10
+from keras_ultimus.errors import UserError
+from keras_ultimus.layers import UltimusLayer
+from keras_ultimus.loading import load_keras_model
+from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.recipe import CSV_NAME, model_kwargs
+from keras_ultimus.report.runs import INFO_NAME, MODEL_NAME, Run, read_info, read_log
+
+BATCH_SIZE = 250
+
+
+@dataclass
+class Evaluation:
+    """A saved model's predictions on the test split."""
+
+    images: np.ndarray  # uint8 NHWC
+    labels: np.ndarray
+    probs: np.ndarray
+    attention: list[np.ndarray]  # mean (key_dim, key_dim) map per Ultimus block
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.predicted == self.labels))
+
+    def confusion(self) -> np.ndarray:
+        """Counts: row = true class, column = predicted class."""
+        counts = np.zeros((len(CLASS_NAMES),) * 2, int)
+        np.add.at(counts, (self.labels, self.predicted), 1)
+        return counts
+
+    def class_accuracy(self) -> np.ndarray:
+        """Test accuracy of each class (NaN for a class with no test images)."""
+        counts = self.confusion()
+        with np.errstate(invalid="ignore"):
+            return np.diag(counts) / counts.sum(axis=1)
+
+
+@dataclass
+class Check:
+    """A saved model's test accuracy, measured again, beside the one its run logged."""
+
+    model_path: Path
+    images: int
+    correct: int
+    logged: float  # the log's final val_accuracy
+    epoch: int  # 1-based
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.images
+
+    @property
+    def logged_correct(self) -> int:
+        """The logged accuracy as a count of images (CSVLogger writes float32 values)."""
+        return round(self.logged * self.images)
+
+
+def attention_model(model: keras.Model) -> keras.Model:
+    """`model` with one more output per Ultimus block: its per-sample attention map.
+
+    Each block gets a twin holding a copy of its weights, called with `return_attention_scores=True`:
+    a Keras functional graph can't hold a second call of the same layer whose
+    outputs have another structure than its first call's.
+    """
+    scores = []
+    for block in (layer for layer in model.layers if isinstance(layer, UltimusLayer)):
+        twin = UltimusLayer.from_config({**block.get_config(), "name": f"{block.name}_attention"})
+        scores.append(twin(block.input, return_attention_scores=True)[1])
+        twin.set_weights(block.get_weights())
+    return keras.Model(model.inputs, [model.outputs[0], *scores])
+
+
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Predict class probabilities and mean attention maps on the test images, with a progress bar."""
+    logits, *scores = attention_model(model).predict(images.astype("float32"), batch_size=BATCH_SIZE, verbose=1)
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return Evaluation(images, labels, probs, [np.asarray(s, np.float64).mean(axis=0) for s in scores])
+
+
+def load_test_split(data: str | None, hint: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The CIFAR-10 test images and labels from `data` (default: $CIFAR10_PATH, else TFDS)."""
+    try:
+        _, test = load_cifar10(data)
+    except DataError as e:
+        raise UserError(f"{e}{hint}") from None
+    return test
+
+
+def attach_models(runs: list[Run], data: str | None, no_model: bool) -> None:
+    """Load each run's saved model and evaluate it on the test split; else build it from the config."""
+    for run in runs:
+        saved = run.folder / MODEL_NAME
+        if saved.exists() and not no_model:
+            run.model, run.model_note = load_keras_model(saved), "From the run's saved `model.keras`."
+            continue
+        run.skipped = "`--no-model`" if no_model else "no `model.keras` in the run folder"
+        run.model_note = f"Built from run.json's config ({run.skipped})."
+        try:
+            run.model = build_model(**model_kwargs(run.info["config"]))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{run.folder / INFO_NAME}: config can't build the model ({e})") from None
+    to_evaluate = [run for run in runs if not run.skipped]
+    if not to_evaluate:
+        return
+    x_test, y_test = load_test_split(data, hint=" (or pass --no-model)")
+    for run in to_evaluate:
+        limit = run.info["config"].get("limit_test")
+        print(f"Evaluating {run.name} on {len(x_test[:limit]):,} test images")
+        run.evaluation = evaluate(run.model, x_test[:limit], y_test[:limit])
+
+
+def check_saved_model(path: Path, data: str | None) -> Check:
+    """Re-evaluate a run's `model.keras` on the test images its run validated on, in the same batches.
+
+    `path` is a run folder or a `.keras` file inside one; the folder's log.csv
+    and run.json say what the run logged, on how many test images (its
+    `limit_test`) and in which batch size.
+    """
+    if not path.exists():
+        raise UserError(f"{path}: no such run folder or model file")
+    folder = path if path.is_dir() else path.parent
+    log, info = read_log(folder / CSV_NAME), read_info(folder / INFO_NAME)
+    model = load_keras_model(path)
+    x_test, y_test = load_test_split(data)
+    limit, batch_size = info["config"].get("limit_test"), info["config"].get("batch_size", BATCH_SIZE)
+    x_test, y_test = x_test[:limit], y_test[:limit]
+    logits = model.predict(x_test.astype("float32"), batch_size=batch_size, verbose=0)
+    correct = int(np.sum(np.argmax(logits, axis=-1) == y_test))
+    model_path = path / MODEL_NAME if path.is_dir() else path
+    return Check(model_path, len(y_test), correct, float(log["val_accuracy"].iloc[-1]), int(log["epoch"].iloc[-1]))
