@@ -1,0 +1,106 @@
+"""LR range test for the Ultimus recipe: `python -m keras_ultimus.lr_find --help`.
+
+Sweeps the learning rate exponentially over about one epoch and writes
+sweep.csv, lr_find.png and lr_find.json (with the suggested peak LR) into --out.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from keras_ultimus.backend import prepare
+from keras_ultimus.errors import UserError, cli
+
+
+def positive_ints(text: str) -> list[int]:
+    """Parse comma-separated positive integers such as `32,256,48`."""
+    try:
+        values = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every width must be at least 1")
+    return values
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The build_model flags, as `train` spells them.
+
+    A stand-in until the train CLI's model flags live in a module both CLIs may import.
+    """
+    g = parser.add_argument_group("model")
+    g.add_argument("--blocks", dest="num_blocks", type=int, default=4, help="number of Ultimus blocks")
+    g.add_argument("--key-dim", type=int, default=8)
+    g.add_argument("--scale", choices=("pre", "post"), default="pre", help="scale before or after softmax")
+    g.add_argument("--residual", action="store_true", help="x + block(x) (a variant, not the reference)")
+    g.add_argument("--conv-widths", type=positive_ints, default=[32, 256, 48],
+                   help="comma-separated conv widths (default: 32,256,48)")
+    g.add_argument("--bn-momentum", type=float, default=0.9)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags for the sweep, the data and the model; every value is checked before anything runs."""
+    p = argparse.ArgumentParser(prog="python -m keras_ultimus.lr_find", description=__doc__.split(":")[0] + ".")
+    p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
+                   "(default: $CIFAR10_PATH, else TFDS)")
+    p.add_argument("--out", help="new folder for sweep.csv, lr_find.png, lr_find.json (default: runs/lr_find-<time>)")
+    p.add_argument("--min-lr", type=float, default=1e-5, help="first LR of the sweep")
+    p.add_argument("--max-lr", type=float, default=1.0, help="last LR of the sweep (it stops early on divergence)")
+    p.add_argument("--steps", type=int, help="optimizer steps in the sweep (default: one epoch)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoothing", type=float, default=0.9, help="EMA factor beta for the smoothed loss")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images")
+    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    add_model_flags(p)
+    args = p.parse_args(argv)
+    if not (args.min_lr > 0 and args.max_lr > 0):
+        p.error(f"--min-lr and --max-lr must be positive, got {args.min_lr:g} and {args.max_lr:g}")
+    if args.min_lr >= args.max_lr:
+        p.error(f"--min-lr must be below --max-lr, got {args.min_lr:g} >= {args.max_lr:g}")
+    if args.steps is not None and args.steps < 2:
+        p.error(f"--steps must be at least 2, got {args.steps}")
+    for flag in ("batch_size", "limit_train", "num_blocks", "key_dim"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 < args.smoothing < 1:
+        p.error(f"--smoothing must be between 0 and 1, got {args.smoothing:g}")
+    if not 0 <= args.bn_momentum < 1:
+        p.error(f"--bn-momentum must be in [0, 1), got {args.bn_momentum:g}")
+    return args
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the data, run the sweep and print the suggested peak LR."""
+    args = parse_args(argv)
+    prepare(verbose=args.verbose)
+    out = Path(args.out or f"runs/lr_find-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists; pick a new --out")
+
+    from keras_ultimus.data import DataError, load_cifar10
+    from keras_ultimus.lr_range import find_lr
+
+    sweep_flags = ("out", "verbose", "min_lr", "max_lr", "steps", "smoothing")
+    config = {k: v for k, v in vars(args).items() if k not in sweep_flags}
+    config["data"] = args.data or os.environ.get("CIFAR10_PATH")
+    try:
+        data = load_cifar10(config["data"])
+    except DataError as e:  # UserError once keras_ultimus.data raises it
+        raise UserError(str(e)) from None
+    command = shlex.join(["python", "-m", "keras_ultimus.lr_find", *(sys.argv[1:] if argv is None else argv)])
+    result = find_lr(config, data, out, args.min_lr, args.max_lr, args.steps, args.smoothing, command)
+    print(f"suggested peak LR: {result['suggested']:.3g} (steepest descent of the smoothed loss, "
+          f"{result['steps_run']} steps{'; stopped: ' + result['stopped_early'] if result['stopped_early'] else ''})")
+    print(f"wrote {result['sweep_csv']}, {result['chart']} and {out / 'lr_find.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

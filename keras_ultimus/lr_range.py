@@ -1,0 +1,229 @@
+"""The LR range test: sweep the learning rate exponentially and pick the steepest descent of the loss.
+
+`LRSweep` is a Keras callback that sets a float learning rate before each batch
+and records that batch's own loss. `sweep` runs it on any compiled model,
+`smooth` and `suggest_lr` turn the record into one suggested peak LR, and
+`find_lr` does all of it for a run config through the training recipe, writing
+`sweep.csv`, `lr_find.png` and `lr_find.json`.
+
+References: Smith, "Cyclical Learning Rates for Training Neural Networks" (2017).
+"""
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from keras_ultimus.data import make_dataset
+from keras_ultimus.errors import UserError
+from keras_ultimus.model import build_model
+
+SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
+
+
+class LRSweep(keras.callbacks.Callback):
+    """Set the LR to `min_lr * ratio**step` before each batch and record that batch's loss.
+
+    Keras logs the epoch's running mean of the loss, weighted by batch size, so a
+    batch's own loss is `(mean_n * seen_n - mean_{n-1} * seen_{n-1}) / size_n`.
+    `batch_sizes` are the sizes of one epoch's batches (default: all equal).
+    Training stops once the smoothed loss exceeds `diverge` times its best, or a
+    loss is not finite. Nothing is restored afterwards: the sweep is a probe.
+    """
+
+    def __init__(
+        self,
+        min_lr: float,
+        max_lr: float,
+        steps: int,
+        batch_sizes: Sequence[int] | None = None,
+        beta: float = 0.9,
+        diverge: float = 4.0,
+    ):
+        super().__init__()
+        self.lrs = np.geomspace(min_lr, max_lr, steps)
+        self.batch_sizes, self.beta, self.diverge = batch_sizes, beta, diverge
+        self.history: dict[str, list[float]] = {"lr": [], "loss": []}
+        self.stopped: str | None = None
+        self._avg, self._best = 0.0, math.inf
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batch, self._seen, self._total = 0, 0.0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # On JAX, reading `self.model` syncs the training state, so the new LR is seen by this step.
+        self.model.optimizer.learning_rate = float(self.lrs[len(self.history["lr"])])
+
+    def on_train_batch_end(self, batch, logs=None):
+        size = self.batch_sizes[self._batch] if self.batch_sizes else 1
+        seen = self._seen + size
+        total = float(keras.ops.convert_to_numpy(logs["loss"])) * seen
+        loss = (total - self._total) / size
+        self._batch, self._seen, self._total = self._batch + 1, seen, total
+        self.history["lr"].append(float(self.lrs[len(self.history["lr"])]))
+        self.history["loss"].append(loss)
+        step = len(self.history["loss"])
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        smoothed = self._avg / (1 - self.beta**step)  # the same value as smooth(history)[-1]
+        self._best = min(self._best, smoothed)
+        if not math.isfinite(loss):
+            self.stopped = f"loss {loss} at step {step - 1}"
+        elif smoothed > self.diverge * self._best:
+            self.stopped = f"smoothed loss above {self.diverge:g}x its best at step {step - 1}"
+        if self.stopped or len(self.history["lr"]) == len(self.lrs):
+            self.model.stop_training = True
+
+
+def smooth(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
+    """Exponential moving average with bias correction: `avg_i / (1 - beta**(i+1))`."""
+    out, avg = np.empty(len(values)), 0.0
+    for i, value in enumerate(values):
+        avg = beta * avg + (1 - beta) * value
+        out[i] = avg / (1 - beta ** (i + 1))
+    return out
+
+
+def suggest_lr(lrs: Sequence[float], smoothed: Sequence[float], skip_start: int = 0) -> float:
+    """The LR where the smoothed loss falls fastest per unit of log LR, searched before its minimum.
+
+    The minimum itself is too late: the loss is already about to blow up there.
+    Raises UserError when the loss never falls after `skip_start` points.
+    """
+    lrs, smoothed = np.asarray(lrs, float), np.asarray(smoothed, float)
+    finite = np.isfinite(smoothed)
+    stop = int(np.argmin(np.where(finite, smoothed, np.inf))) + 1
+    if stop - skip_start < 2:
+        raise UserError(
+            f"the loss never fell over the sweep ({lrs[0]:.2g} to {lrs[-1]:.2g}); try a lower --min-lr or more --steps"
+        )
+    slope = np.gradient(smoothed[skip_start:stop], np.log(lrs[skip_start:stop]))
+    return float(lrs[skip_start + int(np.argmin(slope))])
+
+
+def sweep(
+    model: keras.Model,
+    data,
+    min_lr: float,
+    max_lr: float,
+    steps: int,
+    batches_per_epoch: int,
+    batch_sizes: Sequence[int] | None = None,
+    beta: float = 0.9,
+    diverge: float = 4.0,
+) -> tuple[pd.DataFrame, str | None]:
+    """Sweep a compiled `model` (float LR) over batched `data`; return (step, lr, loss, smoothed), why it stopped early.
+
+    `data` is anything `fit` takes as `x` with labels (a tf.data.Dataset or PyDataset) that yields
+    `batches_per_epoch` batches per epoch; the sweep runs over as many epochs as `steps` needs.
+    """
+    if not 0 < min_lr < max_lr:
+        raise UserError(f"the LR range must satisfy 0 < min < max, got {min_lr:g} to {max_lr:g}")
+    if steps < 2:
+        raise UserError(f"an LR sweep needs at least 2 steps, got {steps}")
+    recorder = LRSweep(min_lr, max_lr, steps, batch_sizes, beta, diverge)
+    epochs = -(-steps // batches_per_epoch)
+    model.fit(data, epochs=epochs, callbacks=[recorder], shuffle=False, verbose=0)  # `data` shuffles itself
+    table = pd.DataFrame(recorder.history)
+    table.insert(0, "step", range(len(table)))
+    table["smoothed"] = smooth(table["loss"], beta)
+    return table, recorder.stopped
+
+
+def with_float_lr(model: keras.Model, learning_rate: float) -> None:
+    """Recompile `model` exactly as compiled (optimizer, loss, metrics) but with a float LR a callback can set."""
+    config = model.get_compile_config()
+    optimizer = config["optimizer"]["config"]
+    while "inner_optimizer" in optimizer:  # LossScaleOptimizer under mixed_float16
+        optimizer = optimizer["inner_optimizer"]["config"]
+    optimizer["learning_rate"] = float(learning_rate)
+    model.compile_from_config(config)
+
+
+def plot(table: pd.DataFrame, suggested: float | None, title: str = "LR range test") -> "matplotlib.figure.Figure":
+    """Loss against LR on a log axis: each batch's loss, the smoothed loss, and the suggestion marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(table["lr"], table["loss"], color="0.75", lw=0.8, label="batch loss")
+    ax.plot(table["lr"], table["smoothed"], color="C0", lw=2, label="smoothed loss")
+    if suggested is not None:
+        at = np.interp(np.log(suggested), np.log(table["lr"]), table["smoothed"])
+        ax.axvline(suggested, color="C3", ls="--", lw=1)
+        ax.plot([suggested], [at], "o", color="C3", label=f"steepest descent: {suggested:.3g}")
+    ax.set_xscale("log")
+    finite = table["smoothed"][np.isfinite(table["smoothed"])]
+    ax.set_ylim(finite.min() * 0.9, min(finite.max(), 2 * finite.iloc[0]) * 1.05)
+    ax.set(xlabel="learning rate", ylabel="training loss", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def find_lr(
+    config: dict,
+    data: tuple,
+    out: Path,
+    min_lr: float = 1e-5,
+    max_lr: float = 1.0,
+    steps: int | None = None,
+    beta: float = 0.9,
+    command: str = "",
+) -> dict:
+    """Run the LR range test for the model and data of a run `config` into folder `out`; return lr_find.json.
+
+    The model comes from `build_model(**model_kwargs(config))` and is compiled by
+    the recipe's `compile_model`, then given a float LR; the data are the training
+    split of `data` (as `train()` takes it) through the training pipeline.
+    `steps` defaults to one epoch. The suggested peak LR is `result["suggested"]`.
+    Raises UserError, after writing the sweep, when the loss never fell.
+    """
+    # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
+    from keras_ultimus.recipe import compile_model, environment, model_kwargs, write_atomic
+
+    keras.utils.set_random_seed(config["seed"])
+    (x_train, y_train), _ = data
+    x_train, y_train = x_train[: config.get("limit_train")], y_train[: config.get("limit_train")]
+    batch_size = config["batch_size"]
+    train_ds = make_dataset(x_train, y_train, batch_size, True, config.get("augment", True), config["seed"])
+    per_epoch = -(-len(x_train) // batch_size)
+    sizes = [min(batch_size, len(x_train) - i * batch_size) for i in range(per_epoch)]
+    steps = steps or per_epoch
+
+    model = build_model(**model_kwargs(config))
+    compile_model(model, min_lr, steps)
+    with_float_lr(model, min_lr)
+    table, stopped = sweep(model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta)
+    skip = min(round(1 / (1 - beta)), len(table) // 4)  # the first EMA values average only a few batches
+    try:
+        suggested, failed = suggest_lr(table["lr"], table["smoothed"], skip), None
+    except UserError as e:  # still write the sweep, so the user can see why
+        suggested, failed = None, str(e)
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / SWEEP_CSV, index=False)
+    plot(table, suggested, f"LR range test: {len(table)} steps, batch {batch_size}").savefig(out / CHART, dpi=120)
+    best = int(table["smoothed"].idxmin())
+    result = {
+        "suggested": suggested,
+        "min_lr": min_lr,
+        "max_lr": max_lr,
+        "steps": steps,
+        "steps_run": len(table),
+        "stopped_early": stopped,
+        "beta": beta,
+        "lowest_smoothed_loss": {"lr": float(table["lr"][best]), "loss": float(table["smoothed"][best])},
+        "sweep_csv": str(out / SWEEP_CSV),
+        "chart": str(out / CHART),
+        "config": config,
+        "command": command,
+        **environment(),
+    }
+    write_atomic(out / SUMMARY, json.dumps(result, indent=2))
+    if failed:
+        raise UserError(f"{failed} (the sweep is in {out})")
+    return result
