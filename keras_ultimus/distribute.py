@@ -1,0 +1,224 @@
+"""Spread one training run over several devices or processes with the engines Keras ships.
+
+- `mirrored` (TensorFlow): `tf.distribute.MirroredStrategy` over the GPUs, or over
+  `--devices N` logical CPU devices.
+- `data-parallel` (JAX): `keras.distribution.DataParallel` over every device; several
+  processes join through `keras.distribution.initialize`, configured by Keras's own
+  `KERAS_DISTRIBUTION_JOB_ADDRESSES` / `_NUM_PROCESSES` / `_PROCESS_ID`.
+- `multi-worker` (TensorFlow): refused with a pointer to the upstream bug (see `setup`).
+
+`setup` runs after `backend.prepare(devices=N)` and before any tensor exists.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from keras_ultimus.errors import UserError
+
+MODES = ("none", "mirrored", "data-parallel", "multi-worker")
+ENGINES = {"mirrored": "tensorflow", "data-parallel": "jax", "multi-worker": "tensorflow"}
+PROCESS_VARS = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                "KERAS_DISTRIBUTION_PROCESS_ID")
+# JAX's own default is 100 s; the coordinator declares a silent process dead after this long.
+HEARTBEAT_VAR = "ULTIMUS_HEARTBEAT_SECONDS"
+MULTI_WORKER_ISSUE = "https://github.com/keras-team/keras/issues/20585"
+
+
+@dataclass
+class Plan:
+    """How this process takes part in training: the mode, its replicas and processes."""
+
+    mode: str = "none"
+    replicas: int = 1
+    processes: int = 1
+    process_id: int = 0
+    strategy: object | None = field(default=None, repr=False)  # a tf.distribute.Strategy
+
+    @property
+    def is_chief(self) -> bool:
+        """Only the first process writes the run folder."""
+        return self.process_id == 0
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Build, compile, fit and save the model inside this."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def local_batch_size(self, batch_size: int) -> int:
+        """This process's share of the global batch (the engine splits it further over local devices)."""
+        return batch_size // self.processes
+
+    def shard(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This process's slice of a split, the same size on every process.
+
+        Under data-parallel the split is first cut to a multiple of the replica count, so every
+        batch (the last, short one too) divides evenly over the devices; at most
+        `replicas - 1` images are dropped.
+        """
+        if self.mode != "data-parallel":
+            return images, labels
+        n = len(images) - len(images) % self.replicas
+        return images[self.process_id : n : self.processes], labels[self.process_id : n : self.processes]
+
+    def record(self) -> dict:
+        """The fields for run.json."""
+        return {"mode": self.mode, "replicas": self.replicas, "processes": self.processes}
+
+
+def setup(mode: str = "none", devices: int | None = None, batch_size: int | None = None) -> Plan:
+    """Start the engine for `mode` on the current backend and return this process's Plan.
+
+    Call it before any tensor is made (before loading data through TF): logical CPU
+    devices and the multi-process runtime can only be set up while the runtimes are fresh.
+    """
+    backend = keras.backend.backend()
+    if mode not in MODES:
+        raise UserError(f"--distribute must be one of {', '.join(MODES)}, got {mode!r}")
+    if devices is not None and devices < 1:
+        raise UserError(f"--devices must be at least 1, got {devices}")
+    if mode == "none":
+        if devices and devices > 1:
+            raise UserError("--devices needs --distribute mirrored (TensorFlow) or data-parallel (JAX)")
+        return Plan()
+    if ENGINES[mode] != backend:
+        hint = {"tensorflow": "mirrored", "jax": "data-parallel"}.get(backend)
+        raise UserError(
+            f"--distribute {mode} needs the {ENGINES[mode]} backend, not {backend}; "
+            + (f"use --distribute {hint} on {backend}" if hint else
+               f"Keras {keras.__version__} has no distribution engine for {backend}: "
+               "use KERAS_BACKEND=jax with data-parallel or tensorflow with mirrored")
+        )
+    plan = {"mirrored": _mirrored, "data-parallel": _data_parallel, "multi-worker": _multi_worker}[mode](devices)
+    if batch_size is not None and batch_size % plan.replicas:
+        raise UserError(f"--batch-size {batch_size} must be a multiple of the {plan.replicas} replicas")
+    return plan
+
+
+def _mirrored(devices: int | None) -> Plan:
+    """MirroredStrategy over the GPUs (the first `devices` of them), else over logical CPUs."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [f"/gpu:{i}" for i in range(len(gpus))][:devices]
+    else:
+        _split_cpu(tf, devices or 1)
+        names = [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices=names)
+    return Plan("mirrored", strategy.num_replicas_in_sync, strategy=strategy)
+
+
+def _split_cpu(tf, count: int) -> None:
+    """Make `count` logical CPU devices; TensorFlow allows this only before it starts."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        raise UserError("--devices must be set before TensorFlow starts; run it in a fresh process") from None
+
+
+def _data_parallel(devices: int | None) -> Plan:
+    """DataParallel over every device of every process; joins the other processes first."""
+    import jax
+
+    processes, process_id = 1, 0
+    if any(os.environ.get(v) for v in PROCESS_VARS):
+        processes, process_id = _join_processes(jax)
+    local = jax.local_devices()
+    if devices and len(local) != devices:
+        raise UserError(
+            f"--devices {devices} but JAX sees {len(local)} devices; "
+            "--devices must reach backend.prepare before JAX starts"
+        )
+    distribution = keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
+    keras.distribution.set_distribution(distribution)
+    return Plan("data-parallel", len(jax.devices()), processes, process_id)
+
+
+def _join_processes(jax) -> tuple[int, int]:
+    """Start or join the JAX coordination service the way keras.distribution.initialize does."""
+    missing = [v for v in PROCESS_VARS if not os.environ.get(v)]
+    if missing:
+        raise UserError(f"multi-process data-parallel needs {', '.join(missing)} set as well")
+    try:
+        count = int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"])
+        index = int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"])
+    except ValueError:
+        raise UserError("KERAS_DISTRIBUTION_NUM_PROCESSES and _PROCESS_ID must be integers") from None
+    if not 0 <= index < count:
+        raise UserError(f"KERAS_DISTRIBUTION_PROCESS_ID must be in 0..{count - 1}, got {index}")
+    heartbeat = os.environ.get(HEARTBEAT_VAR)
+    if heartbeat:
+        # keras.distribution.initialize passes no heartbeat, so shorten JAX's default the same way.
+        jax.distributed.initialize = _with_heartbeat(jax.distributed.initialize, int(heartbeat))
+    try:
+        keras.distribution.initialize()
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"joining the {count} processes failed: {e}") from None
+    return jax.process_count(), jax.process_index()
+
+
+def _with_heartbeat(initialize, seconds: int):
+    """`jax.distributed.initialize` with a heartbeat timeout of `seconds`."""
+
+    def wrapped(*args, **kwargs):
+        kwargs.setdefault("heartbeat_timeout_seconds", seconds)
+        kwargs.setdefault("shutdown_timeout_seconds", seconds)
+        return initialize(*args, **kwargs)
+
+    return wrapped
+
+
+def _multi_worker(devices: int | None) -> Plan:
+    """MultiWorkerMirroredStrategy from TF_CONFIG, refused: Keras 3's fit fails under it."""
+    raise UserError(
+        f"--distribute multi-worker: Keras {keras.__version__}'s fit fails under "
+        f"MultiWorkerMirroredStrategy ({MULTI_WORKER_ISSUE}); for several hosts use "
+        "KERAS_BACKEND=jax with --distribute data-parallel and KERAS_DISTRIBUTION_* variables"
+    )
+
+
+class RestoreOnly(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore for non-chief processes: restores the chief's backup, never writes."""
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+
+    def _save_model(self):
+        pass
+
+
+@contextlib.contextmanager
+def portable_batchnorm(model: keras.Model) -> Iterator[None]:
+    """Save BatchNormalization(synchronized=True) layers as plain ones, so the file loads on every backend.
+
+    `synchronized` only changes how TF computes batch statistics while training; the weights are
+    the same, but JAX and torch refuse to build a layer whose config says True.
+    """
+    layers = [
+        layer for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+    ]
+    for layer in layers:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = True
+
+
+class PortableCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint whose files load on every backend, also for a --sync-bn model."""
+
+    def _save_model(self, epoch, batch, logs):
+        with portable_batchnorm(self.model):
+            super()._save_model(epoch, batch, logs)
