@@ -1,208 +1,104 @@
-"""CIFAR-10 as in-memory arrays and `tf.data` pipelines.
+"""`python -m keras_ultimus.data`: print the CIFAR-10 copy and time the training pipeline(s) alone.
 
-Two sources: TensorFlow Datasets (`tfds.load("cifar10")`), or a local copy of
-the official binary files (`cifar-10-binary.tar.gz` or its extracted
-`cifar-10-batches-bin/` folder), read here without TFDS.
-
-`python -m keras_ultimus.data --data PATH` prints the dataset and measures
-the pipeline alone (see README for the measured img/s).
+The reader lives in `cifar10.py`, the pipelines in `tfdata.py` and
+`pydataset.py`, the choice between them in `pipelines.py`. The names other
+modules imported from here before that split still resolve (lazily, so this
+CLI imports no Keras or TensorFlow before `prepare`).
 """
 
 import argparse
-import os
-import socket
-import tarfile
 import time
-import zlib
-from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
+from keras_ultimus.backend import prepare
+from keras_ultimus.errors import UserError, cli
 
-TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-TEST_FILE = "test_batch.bin"
-RECORD_BYTES = 1 + 32 * 32 * 3
-TFDS_HOST = ("www.cs.toronto.edu", 443)
-
-Arrays = tuple[np.ndarray, np.ndarray]
+DataError = UserError  # the old name; new code raises and catches errors.UserError
+_MOVED = {name: "keras_ultimus.cifar10" for name in (
+    "Arrays", "TEST_FILE", "TRAIN_FILES", "RECORD_BYTES", "decode_batch", "load_local", "load_tfds",
+    "load_cifar10", "split_validation")}
 
 
-class DataError(Exception):
-    """A data source that can't be read; its message is one line for the user."""
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'keras_ultimus.data' has no attribute {name!r}")
 
 
-def decode_batch(raw: bytes, name: str) -> Arrays:
-    """Decode official binary records (label byte + R, G, B planes) to NHWC uint8."""
-    if not raw or len(raw) % RECORD_BYTES:
-        raise DataError(
-            f"{name}: {len(raw)} bytes is not a whole number of "
-            f"{RECORD_BYTES}-byte CIFAR-10 records"
-        )
-    records = np.frombuffer(raw, np.uint8).reshape(-1, RECORD_BYTES)
-    labels = records[:, 0].astype(np.int32)
-    if labels.max() > 9:
-        raise DataError(f"{name}: label {labels.max()} is out of range 0-9")
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
+def make_dataset(images, labels, batch_size: int, training: bool = False, augment: bool = True, seed: int = 0):
+    """The old tf.data pipeline, unchanged in behaviour (reshuffled per iteration, not per (seed, epoch)).
 
+    New code uses `pipelines.train_data` / `pipelines.eval_data`, whose data
+    order a resumed run replays.
+    """
+    import tensorflow as tf
 
-def _read_members(path: Path) -> dict[str, bytes]:
-    """Read the CIFAR-10 batch files from a folder or a (gzipped) tarball."""
-    wanted = (*TRAIN_FILES, TEST_FILE)
-    if path.is_dir():
-        folder = path / "cifar-10-batches-bin"
-        folder = folder if folder.is_dir() else path
-        missing = [n for n in wanted if not (folder / n).is_file()]
-        if missing:
-            raise DataError(f"{folder}: missing batch file {missing[0]}")
-        return {n: (folder / n).read_bytes() for n in wanted}
-    members = {}
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                name = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and name in wanted:
-                    members[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        reason = str(e) or type(e).__name__
-        raise DataError(f"{path}: truncated or corrupt tarball ({reason})") from None
-    missing = [n for n in wanted if n not in members]
-    if missing:
-        raise DataError(f"{path}: tarball has no batch file {missing[0]}")
-    return members
+    from keras_ultimus import tfdata
 
-
-def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
-    """Load (train, test) arrays from a local copy of the official binary files."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    members = _read_members(path)
-    train = [decode_batch(members[n], str(path / n)) for n in TRAIN_FILES]
-    test = decode_batch(members[TEST_FILE], str(path / TEST_FILE))
-    return (
-        (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
-        test,
-    )
-
-
-def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection(host, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def load_tfds(data_dir: str | None = None) -> tuple[Arrays, Arrays]:
-    """Load (train, test) arrays through TFDS, downloading only when online."""
-    import tensorflow_datasets as tfds
-
-    def load(download):
-        splits = tfds.load(
-            "cifar10",
-            split=["train", "test"],
-            as_supervised=True,
-            data_dir=data_dir,
-            download=download,
-        )
-        arrays = []
-        for split in splits:
-            batches = list(tfds.as_numpy(split.batch(10_000)))
-            arrays.append(tuple(np.concatenate(a) for a in zip(*batches)))
-        return arrays
-
-    try:
-        train, test = load(download=False)
-    except (AssertionError, tfds.core.registered.DatasetNotFoundError, OSError):
-        # Without a network TFDS retries for minutes; fail fast instead.
-        if not _reachable(TFDS_HOST):
-            raise DataError(
-                "cifar10 is not in the TFDS data dir and "
-                f"{TFDS_HOST[0]} can't be reached: pass --data PATH or set "
-                "CIFAR10_PATH to a local cifar-10-binary.tar.gz"
-            ) from None
-        train, test = load(download=True)
-    return (train[0], train[1].astype(np.int32)), (test[0], test[1].astype(np.int32))
-
-
-def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Arrays, Arrays]:
-    """Load (train, test) from `path`, else `$CIFAR10_PATH`, else TFDS."""
-    path = path or os.environ.get("CIFAR10_PATH")
-    return load_local(path) if path else load_tfds()
-
-
-def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
-    """Split a seeded, reproducible validation set off the training arrays."""
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_val = int(round(len(images) * fraction))
-    val, train = order[:n_val], order[n_val:]
-    return (images[train], labels[train]), (images[val], labels[val])
-
-
-def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Pad-4 reflect, random 32×32 crop and random horizontal flip, per image."""
-    batch = tf.shape(images)[0]
-    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform(
-        [2, batch], seed=seed, maxval=9, dtype=tf.int32
-    )
-    window = tf.range(32)
-    rows = offsets[0][:, None] + window
-    cols = offsets[1][:, None] + window
-    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
-    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)
-    flip = tf.random.stateless_uniform([batch], seed=seed + 1) < 0.5
-    return tf.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
-
-
-def make_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    training: bool = False,
-    augment: bool = True,
-    seed: int = 0,
-) -> tf.data.Dataset:
-    """Batched (float32 0-255 images, int labels) pipeline; shuffles and augments when training."""
+    if not training:
+        return tfdata.eval_dataset(images, labels, batch_size)
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augment:
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
-            lambda batch, s: (augment_batch(batch[0], s), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            lambda batch, s: (tfdata.augment_batch(batch[0], s), batch[1]), num_parallel_calls=tf.data.AUTOTUNE
         )
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
+def passes(dataset, epochs: int, data_epoch) -> None:
+    """Iterate the training data `epochs` times, in order, as `fit` does, discarding the batches."""
+    for epoch in range(epochs):
+        data_epoch.on_epoch_begin(epoch)
+        if hasattr(dataset, "element_spec"):  # tf.data
+            for _ in dataset:
+                pass
+        else:
+            for index in range(len(dataset)):
+                dataset[index]
+
+
+@cli
 def main(argv: list[str] | None = None) -> int:
-    """Print the dataset's shapes and class counts, and time the training pipeline."""
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_ultimus.data", description=main.__doc__
-    )
+    """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
+    parser = argparse.ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
     parser.add_argument("--data", help="local CIFAR-10 copy (default: $CIFAR10_PATH, else TFDS)")
+    parser.add_argument("--pipeline", choices=("auto", "tfdata", "numpy", "both"), default="auto")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=2, help="pipeline passes to time")
+    parser.add_argument("--epochs", type=int, default=2, help="pipeline passes to time (default 2)")
+    parser.add_argument("--workers", type=int, default=None, help="NumPy pipeline threads (default: pipelines.default_workers())")
+    parser.add_argument("--limit", type=int, default=None, help="time only the first N training images")
+    parser.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     args = parser.parse_args(argv)
-    try:
-        (x_train, y_train), (x_test, y_test) = load_cifar10(args.data)
-    except DataError as e:
-        parser.exit(2, f"error: {e}\n")
+    for flag in ("batch_size", "epochs", "workers", "limit"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "workers" else 1):
+            parser.error(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'workers' else 1}, got {value}")
+    prepare(verbose=args.verbose)
+
+    import numpy as np
+
+    from keras_ultimus import pipelines
+    from keras_ultimus.cifar10 import load_cifar10
+
+    kinds = ["tfdata", "numpy"] if args.pipeline == "both" else [pipelines.resolve(args.pipeline)]
+    for kind in kinds:
+        pipelines.resolve(kind)  # a forced tfdata without TensorFlow fails before the data loads
+    (x_train, y_train), (x_test, y_test) = load_cifar10(args.data)
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        print(f"{split}: {x.shape} {x.dtype}, per class {np.bincount(y).tolist()}")
-    ds = make_dataset(x_train, y_train, args.batch_size, training=True)
-    for _ in ds.take(1):  # warm-up: builds the pipeline
-        pass
-    start = time.perf_counter()
-    for _ in range(args.epochs):
-        for _ in ds:
-            pass
-    rate = args.epochs * len(x_train) / (time.perf_counter() - start)
-    print(f"training pipeline alone (shuffle, crop, flip, batch): {rate:,.0f} img/s")
+        print(f"{split}: {x.shape} {x.dtype}, per class {np.bincount(y, minlength=10).tolist()}")
+    x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    for kind in kinds:
+        dataset, data_epoch = pipelines.train_data(
+            x_train, y_train, args.batch_size, kind=kind, workers=args.workers)
+        next(iter(dataset)) if kind == "tfdata" else dataset[0]  # warm-up: builds the pipeline
+        start = time.perf_counter()
+        passes(dataset, args.epochs, data_epoch)
+        rate = args.epochs * len(x_train) / (time.perf_counter() - start)
+        workers = f", workers={dataset.threads}" if kind == "numpy" else ""
+        print(f"{kind} training pipeline alone (shuffle, crop, flip, batch {args.batch_size}{workers}): {rate:,.0f} img/s")
     return 0
 
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ultimus import data
-from keras_ultimus.data import DataError, augment_batch, decode_batch, load_local, make_dataset
+from keras_ultimus import cifar10, data
+from keras_ultimus.cifar10 import decode_batch, load_local
+from keras_ultimus.data import make_dataset
+from keras_ultimus.errors import UserError as DataError
+from keras_ultimus.tfdata import augment_batch
 from tests.conftest import fake_batch, write_fake_tarball
 
 
@@ -79,7 +82,7 @@ def test_label_out_of_range(fake_cifar_dir):
     raw = bytearray(fake_batch(2, seed=0))
     raw[3073] = 12
     (fake_cifar_dir / "data_batch_1.bin").write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="label 12"):
+    with pytest.raises(DataError, match="label 12 of record 1"):
         load_local(fake_cifar_dir)
 
 
@@ -93,25 +96,25 @@ def test_tfds_source_with_mock_data():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=12):
-        (x, y), (xt, yt) = data.load_tfds()
+        (x, y), (xt, yt) = cifar10.load_tfds()
     assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8
     assert xt.shape == (12, 32, 32, 3) and y.dtype == np.int32 and yt.max() <= 9
 
 
 def test_tfds_offline_says_to_pass_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "TFDS_HOST", ("127.0.0.1", 9))  # nothing listens there
+    monkeypatch.setattr(cifar10, "TFDS_HOST", ("127.0.0.1", 9))  # nothing listens there
     with pytest.raises(DataError, match="pass --data PATH"):
-        data.load_tfds(data_dir=str(tmp_path))
+        cifar10.load_tfds(data_dir=str(tmp_path))
 
 
 def test_split_validation_is_disjoint_and_seeded():
     images = np.arange(100).reshape(100, 1)
     labels = np.arange(100)
-    (tx, ty), (vx, vy) = data.split_validation(images, labels, 0.2, seed=3)
+    (tx, ty), (vx, vy) = cifar10.split_validation(images, labels, 0.2, seed=3)
     assert len(vx) == 20 and len(tx) == 80
     assert sorted(np.concatenate([ty, vy]).tolist()) == list(range(100))
     np.testing.assert_array_equal(vx[:, 0], vy)
-    (_, _), (vx2, _) = data.split_validation(images, labels, 0.2, seed=3)
+    (_, _), (vx2, _) = cifar10.split_validation(images, labels, 0.2, seed=3)
     np.testing.assert_array_equal(vx, vx2)
 
 
