@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,7 +222,7 @@ def assert_one_line_error(capsys, *parts: str) -> None:
 
 @pytest.mark.parametrize("make_run, expected", [
     (lambda tmp: tmp / "nope", ["nope", "no such run folder"]),
-    (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", ["a-file", "is a file, expected a run folder"]),
+    (lambda tmp: ((tmp / "a-file").write_text("x"), tmp / "a-file")[1], ["a-file", "is a file, expected a run folder"]),
 ])
 def test_missing_run_folder_or_a_file_given_as_one_exits_2(tmp_path, capsys, make_run, expected):
     out = tmp_path / "out"
@@ -374,3 +375,138 @@ def test_bad_search_folder_exits_2_with_one_line_and_writes_nothing(tmp_path, ca
     for part in expected:
         assert part in err
     assert not out.exists() and not list(tmp_path.glob(".out-*"))
+
+
+# ---------------------------------------------------------------- attention maps
+
+
+@pytest.mark.multi_backend
+def test_attention_maps_match_a_numpy_computation_from_the_block_weights():
+    keras.utils.set_random_seed(3)
+    model = build_model(num_blocks=2, key_dim=4, conv_widths=[4, 4, 4], scale="pre", residual=True)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    ev = evaluate(model, images, np.arange(6))
+    blocks = [layer for layer in model.layers if layer.name.startswith("ultimus")]
+    probe = keras.Model(model.inputs, [model.outputs[0], *(b.input for b in blocks)])
+    logits, *inputs = probe.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_array_equal(ev.predicted, logits.argmax(1))
+    assert len(ev.attention) == 2
+    for block, x, got in zip(blocks, inputs, ev.attention):
+        wq, bq = (keras.ops.convert_to_numpy(w) for w in block.query_dense.weights)
+        wk, bk = (keras.ops.convert_to_numpy(w) for w in block.key_dense.weights)
+        q, k = x @ wq + bq, x @ wk + bk
+        scores = q[:, :, None] * k[:, None, :] / np.sqrt(4)
+        maps = np.exp(scores - scores.max(-1, keepdims=True))
+        maps /= maps.sum(-1, keepdims=True)
+        np.testing.assert_allclose(got, maps.mean(axis=0), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- --evaluate: a saved model re-checked
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny real run of `keras_ultimus.train` on fake data: its log.csv, run.json and model.keras."""
+    from keras_ultimus import train
+    from tests.helpers import write_fake_tarball
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_fake_tarball(root / "cifar-10-binary.tar.gz")
+    run = root / "run"
+    args = ["--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "8", "--limit-train", "32",
+            "--limit-test", "18", "--key-dim", "4", "--conv-widths", "4,4,4", "--residual"]
+    assert train.main(args) == 0
+    return run, data
+
+
+@pytest.mark.multi_backend
+def test_evaluate_recomputes_the_logged_final_test_accuracy(trained_run, capsys):
+    # Same weights, same 18 images, same batches, inference mode: the predictions are recomputed
+    # exactly, so the count of correct images must equal the logged one (CSVLogger's float32
+    # val_accuracy times 18 rounds back to a whole count). No tolerance needed on one backend.
+    run, data = trained_run
+    assert main(["--evaluate", str(run), "--data", str(data)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    logged = pd.read_csv(run / "log.csv")["val_accuracy"].iloc[-1]
+    assert f"log.csv's final val_accuracy {100 * logged:.2f}% (epoch 1): agree" in line
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    _, (x_test, y_test) = load_local(data)
+    correct = int((model.predict(x_test[:18].astype("float32"), verbose=0).argmax(1) == y_test[:18]).sum())
+    assert correct == round(logged * 18)
+    assert f"({correct:,} of 18 test images)" in line
+
+
+def test_evaluate_exits_1_when_the_log_disagrees_beyond_the_tolerance(trained_run, tmp_path, capsys):
+    run, data = trained_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.keras", "run.json"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    log = pd.read_csv(run / "log.csv")
+    off_by_one = log["val_accuracy"].iloc[-1] + (1 / 18 if log["val_accuracy"].iloc[-1] < 0.5 else -1 / 18)
+    log.loc[log.index[-1], "val_accuracy"] = off_by_one
+    log.to_csv(copy / "log.csv", index=False)
+    assert main(["--evaluate", str(copy / "model.keras"), "--data", str(data)]) == 1
+    assert "differ by" in capsys.readouterr().out
+    assert main(["--evaluate", str(copy), "--data", str(data), "--tolerance", "1"]) == 0
+
+
+@pytest.mark.parametrize("target, expected", [
+    (lambda run: run / "missing", ["missing", "no such run folder or model file"]),
+    (lambda run: ((run / "model.keras").unlink(), run)[1], ["not a .keras file or a run folder with model.keras"]),
+    (lambda run: ((run / "model.keras").write_bytes(b"junk"), run)[1], ["model.keras", "cannot load model"]),
+    (lambda run: ((run / "log.csv").unlink(), run)[1], ["log.csv", "no such file"]),
+    (lambda run: ((run / "log.csv").write_text("epoch,loss\n0,1\n"), run)[1], ["log.csv", "missing column"]),
+])
+def test_evaluate_bad_input_exits_2_in_one_line(tmp_path, capsys, target, expected):
+    run = write_run(tmp_path / "run", model=True)
+    assert main(["--evaluate", str(target(run))]) == 2
+    assert_one_line_error(capsys, *expected)
+
+
+def test_evaluate_with_bad_data_exits_2_in_one_line(tmp_path, capsys):
+    run = write_run(tmp_path / "run", model=True)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["--evaluate", str(run), "--data", str(junk)]) == 2
+    assert_one_line_error(capsys, "junk.bin")
+
+
+def test_evaluate_refuses_report_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--evaluate", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--evaluate takes no RUN, --out or --no-model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- no absolute machine paths
+
+ABSOLUTE = re.compile(r"(?<![\w.:/~$-])/(?:home|work|root|tmp|Users|mnt|opt|var|srv|data|private)/")
+
+
+def test_reports_hold_no_absolute_paths_even_from_absolute_inputs(tmp_path, monkeypatch, fake_cifar_tarball):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    run = write_run(tmp_path / "runs" / "abs", data=str(fake_cifar_tarball))
+    info = json.loads((run / "run.json").read_text())
+    info["command"] = f"python -m keras_ultimus.train --data={fake_cifar_tarball} --out {run}"
+    (run / "run.json").write_text(json.dumps(info))
+    out = repo / "reports" / "abs"
+    assert main([str(run), "--out", str(out), "--data", str(fake_cifar_tarball), "--no-model"]) == 0
+    md = (out / "report.md").read_text()
+    assert "- Folder: `../runs/abs`" in md
+    assert "--data=../cifar-10-binary.tar.gz --out ../runs/abs" in md
+    for file in out.iterdir():
+        if file.suffix in (".md", ".json", ".csv"):
+            assert str(tmp_path) not in file.read_text(), file.name
+    assert json.loads((out / "run.json").read_text())["config"]["data"] == "../cifar-10-binary.tar.gz"
+
+
+def test_committed_reports_hold_no_absolute_machine_paths():
+    reports = Path(__file__).resolve().parents[1] / "reports"
+    files = [f for f in reports.rglob("*") if f.suffix in (".md", ".json", ".csv", ".txt")]
+    assert files
+    for file in files:
+        found = ABSOLUTE.findall(file.read_text())
+        assert not found, f"{file.relative_to(reports)}: {found}"
