@@ -1,8 +1,10 @@
 """The training recipe shared by `train` and the tuner: compile, callbacks, run folders, `fit`."""
 
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -12,12 +14,16 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_ultimus.data import make_dataset
+import keras_ultimus
+from keras_ultimus.errors import UserError
 from keras_ultimus.model import build_model
+from keras_ultimus.pipelines import eval_data, resolve, train_data
 from keras_ultimus.schedules import OneCycle
 
 CSV_NAME = "log.csv"
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "bn_momentum")
+MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum")
+# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
+JIT = {"auto": "auto", "on": True, "off": False}
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -33,28 +39,87 @@ class EpochStats(keras.callbacks.Callback):
 
 
 class TrimLog(keras.callbacks.Callback):
-    """After BackupAndRestore, drop CSV rows of epochs that will run again."""
+    """On a resumed fit, drop CSV rows of epochs that will run again and restore the best score.
 
-    def __init__(self, csv_path: Path, steps_per_epoch: int, checkpoint: keras.callbacks.ModelCheckpoint):
+    The first `on_epoch_begin` gets the epoch `BackupAndRestore` restored; it,
+    not `optimizer.iterations`, says what was done (a step skipped by loss
+    scaling would otherwise shift the count).
+    """
+
+    def __init__(self, csv_path: Path, checkpoint: keras.callbacks.ModelCheckpoint):
         super().__init__()
-        self.csv_path, self.steps_per_epoch, self.checkpoint = csv_path, steps_per_epoch, checkpoint
+        self.csv_path, self.checkpoint, self._first = csv_path, checkpoint, True
 
-    def on_train_begin(self, logs=None):
-        done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) // self.steps_per_epoch
-        if done and self.csv_path.exists():
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first:
+            return
+        self._first = False
+        if epoch and self.csv_path.exists():
             log = pd.read_csv(self.csv_path)
-            log = log[log["epoch"] < done]
+            log = log[log["epoch"] < epoch]
             log.to_csv(self.csv_path, index=False)
-            self.checkpoint.best = float(log["val_accuracy"].max())
-            print(f"Resumed after epoch {done}.")
+            if len(log):
+                self.checkpoint.best = float(log["val_accuracy"].max())
+            print(f"Resumed after epoch {epoch}.")
 
 
-def compile_model(model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25) -> None:
-    """Compile with Adam on the one-cycle schedule, sparse CE on logits, accuracy."""
+class RunClock(keras.callbacks.Callback):
+    """Write the run's wall time into run.json at every epoch end, so a killed segment still counts."""
+
+    def __init__(self, run_info: dict, path: Path, start: float):
+        super().__init__()
+        self.run_info, self.path, self.start = run_info, path, start
+        run_info.setdefault("segments_seconds", []).append(0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.update()
+
+    def update(self) -> None:
+        """Record the time since this segment started and rewrite run.json."""
+        self.run_info["segments_seconds"][-1] = round(time.perf_counter() - self.start, 1)
+        self.run_info["wall_seconds"] = round(sum(self.run_info["segments_seconds"]), 1)
+        write_atomic(self.path, json.dumps(self.run_info, indent=2))
+
+
+@keras.saving.register_keras_serializable(package="keras_ultimus")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, except that a skipped step still counts in `iterations`.
+
+    Keras' `LossScaleOptimizer` skips the update when the scaled gradients
+    overflow and leaves `iterations` alone, so a schedule driven by
+    `iterations` (OneCycle) would fall one step behind per skip and never
+    reach its end. PyTorch's `GradScaler` + `OneCycleLR` step the schedule
+    anyway; so does this.
+    """
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        trainable_variables, new_variables = super()._stateless_handle_non_finite_grads(
+            optimizer_variables, trainable_variables
+        )
+        i = next(i for i, v in enumerate(self.variables) if v is self.inner_optimizer.iterations)
+        new_variables[i] = new_variables[i] + 1
+        return trainable_variables, new_variables
+
+
+def compile_model(
+    model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto"
+) -> None:
+    """Compile with Adam on the one-cycle schedule, sparse CE on logits, accuracy.
+
+    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
+    """
+    optimizer = keras.optimizers.Adam(OneCycle(max_lr, total_steps, pct_start))
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
     model.compile(
-        optimizer=keras.optimizers.Adam(OneCycle(max_lr, total_steps, pct_start)),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=JIT[jit],
     )
 
 
@@ -63,13 +128,60 @@ def model_kwargs(config: dict) -> dict:
     return {k: config[k] for k in MODEL_ARGS if k in config}
 
 
+def build(config: dict, precision: str = "float32") -> keras.Model:
+    """Build the model of `config` under the `precision` dtype policy; bad arguments raise UserError."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return build_model(**model_kwargs(config))
+    except ValueError as e:
+        raise UserError(f"bad model settings: {e}") from None
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and the backend; with `deterministic`, also ask the backend for deterministic ops."""
+    keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' deterministic mode needs it
+        torch.use_deterministic_algorithms(True)
+
+
+def git_state() -> dict:
+    """The checkout keras_ultimus runs from: commit and whether tracked files differ (None outside git)."""
+    here = Path(keras_ultimus.__file__).parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return {"commit": None, "dirty": None}
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def environment() -> dict:
-    """Backend, library versions and machine, for run.json."""
+    """Package version and git commit, backend, library versions and machine, for run.json."""
     versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
     for name in ("tensorflow", "torch", "jax"):
-        if name in sys.modules:
+        if name in sys.modules and hasattr(sys.modules[name], "__version__"):
             versions[name] = sys.modules[name].__version__
     return {
+        "keras_ultimus": {"version": keras_ultimus.__version__, **git_state()},
         "backend": keras.backend.backend(),
         "versions": versions,
         "machine": {
@@ -88,53 +200,97 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def fingerprint(data: tuple) -> str:
+    """A hash of the CIFAR-10 arrays, so a resumed run can check that moved data is the same data."""
+    h = hashlib.blake2b(digest_size=16)
+    for images, labels in data:
+        for array in (images, labels):
+            h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
+    """Keras' TensorBoard callback when TensorFlow is importable, else none (and one line saying so)."""
+    try:
+        from keras_ultimus import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
+    except ImportError:
+        print("TensorBoard logs need TensorFlow; skipping")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]
+
+
 def train(config: dict, out: Path, data: tuple, resume: bool = False, command: str = "") -> dict:
-    """Fit the model described by `config` on `data` into run folder `out`; return run.json."""
-    keras.utils.set_random_seed(config["seed"])
+    """Fit the model described by `config` on `data` into run folder `out`; return run.json.
+
+    Everything that can fail on bad input (data, model settings, the folder)
+    is checked before the first file is written.
+    """
+    start = time.perf_counter()
+    run_info = json.loads((out / "run.json").read_text()) if resume else {}
+    digest = fingerprint(data)
+    if resume and run_info.get("data_fingerprint", digest) != digest:
+        raise UserError(f"--data {config['data']}: not the data run {out} trained on")
+    precision, jit = config.get("precision", "float32"), config.get("jit", "auto")
+    pipeline = run_info.get("pipeline") or resolve(config.get("pipeline", "auto"))
+    seed_everything(config["seed"], config.get("deterministic", False))
+
     (x_train, y_train), (x_test, y_test) = data
     x_train, y_train = x_train[: config["limit_train"]], y_train[: config["limit_train"]]
     x_test, y_test = x_test[: config["limit_test"]], y_test[: config["limit_test"]]
-    train_ds = make_dataset(x_train, y_train, config["batch_size"], True, config["augment"], config["seed"])
-    test_ds = make_dataset(x_test, y_test, config["batch_size"])
+    train_ds, data_epoch = train_data(x_train, y_train, config["batch_size"], config["seed"],
+                                      config["augment"], kind=pipeline)
+    test_ds = eval_data(x_test, y_test, config["batch_size"], kind=pipeline)
     steps = -(-len(x_train) // config["batch_size"]) * config["epochs"]
+    model = build(config, precision)
+    compile_model(model, config["max_lr"], steps, config["pct_start"], jit)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
 
-    model = build_model(**model_kwargs(config))
-    compile_model(model, config["max_lr"], steps, config["pct_start"])
+    if not resume:
+        run_info = {
+            "config": config, "command": command, **environment(),
+            "precision": precision, "jit_compile": bool(model.jit_compile), "pipeline": pipeline,
+            "data_fingerprint": digest, "started": datetime.now().isoformat(timespec="seconds"),
+        }
+        with open(out / "summary.txt", "w") as f:
+            model.summary(print_fn=lambda line, **_: f.write(line + "\n"))
+        model.summary()
+    else:
+        run_info["config"] = config  # --data may point to a moved copy
+        run_info.setdefault("resumed", []).append(
+            {"command": command, "at": datetime.now().isoformat(timespec="seconds"), **environment()}
+        )
+    clock = RunClock(run_info, out / "run.json", start)
+    clock.update()
+
     csv_path = out / CSV_NAME
     best = keras.callbacks.ModelCheckpoint(
         out / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
     )
     # double_checkpoint keeps the previous backup, in case a kill lands mid-write.
     backup = keras.callbacks.BackupAndRestore(out / "backup", double_checkpoint=True)
-    run_info = json.loads((out / "run.json").read_text()) if resume else {
-        "config": config, "command": command, **environment(),
-        "started": datetime.now().isoformat(timespec="seconds"), "segments_seconds": [],
-    }
-    if not resume:
-        with open(out / "summary.txt", "w") as f:
-            model.summary(print_fn=lambda line, **_: f.write(line + "\n"))
-        model.summary()
-    write_atomic(out / "run.json", json.dumps(run_info, indent=2))
-
-    start = time.perf_counter()
     model.fit(
         train_ds,
         validation_data=test_ds,
         epochs=config["epochs"],
+        shuffle=False,  # the pipeline shuffles, by (seed, epoch)
         # On each epoch's end the CSV row is written before the backup, and on resume
         # TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
         callbacks=[
+            data_epoch,
             EpochStats(),
+            *tensorboard(out / "tensorboard"),
             keras.callbacks.CSVLogger(csv_path, append=True),
             best,
             backup,
-            TrimLog(csv_path, steps // config["epochs"], best),
+            TrimLog(csv_path, best),
+            clock,
         ],
     )
     model.save(out / "model.keras")
-    run_info["segments_seconds"].append(round(time.perf_counter() - start, 1))
-    run_info["wall_seconds"] = round(sum(run_info["segments_seconds"]), 1)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = pd.read_csv(csv_path).iloc[-1].to_dict()
-    write_atomic(out / "run.json", json.dumps(run_info, indent=2))
+    clock.update()
     return run_info

@@ -1,20 +1,28 @@
-"""Train the Ultimus model on CIFAR-10: `python -m keras_ultimus.train --help`."""
+"""Train the Ultimus model on CIFAR-10 into a resumable run folder: `python -m keras_ultimus.train --help`."""
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from keras_ultimus.data import DataError, load_cifar10
-from keras_ultimus.recipe import train
+from keras_ultimus.backend import prepare
+from keras_ultimus.errors import UserError, cli
+from keras_ultimus.flags import add_model_flags
+
+# Flags that --resume accepts: they don't change what the run computes.
+RESUME_FLAGS = {"resume", "data", "verbose"}
+# Not part of a run's config.
+NOT_CONFIG = {"config", "resume", "out", "verbose"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `build_model` and `fit` arguments."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.train", description=__doc__.split(":")[0] + ".")
+    p = argparse.ArgumentParser(prog="python -m keras_ultimus.train",
+                                description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
     p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
     p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
                    "(default: $CIFAR10_PATH, else TFDS)")
@@ -28,56 +36,172 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, help="use only the first N test images")
-    g = p.add_argument_group("model")
-    g.add_argument("--blocks", dest="num_blocks", type=int, default=4, help="number of Ultimus blocks")
-    g.add_argument("--key-dim", type=int, default=8)
-    g.add_argument("--scale", choices=("pre", "post"), default="pre", help="scale before or after softmax")
-    g.add_argument("--residual", action="store_true", help="x + block(x) (a variant, not the reference)")
-    g.add_argument("--conv-widths", type=lambda s: [int(w) for w in s.split(",")], default=[32, 256, 48],
-                   help="comma-separated conv widths (default: 32,256,48)")
-    g.add_argument("--bn-momentum", type=float, default=0.9)
-    args = p.parse_args(argv)
-    if args.config:
-        try:
-            p.set_defaults(**json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            p.error(f"--config {args.config}: {e}")
-        args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "num_blocks", "key_dim", "limit_train", "limit_test"):
+    p.add_argument("--deterministic", action="store_true",
+                   help="reruns with the same seed give identical logs and weights (TF op determinism)")
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
+                   help="Keras dtype policy; mixed_float16 adds dynamic loss scaling")
+    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                   help="XLA compilation of the train step (auto: Keras' default for the backend)")
+    p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
+                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy)")
+    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    add_model_flags(p)
+    return p
+
+
+def config_value(action: argparse.Action, value: object) -> object:
+    """Check one --config value against its flag's type; return it, or raise UserError naming the key."""
+    key = action.dest
+    if action.nargs == 0:  # store_true / store_false
+        ok = isinstance(value, bool)
+    elif value is None:
+        ok = action.default is None
+    elif action.choices:
+        ok = value in action.choices
+    elif action.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif action.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif key in ("conv_widths", "downsample"):
+        ok = isinstance(value, (str, list))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = (f"one of {list(action.choices)}" if action.choices else
+                    "true or false" if action.nargs == 0 else getattr(action.type, "__name__", "a string"))
+        raise UserError(f"--config key {key!r}: expected {expected}, got {value!r}")
+    return value
+
+
+def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Read a --config JSON file of flag dests; every key must be a flag and every value of its type."""
+    file = Path(path)
+    if file.is_dir():
+        raise UserError(f"--config {path}: is a folder, not a JSON file")
+    try:
+        values = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path}: cannot read ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise UserError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a JSON object of flag values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_CONFIG | {"help"}}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise UserError(f"--config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(actions))}")
+    return {key: config_value(actions[key], value) for key, value in values.items()}
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check flag values (raises UserError, one line)."""
+    for flag in ("epochs", "batch_size", "limit_train", "limit_test"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if not args.max_lr > 0 or not 0 < args.pct_start < 1:
-        p.error("--max-lr must be positive and --pct-start between 0 and 1")
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if not (math.isfinite(args.max_lr) and args.max_lr > 0):
+        raise UserError(f"--max-lr must be a positive number, got {args.max_lr}")
+    if not 0 <= args.pct_start < 1:
+        raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Parse --conv-widths/--downsample and check every model flag with `build_model`'s own checks.
+
+    Imports Keras: call it after `prepare`.
+    """
+    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.recipe import model_kwargs
+
+    try:
+        if isinstance(args.conv_widths, str):
+            args.conv_widths = parse_conv_widths(args.conv_widths)
+        if isinstance(args.downsample, str):
+            args.downsample = parse_downsample(args.downsample)
+        trainable_params(**model_kwargs(vars(args)))
+    except ValueError as e:
+        raise UserError(f"model flags: {e}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags; --config values become defaults that flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**read_config(parser, args.config))
+        args = parser.parse_args(argv)
+    check(args)
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, make or reopen the run folder, and train."""
-    args = parse_args(argv)
-    if args.resume:
-        out = Path(args.resume)
-        if not (out / "run.json").is_file():
-            print(f"error: {out}: not a run folder (no run.json)", file=sys.stderr)
-            return 2
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags named on the command line (not defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_config(args: argparse.Namespace, argv: list[str] | None) -> tuple[Path, dict]:
+    """The run folder and config to continue; refuses flags that would change the run."""
+    out = Path(args.resume)
+    if not (out / "run.json").is_file():
+        raise UserError(f"{out}: not a run folder (no run.json)")
+    try:
         info = json.loads((out / "run.json").read_text())
-        if "finished" in info:
-            print(f"error: {out}: run already finished at {info['finished']}", file=sys.stderr)
-            return 2
         config = info["config"]
-    else:
-        out = Path(args.out or f"runs/ultimus-{datetime.now():%Y%m%d-%H%M%S}")
-        if out.exists() and any(out.iterdir()):
-            print(f"error: {out}: run folder exists; pick a new --out or --resume it", file=sys.stderr)
-            return 2
-        config = {k: v for k, v in vars(args).items() if k not in ("resume", "out", "config")}
-        config["data"] = args.data or os.environ.get("CIFAR10_PATH")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out / 'run.json'}: unreadable run record ({type(e).__name__}: {e})") from None
+    if "finished" in info:
+        raise UserError(f"{out}: run already finished at {info['finished']}")
+    changed = sorted(
+        dest for dest in given_flags(argv) - RESUME_FLAGS
+        if dest in NOT_CONFIG or config.get(dest) != getattr(args, dest)
+    )
+    if changed:
+        names = ", ".join("--" + ("blocks" if d == "num_blocks" else d.replace("_", "-")) for d in changed)
+        raise UserError(f"--resume continues {out} as it was started; it takes only --data and -v, "
+                        f"not {names}")
+    if args.data:
+        config = {**config, "data": args.data}
+    return out, config
+
+
+def new_run(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The new run folder (not created yet) and its config."""
+    out = Path(args.out or f"runs/ultimus-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out}: run folder exists; pick a new --out or --resume it")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    config["data"] = args.data or os.environ.get("CIFAR10_PATH")
+    return out, config
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, check every input, then make or reopen the run folder and train."""
+    args = parse_args(argv)
+    backend = prepare(verbose=args.verbose)
+    check_model_flags(args)
+    out, config = resume_config(args, argv) if args.resume else new_run(args)
+    if config.get("deterministic") and backend == "jax":
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
+
+    from keras_ultimus.data import DataError, load_cifar10
+    from keras_ultimus.recipe import train
+
     try:
         data = load_cifar10(config["data"])  # before the run folder exists
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
+        raise UserError(str(e)) from None
     command = shlex.join(["python", "-m", "keras_ultimus.train", *(sys.argv[1:] if argv is None else argv)])
     try:
         info = train(config, out, data, resume=bool(args.resume), command=command)
