@@ -33,6 +33,7 @@ class LRSweep(keras.callbacks.Callback):
     `batch_sizes` are the sizes of one epoch's batches (default: all equal).
     Training stops once the smoothed loss exceeds `diverge` times its best, or a
     loss is not finite. Nothing is restored afterwards: the sweep is a probe.
+    `print_every` > 0 prints a progress line every that many steps.
     """
 
     def __init__(
@@ -43,8 +44,10 @@ class LRSweep(keras.callbacks.Callback):
         batch_sizes: Sequence[int] | None = None,
         beta: float = 0.9,
         diverge: float = 4.0,
+        print_every: int = 0,
     ):
         super().__init__()
+        self.print_every = print_every
         self.lrs = np.geomspace(min_lr, max_lr, steps)
         self.batch_sizes, self.beta, self.diverge = batch_sizes, beta, diverge
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
@@ -74,6 +77,8 @@ class LRSweep(keras.callbacks.Callback):
             self.stopped = f"loss {loss} at step {step - 1}"
         elif smoothed > self.diverge * self._best:
             self.stopped = f"smoothed loss above {self.diverge:g}x its best at step {step - 1}"
+        if self.print_every and (step % self.print_every == 0 or self.stopped):
+            print(f"step {step}/{len(self.lrs)}  lr {self.history['lr'][-1]:.3g}  loss {loss:.4f}  smoothed {smoothed:.4f}")
         if self.stopped or len(self.history["lr"]) == len(self.lrs):
             self.model.stop_training = True
 
@@ -114,6 +119,7 @@ def sweep(
     batch_sizes: Sequence[int] | None = None,
     beta: float = 0.9,
     diverge: float = 4.0,
+    print_every: int = 0,
 ) -> tuple[pd.DataFrame, str | None]:
     """Sweep a compiled `model` (float LR) over batched `data`; return (step, lr, loss, smoothed), why it stopped early.
 
@@ -124,7 +130,7 @@ def sweep(
         raise UserError(f"the LR range must satisfy 0 < min < max, got {min_lr:g} to {max_lr:g}")
     if steps < 2:
         raise UserError(f"an LR sweep needs at least 2 steps, got {steps}")
-    recorder = LRSweep(min_lr, max_lr, steps, batch_sizes, beta, diverge)
+    recorder = LRSweep(min_lr, max_lr, steps, batch_sizes, beta, diverge, print_every)
     epochs = -(-steps // batches_per_epoch)
     model.fit(data, epochs=epochs, callbacks=[recorder], shuffle=False, verbose=0)  # `data` shuffles itself
     table = pd.DataFrame(recorder.history)
@@ -197,7 +203,7 @@ def find_lr(
     model = build_model(**model_kwargs(config))
     compile_model(model, min_lr, steps)
     with_float_lr(model, min_lr)
-    table, stopped = sweep(model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta)
+    table, stopped = sweep(model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10)
     skip = min(round(1 / (1 - beta)), len(table) // 4)  # the first EMA values average only a few batches
     try:
         suggested, failed = suggest_lr(table["lr"], table["smoothed"], skip), None
