@@ -1,0 +1,179 @@
+"""The Ultimus search space as a KerasTuner `HyperModel`, trained with the shared recipe."""
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from keras_ultimus import recipe
+from keras_ultimus.model import DOWNSAMPLE, build_model, trainable_params
+from keras_ultimus.pipelines import eval_data, resolve, train_data
+
+FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
+MAX_CONVS = 6
+WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
+REFERENCE_WIDTHS = (32, 256, 48)
+# A trial's configuration as `keras_ultimus.train` flag dests: `best.json` is a `--config` file as it is.
+CONFIG = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "max_lr")
+MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample")
+
+
+def declare_space(hp: kt.HyperParameters) -> None:
+    """Declare every searched axis; the defaults are the reference model and recipe."""
+    hp.Int("num_blocks", 1, 8, default=4)
+    hp.Choice("key_dim", [4, 8, 16], default=8)
+    hp.Choice("scale", ["pre", "post"], default="pre")
+    hp.Boolean("residual", default=False)
+    hp.Float("max_lr", 3e-4, 1e-2, sampling="log", default=3e-3)
+    hp.Int("num_convs", 2, MAX_CONVS, default=len(REFERENCE_WIDTHS))
+    for i in range(1, MAX_CONVS + 1):
+        # Conv i, and the gap before it, exist when num_convs >= i.
+        scope = hp.conditional_scope("num_convs", list(range(i, MAX_CONVS + 1))) if i > 2 else nullcontext()
+        with scope:
+            default = REFERENCE_WIDTHS[i - 1] if i <= len(REFERENCE_WIDTHS) else 64
+            hp.Choice(f"conv{i}_width", list(WIDTHS), default=default)
+            if i > 1:
+                hp.Choice(f"down{i - 1}", list(DOWNSAMPLE), default="none")
+
+
+def trial_config(values: dict) -> dict:
+    """A trial's hyperparameter values as a train config (conv_widths and downsample as lists)."""
+    n = int(values["num_convs"])
+    config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
+    config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
+    config["downsample"] = [values[f"down{i}"] for i in range(1, n)]
+    return config
+
+
+def budget_reason(values: dict, max_params: int) -> str | None:
+    """Why a trial's values must not be trained (an impossible stem, or over the parameter budget), else None."""
+    config = trial_config(values)
+    try:
+        params = trainable_params(**{k: config[k] for k in MODEL_ARGS})
+    except ValueError as e:
+        return f"invalid: {e}"
+    if params > max_params:
+        return f"over budget: {params:,} trainable parameters > {max_params:,}"
+    return None
+
+
+def trial_dir(callbacks: Sequence[keras.callbacks.Callback]) -> str:
+    """The running trial's folder, found through the callback KerasTuner adds to every fit."""
+    tuner_callback = next(c for c in callbacks if hasattr(c, "tuner") and hasattr(c, "trial"))
+    return tuner_callback.tuner.get_trial_dir(tuner_callback.trial.trial_id)
+
+
+class UltimusHyperModel(kt.HyperModel):
+    """Ultimus models over depth, key size, scale, residual, peak LR and the conv stem.
+
+    The stem has 2-6 convs, each of a width from `WIDTHS`, with `"none"`,
+    `"pool"` or `"stride"` between two convs (`keras_ultimus.model.build_model`).
+    Each trial trains as `keras_ultimus.train` trains: the shared recipe
+    (`recipe.compile_model`: Adam on a one-cycle schedule over the trial's
+    own epochs), the shared input pipelines (`keras_ultimus.pipelines`), and
+    the same per-epoch CSV log, written into the trial's folder.
+
+    Args:
+        batch_size: int. Training batch size. Defaults to `512`.
+        pct_start: float. One-cycle warm-up fraction. Defaults to `0.25`.
+        augment: bool. Crop/flip augmentation while training. Defaults to `True`.
+        seed: int. Seed for weight init, shuffling and augmentation. Defaults to `0`.
+        precision: str. Keras dtype policy of every trial. Defaults to `"float32"`.
+        jit: str. `"auto"`, `"on"` or `"off"`, as `train --jit`. Defaults to `"auto"`.
+        pipeline: str. `"auto"`, `"tfdata"` or `"numpy"`, as `train --pipeline`. Defaults to `"auto"`.
+        plan: a `keras_ultimus.distribute.Plan` whose scope each trial builds,
+            compiles and fits in. Defaults to `None` (one device).
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        pct_start: float = 0.25,
+        augment: bool = True,
+        seed: int = 0,
+        precision: str = "float32",
+        jit: str = "auto",
+        pipeline: str = "auto",
+        plan=None,
+        **kwargs,
+    ):
+        super().__init__(name="ultimus", **kwargs)
+        self.batch_size = batch_size
+        self.pct_start = pct_start
+        self.augment = augment
+        self.seed = seed
+        self.precision = precision
+        self.jit = jit
+        self.pipeline = pipeline
+        self.plan = plan
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """Build an uncompiled Ultimus model; `fit` compiles it once the step count is known."""
+        declare_space(hp)
+        config = trial_config(hp.values)
+        recipe.seed_everything(self.seed)
+        keras.config.set_dtype_policy(self.precision)  # this process builds trial models only
+        with self._scope():
+            return build_model(**{k: config[k] for k in MODEL_ARGS})
+
+    def _scope(self):
+        return self.plan.scope() if self.plan is not None else nullcontext()
+
+    def fit(
+        self,
+        hp: kt.HyperParameters,
+        model: keras.Model,
+        x: np.ndarray,
+        y: np.ndarray,
+        validation_data: tuple[np.ndarray, np.ndarray],
+        epochs: int = 1,
+        initial_epoch: int = 0,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        verbose="auto",
+    ) -> keras.callbacks.History:
+        """Train the trial from scratch over `epochs` epochs, its one-cycle schedule spanning all of them."""
+        if initial_epoch:
+            # A continuation would either restart the one-cycle schedule or cut it short: refuse both.
+            raise kt.errors.FatalValueError(
+                "UltimusHyperModel trains every trial from epoch 0 with its own one-cycle schedule; "
+                f"got initial_epoch={initial_epoch} (use keras_ultimus.tuner.search.UltimusTuner)"
+            )
+        start = time.perf_counter()
+        folder = trial_dir(callbacks)
+        pipeline = resolve(self.pipeline)
+        train_ds, data_epoch = train_data(x, y, self.batch_size, self.seed, self.augment, kind=pipeline)
+        val_ds = eval_data(*validation_data, self.batch_size, kind=pipeline)
+        steps = -(-len(x) // self.batch_size) * epochs
+        with self._scope():
+            recipe.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit)
+        tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+        config = trial_config(hp.values)
+        print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {config}")
+        csv = keras.callbacks.CSVLogger(os.path.join(folder, recipe.CSV_NAME))
+        with self._scope():
+            history = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                shuffle=False,  # the pipeline shuffles, by (seed, epoch)
+                callbacks=[data_epoch, recipe.EpochStats(), csv, *callbacks],
+                verbose=verbose,
+            )
+        record = {
+            "tuner_id": tuner_id,
+            "trainable_params": trainable_params(**{k: config[k] for k in MODEL_ARGS}),
+            "epochs_run": len(history.epoch),
+            "schedule_steps": steps,
+            "seconds": round(time.perf_counter() - start, 1),
+            "precision": self.precision,
+            "jit_compile": bool(model.jit_compile),
+            "pipeline": pipeline,
+        }
+        with open(os.path.join(folder, FIT_NAME), "w") as f:
+            json.dump(record, f)
+        return history

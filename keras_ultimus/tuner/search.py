@@ -1,0 +1,250 @@
+"""The search itself: KerasTuner oracles with a parameter budget, the tuner, and the files a search writes.
+
+A sampled configuration that can't be trained (over the parameter budget, or
+a stem that shrinks the image below a 3x3 conv) never becomes a KerasTuner
+trial: the oracle records it with its reason and samples again. As a trial it
+would count as failed (`max_consecutive_failed_trials` stops a search after 3
+in a row) and would take a Hyperband slot, so a round could never fill and the
+bracket would never reach its longer trainings.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras_tuner as kt
+import numpy as np
+import pandas as pd
+
+from keras_ultimus.cifar10 import load_cifar10, split_validation
+from keras_ultimus.errors import UserError
+from keras_ultimus.pipelines import eval_data
+from keras_ultimus.recipe import write_atomic
+from keras_ultimus.tuner.hypermodel import CONFIG, FIT_NAME, budget_reason, trial_config
+
+OBJECTIVE = "val_accuracy"
+ALGORITHMS = ("hyperband", "bayesian", "random")
+MAX_PARAMS = 250_000
+# Flags that define a search; resuming with other values would mix two searches.
+# (--max-trials may change: a search can be resumed with a larger budget.)
+SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision")
+# The files of a search folder.
+LEADERBOARD_NAME, BEST_NAME, RESULT_NAME, SEARCH_NAME = "leaderboard.csv", "best.json", "result.json", "search.json"
+SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
+MAX_DRAWS = 1000  # rejected samples per request before the oracle gives up on the space
+
+
+class BudgetOracle:
+    """Mixin for a KerasTuner oracle: draw random values again while they can't be trained.
+
+    Rejected values are kept in `self.skipped` (saved in oracle.json) with
+    their reason, so the leaderboard can show them.
+    """
+
+    def __init__(self, *args, max_params: int = MAX_PARAMS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_params = max_params
+        self.skipped = []
+
+    def _reject(self, values: dict | None) -> bool:
+        """Record `values` if they can't be trained, and say so."""
+        if not values:
+            return False
+        reason = budget_reason(values, self.max_params)
+        if reason is None:
+            return False
+        self.skipped.append({"values": values, "reason": reason})
+        self._tried_so_far.add(self._compute_values_hash(values))
+        return True
+
+    def _random_values(self):
+        for _ in range(MAX_DRAWS):
+            values = super()._random_values()
+            if not self._reject(values):
+                return values
+        return None
+
+    def get_state(self):
+        return {**super().get_state(), "skipped": self.skipped}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.skipped = state.get("skipped", [])
+
+
+class HyperbandOracle(BudgetOracle, kt.oracles.HyperbandOracle):
+    """KerasTuner's Hyperband oracle within a parameter budget."""
+
+
+class RandomSearchOracle(BudgetOracle, kt.oracles.RandomSearchOracle):
+    """KerasTuner's random-search oracle within a parameter budget."""
+
+
+class BayesianOptimizationOracle(BudgetOracle, kt.oracles.BayesianOptimizationOracle):
+    """KerasTuner's Bayesian oracle within a parameter budget: a proposal over it is replaced by a random draw."""
+
+    def populate_space(self, trial_id):
+        result = super().populate_space(trial_id)
+        if result.get("status") == "RUNNING" and self._reject(result["values"]):
+            values = self._random_values()
+            return {"status": "RUNNING", "values": values} if values else {"status": "STOPPED"}
+        return result
+
+
+def role() -> str:
+    """'single', 'chief' or 'worker', from KerasTuner's distribution variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if v not in os.environ]
+    if missing:
+        raise UserError(f"KERASTUNER_ORACLE_IP is set but {missing[0]} is not")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+class UltimusTuner(kt.Tuner):
+    """A KerasTuner `Tuner` that trains every trial from scratch for the epochs it is given.
+
+    Hyperband promotes a configuration to more epochs (`tuner/epochs`) and
+    would continue the earlier trial's weights from `tuner/initial_epoch`
+    with a fresh optimizer: its one-cycle schedule would restart from warm-up,
+    or, counted from the old epoch, be cut short. Here a promoted trial trains
+    `tuner/epochs` epochs from epoch 0, so its score is that of
+    `train --epochs tuner/epochs` (Hyperband as in Li et al., 2018, which
+    trains each rung from scratch).
+    """
+
+    def run_trial(self, trial, *args, **kwargs):
+        if "tuner/epochs" in trial.hyperparameters.values:
+            kwargs["epochs"] = trial.hyperparameters.values["tuner/epochs"]
+        return super().run_trial(trial, *args, **kwargs)
+
+    def pre_create_trial(self):
+        """Pause a worker: while a round finishes the oracle answers IDLE, and KerasTuner asks again at once."""
+        if role() == "worker":
+            time.sleep(1)
+
+
+def make_tuner(
+    algorithm: str,
+    out: Path,
+    hypermodel: kt.HyperModel,
+    epochs: int,
+    max_trials: int | None = None,
+    seed: int = 0,
+    max_params: int = MAX_PARAMS,
+    overwrite: bool = False,
+    strategy=None,
+) -> UltimusTuner:
+    """The tuner for `algorithm`, keeping its state in `out`; `epochs` is Hyperband's most for one model."""
+    common = dict(objective=OBJECTIVE, seed=seed, max_params=max_params)
+    if algorithm == "hyperband":
+        oracle = HyperbandOracle(max_epochs=epochs, **common)
+        oracle.max_trials = max_trials  # an optional cap on Hyperband's own schedule
+    elif algorithm == "random":
+        oracle = RandomSearchOracle(max_trials=max_trials or 10, **common)
+    else:
+        max_trials = max_trials or 10
+        # KerasTuner's default of 3 random points per hyperparameter would leave
+        # nothing for the Gaussian process in a small budget.
+        oracle = BayesianOptimizationOracle(
+            max_trials=max_trials, num_initial_points=max(2, max_trials // 3), **common
+        )
+    return UltimusTuner(
+        oracle=oracle, hypermodel=hypermodel, overwrite=overwrite, directory=str(out.parent),
+        project_name=out.name, distribution_strategy=strategy,
+    )
+
+
+def _config_columns(values: dict) -> dict:
+    config = trial_config(values)
+    config["conv_widths"] = ",".join(map(str, config["conv_widths"]))
+    config["downsample"] = ",".join(config["downsample"])
+    return config
+
+
+def leaderboard(tuner: kt.Tuner) -> pd.DataFrame:
+    """One row per oracle trial, best `val_accuracy` first, then the configurations not trained, with why."""
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        fit_file = Path(tuner.get_trial_dir(trial.trial_id)) / FIT_NAME
+        fit = json.loads(fit_file.read_text()) if fit_file.exists() else {}
+        values = trial.hyperparameters.values
+        rows.append({
+            "trial_id": trial.trial_id,
+            "status": trial.status,
+            "reason": (trial.message or "").strip().splitlines()[-1:][0] if trial.message else "",
+            **_config_columns(values),
+            **{k: v for k, v in values.items() if k.startswith("tuner/")},  # Hyperband's bookkeeping
+            "trainable_params": fit.get("trainable_params"),
+            "best_val_accuracy": trial.score,
+            "epochs_run": fit.get("epochs_run"),
+            "seconds": fit.get("seconds"),
+            "tuner_id": fit.get("tuner_id"),
+        })
+    stats = ["trainable_params", "best_val_accuracy", "epochs_run", "seconds", "tuner_id"]
+    trained = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["trial_id", *stats])
+    trained = trained.sort_values(["best_val_accuracy", "trial_id"], ascending=[False, True], na_position="last")
+    skipped = [{"trial_id": "", "status": SKIPPED, "reason": s["reason"], **_config_columns(s["values"]),
+                "trainable_params": s.get("trainable_params")} for s in getattr(tuner.oracle, "skipped", [])]
+    table = pd.concat([trained, pd.DataFrame(skipped)], ignore_index=True) if skipped else trained
+    extra = sorted(c for c in table.columns if c.startswith("tuner/"))
+    return table.reindex(columns=["trial_id", "status", "reason", *CONFIG, *extra, *stats]).reset_index(drop=True)
+
+
+def best_config(values: dict, batch_size: int) -> dict:
+    """The best trial's values as `keras_ultimus.train` flag dests, for `--config`."""
+    return {**trial_config(values), "batch_size": batch_size}
+
+
+def finish(tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, np.ndarray], pipeline: str) -> dict:
+    """Write leaderboard.csv, best.json and result.json (with the best model's test accuracy)."""
+    tuner.save()  # a chief's oracle saves before it drops the last ended trial from its ongoing ones
+    table = leaderboard(tuner)
+    write_atomic(out / LEADERBOARD_NAME, table.to_csv(index=False))
+    completed = table[table["status"] == "COMPLETED"]
+    if completed.empty:
+        raise UserError(f"no trial completed; see the trial folders in {out}")
+    best = tuner.oracle.get_best_trials(1)[0]
+    write_atomic(out / BEST_NAME, json.dumps(best_config(best.hyperparameters.values, settings["batch_size"]),
+                                              indent=2))
+    model = tuner.load_model(best)  # weights of its best epoch
+    logits = model.predict(eval_data(*test, settings["batch_size"], kind=pipeline), verbose=0)
+    result = {
+        "best_trial": best.trial_id,
+        "val_accuracy": best.score,
+        "test_accuracy": float(np.mean(np.argmax(logits, axis=-1) == test[1])),
+        "test_images": len(test[1]),
+        "trials_completed": len(completed),
+        "configurations_skipped": int((table["status"] == SKIPPED).sum()),
+        "settings": settings,
+    }
+    write_atomic(out / RESULT_NAME, json.dumps(result, indent=2))
+    return result
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume a search folder with different search flags."""
+    path = out / SEARCH_NAME
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); add --fresh to start over") from None
+    for k in SETTINGS:
+        if k in old and old[k] != settings[k]:
+            raise UserError(f"{out} was searched with --{k.replace('_', '-')} {old[k]}, not {settings[k]}: "
+                            "repeat its flags to resume, or add --fresh to start over")
+
+
+def search_data(data: str | None, limit_train: int | None, val_fraction: float, seed: int, batch_size: int):
+    """(fit, validation, test) arrays; validation is a seeded split of the training set only."""
+    (x_train, y_train), test = load_cifar10(data)
+    x_train, y_train = x_train[:limit_train], y_train[:limit_train]
+    fit, val = split_validation(x_train, y_train, val_fraction, seed)
+    if len(val[0]) < 1 or len(fit[0]) < 2 * batch_size:
+        raise UserError(f"{len(fit[0])} training / {len(val[0])} validation images: need a validation image "
+                        "and at least 2 batches per epoch (lower --batch-size or --val-fraction, or raise "
+                        "--limit-train)")
+    return fit, val, test

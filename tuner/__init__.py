@@ -1,1 +1,0 @@
-"""KerasTuner search over the Ultimus model: `python -m tuner.tune --help`."""
