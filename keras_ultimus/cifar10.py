@@ -7,6 +7,7 @@ not a readable copy raises `UserError` with one line naming the file.
 TensorFlow is imported only by `load_tfds`.
 """
 
+import lzma
 import os
 import socket
 import tarfile
@@ -68,11 +69,13 @@ def _read_tarball(path: Path) -> dict[str, bytes]:
                 if name in members:
                     raise UserError(f"{path}: tarball holds {name} more than once")
                 members[name] = tar.extractfile(member).read()
+            while tar.fileobj.read(1 << 20):  # to the end, so gzip checks its CRC of everything read
+                pass
     except tarfile.ReadError as e:
         if "could not be opened successfully" in str(e):  # one line per compression tried
             raise UserError(f"{path}: truncated or corrupt tarball (not a tar or compressed tar file)") from None
         raise UserError(f"{path}: truncated or corrupt tarball ({one_line(e)})") from None
-    except (tarfile.TarError, EOFError, zlib.error, ValueError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
         raise UserError(f"{path}: truncated or corrupt tarball ({one_line(e) or type(e).__name__})") from None
     except OSError as e:  # gzip/bz2/lzma stream errors, and unreadable files
         reason = e.strerror or one_line(e)
@@ -91,6 +94,10 @@ def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
     members = _read_folder(path) if path.is_dir() else _read_tarball(path)
     train = [decode_batch(members[n], str(path / n)) for n in TRAIN_FILES]
     test = decode_batch(members[TEST_FILE], str(path / TEST_FILE))
+    sizes = [len(y) for _, y in train]
+    if len(set(sizes)) > 1:  # a batch file cut at a record boundary would otherwise load silently
+        short = TRAIN_FILES[sizes.index(min(sizes))]
+        raise UserError(f"{path / short}: {min(sizes)} records, but another training batch file has {max(sizes)}")
     return (
         (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
         test,

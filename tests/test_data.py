@@ -11,7 +11,7 @@ from keras_ultimus.cifar10 import decode_batch, load_local
 from keras_ultimus.data import make_dataset
 from keras_ultimus.errors import UserError as DataError
 from keras_ultimus.tfdata import augment_batch
-from tests.conftest import fake_batch, write_fake_tarball
+from tests.helpers import fake_batch, write_fake_tarball
 
 
 def test_decode_batch_reads_label_then_rgb_planes():
