@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 import keras
-from keras_ultimus.data import load_local
+from keras_ultimus.cifar10 import load_local
 from keras_ultimus.model import CLASS_NAMES, build_model
 from keras_ultimus.report import charts
 from keras_ultimus.report.cli import main
@@ -510,3 +512,17 @@ def test_committed_reports_hold_no_absolute_machine_paths():
     for file in files:
         found = ABSOLUTE.findall(file.read_text())
         assert not found, f"{file.relative_to(reports)}: {found}"
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "keras_ultimus.report", str(tmp_path / "nope"), "--out",
+                             str(tmp_path / "out")], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    # TensorFlow's own C++ start-up lines are backend.prepare's to quiet (tested in test_backend.py).
+    ours = [line for line in result.stderr.splitlines()
+            if not re.match(r"[IWEF]\d{4} |WARNING: All log messages before absl", line)]
+    assert ours == [f"error: {tmp_path / 'nope'}: no such run folder"]
+    assert not (tmp_path / "out").exists()

@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ultimus.data import DataError, load_cifar10
-from keras_ultimus.errors import UserError
+from keras_ultimus.cifar10 import load_cifar10
+from keras_ultimus.errors import UserError, one_line
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.loading import load_keras_model
 from keras_ultimus.model import CLASS_NAMES, build_model
@@ -95,8 +95,8 @@ def load_test_split(data: str | None, hint: str = "") -> tuple[np.ndarray, np.nd
     """The CIFAR-10 test images and labels from `data` (default: $CIFAR10_PATH, else TFDS)."""
     try:
         _, test = load_cifar10(data)
-    except DataError as e:
-        raise UserError(f"{e}{hint}") from None
+    except UserError as e:
+        raise UserError(f"{one_line(e)}{hint}") from None
     return test
 
 
