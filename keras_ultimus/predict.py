@@ -1,30 +1,35 @@
-"""Classify images with a trained or exported model: `python -m keras_ultimus.predict --help`.
+"""Classify images with a trained or exported model (`ultimus-predict --help`).
 
 MODEL is an exported SavedModel version folder, its base folder (the latest
 version is used), an exported `.onnx` file, a `.keras` file or a run folder.
-IMAGE is a PNG/JPEG of any size (resized to 32x32) or a `.npy` uint8 batch
-of shape (N, 32, 32, 3).
+Only a SavedModel needs TensorFlow: a `.keras` file runs on any Keras backend
+and an `.onnx` file on onnxruntime. IMAGE is an image file of any size, mode
+and format Pillow reads (resized to 32x32 RGB) or a `.npy` uint8 batch of shape
+(N, 32, 32, 3). Every readable image is classified; every unreadable input is
+named in one line on stderr, and then the exit code is 2.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
-from keras_ultimus.errors import UserError
-from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import CLASS_NAMES
+from keras_ultimus.backend import INSTALL, prepare
+from keras_ultimus.errors import UserError, cli, one_line
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 BATCH_SIZE = 256
 TOP_K = 3
+# 16-bit and 32-bit integer modes: Pillow's convert("RGB") clips them at 255 instead of scaling.
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 255}
 
 
 class ImageError(Exception):
@@ -44,26 +49,77 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    try:
-        if path.suffix == ".onnx":
-            import onnxruntime
+    if path.suffix == ".onnx" and path.is_file():
+        return onnx_predictor(path)
+    if path.is_dir() and (found := saved_model_dir(path)):
+        return saved_model_predictor(found)
+    import keras
 
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            return lambda images: session.run(["probabilities"], {"images": images})[0]
-        if path.is_dir() and (found := saved_model_dir(path)):
-            serve = tf.saved_model.load(str(found)).signatures["serving_default"]
-            return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
-    except Exception as e:  # onnxruntime and TensorFlow raise many types for a bad file
-        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
+    from keras_ultimus.loading import load_keras_model
+
     model = load_keras_model(path)
     return lambda images: keras.ops.convert_to_numpy(
         keras.ops.softmax(model(images.astype("float32"), training=False))
     )
 
 
+def onnx_predictor(path: Path) -> Predictor:
+    """An exported `.onnx` file run by onnxruntime (no TensorFlow, no Keras)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install 'keras-ultimus[onnx]'") from None
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for a bad file
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
+    return lambda images: session.run(["probabilities"], {"images": images})[0]
+
+
+def saved_model_predictor(path: Path) -> Predictor:
+    """An exported SavedModel's `serving_default` signature; the one model kind that needs TensorFlow."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise UserError(
+            f"{path}: a SavedModel needs TensorFlow ({INSTALL['tensorflow']}); "
+            "predict on the .keras or .onnx file instead"
+        ) from None
+    try:
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    except Exception as e:  # TensorFlow raises many types for a bad SavedModel
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
+    return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: wide integer modes scaled down, palettes through RGBA."""
+    if image.mode in WIDE_MODES:
+        pixels = np.asarray(image, np.float64) * (255 / WIDE_MODES[image.mode])
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "P":
+        image = image.convert("RGBA")  # applies the palette's transparency without a warning
+    return image.convert("RGB")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Pixels (32, 32, 3) uint8 of one image file, resized with Pillow's antialiasing bilinear filter."""
+    with warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS and refuses (DecompressionBombError) above twice that.
+        # Between the two the image is valid, just big: read it quietly.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image = to_rgb8(image).resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(image, np.uint8)
+
+
 def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """Names and uint8 pixels (N, 32, 32, 3) of one image file or `.npy` batch."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image (pass the files in it, e.g. {path}/*.png)")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file, not an image")
     try:
         if path.suffix == ".npy":
             batch = np.load(path, allow_pickle=False)
@@ -71,22 +127,25 @@ def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
             if batch.dtype != np.uint8 or batch.shape[1:] != (32, 32, 3):
                 raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {batch.dtype} {batch.shape}")
             return [f"{path}[{i}]" for i in range(len(batch))], batch
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
-        return [str(path)], np.asarray(image, np.uint8)[None]
-    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise ImageError(f"{path}: not a readable image ({reason.splitlines()[0]})") from None
+        return [str(path)], read_image(path)[None]
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to decode safely ({one_line(e)})") from None
+    except Exception as e:  # a decoder fed arbitrary bytes can raise almost any type
+        raise ImageError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or one_line(e)})") from None
 
 
 def predict(predictor: Predictor, images: np.ndarray) -> np.ndarray:
     """Probabilities for `images`, in batches of BATCH_SIZE."""
     batches = [predictor(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
-    return np.concatenate(batches) if batches else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    return np.concatenate(batches) if batches else np.zeros((0, 10), np.float32)
 
 
 def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
     """The `k` most likely classes per row, most likely first."""
+    from keras_ultimus.model import CLASS_NAMES
+
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return [
         [{"class_id": int(c), "class_name": CLASS_NAMES[c], "probability": float(row[c])} for c in top]
@@ -96,21 +155,23 @@ def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.predict", description=__doc__.split(":")[0] + ".")
+    p = argparse.ArgumentParser(
+        prog="ultimus-predict",
+        description="Classify images with a trained (.keras, run folder) or exported (SavedModel, .onnx) model.",
+    )
     p.add_argument("model", metavar="MODEL", help="SavedModel (version or base folder), .onnx, .keras or run folder")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG/JPEG file or .npy uint8 (N, 32, 32, 3) batch")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image file (PNG, JPEG, ...) or .npy uint8 (N, 32, 32, 3)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p.parse_args(argv)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    """Predict every readable image; exit 1 if any could not be read."""
+    """Predict every readable image; name each unreadable input on stderr and then exit 2."""
     args = parse_args(argv)
-    try:
-        predictor = load_predictor(args.model)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prepare(verbose=args.verbose)
+    predictor = load_predictor(args.model)
     names, pixels, failed = [], [], 0
     for path in args.images:
         try:
@@ -128,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in results:
             print(f"{r['image']}: " + ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top"]))
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from keras_ultimus import export
-from keras_ultimus.model import CLASS_NAMES
 from keras_ultimus.loading import load_keras_model
+from keras_ultimus.model import CLASS_NAMES
 from tests.helpers import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
