@@ -9,8 +9,6 @@ and format Pillow reads (resized to 32x32 RGB) or a `.npy` uint8 batch of shape
 named in one line on stderr, and then the exit code is 2.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -1,0 +1,98 @@
+"""Packaging: the wheel installs keras_ultimus with every `ultimus-*` console script, and an editable install works.
+
+Both build from a copy of the sources in tmp (so nothing lands in the checkout) with the installed setuptools
+(no build isolation, no downloads), into a throwaway venv that sees this environment's packages.
+"""
+
+import email
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import keras_ultimus
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "ultimus-train": "keras_ultimus.train:main",
+    "ultimus-tune": "keras_ultimus.tuner.tune:main",
+    "ultimus-launch": "keras_ultimus.tuner.launch:main",
+    "ultimus-export": "keras_ultimus.export:main",
+    "ultimus-predict": "keras_ultimus.predict:main",
+    "ultimus-report": "keras_ultimus.report.cli:main",
+    "ultimus-bench": "keras_ultimus.bench:main",
+    "ultimus-lr-find": "keras_ultimus.lr_find:main",
+    "ultimus-data": "keras_ultimus.data:main",
+}
+
+
+def run(args: list, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command quietly (pip offline, TensorFlow's C++ logs off); fail the test with its output."""
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PYTHONPATH", None)  # the venv must find the installed package, not this checkout
+    result = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+    return result
+
+
+def copy_sources(dest: Path) -> Path:
+    """The files a source distribution holds: pyproject.toml, README.md, LICENSE and the package."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "keras_ultimus", dest / "keras_ultimus", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def make_venv(path: Path) -> Path:
+    """A venv that sees this environment's packages, so installing needs no downloads; returns its bin folder."""
+    venv.create(path, system_site_packages=True, with_pip=False)
+    return path / "bin"
+
+
+def test_pyproject_declares_every_cli_and_the_extras():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == SCRIPTS
+    assert set(project["optional-dependencies"]) >= {"tensorflow", "torch", "jax", "onnx", "test"}
+    assert not any(d.startswith(("tensorflow", "torch", "jax")) for d in project["dependencies"])
+    assert project["license"] == "Apache-2.0" and "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+
+
+def test_wheel_installs_package_and_console_scripts(tmp_path):
+    source = copy_sources(tmp_path / "src")
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source])
+    (wheel,) = (tmp_path / "dist").glob("keras_ultimus-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = email.message_from_bytes(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
+    assert metadata["Version"] == keras_ultimus.__version__
+    assert metadata["License-Expression"] == "Apache-2.0"
+    packaged = {n for n in names if n.endswith(".py")}
+    in_checkout = {p.relative_to(ROOT).as_posix() for p in (ROOT / "keras_ultimus").rglob("*.py")}
+    assert packaged == in_checkout, "the wheel holds exactly the package's modules, subpackages included"
+
+    bin_dir = make_venv(tmp_path / "venv")
+    run([bin_dir / "python", "-m", "pip", "install", "--no-deps", wheel])
+    where = run([bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"], cwd=tmp_path)
+    assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")
+    for script in SCRIPTS:
+        result = run([bin_dir / script, "--help"], cwd=tmp_path)
+        assert re.match(rf"usage: ({script}|python -m keras_ultimus\S*)", result.stdout), result.stdout[:200]
+
+
+def test_editable_install_imports_the_source_tree(tmp_path):
+    source = copy_sources(tmp_path / "src")
+    bin_dir = make_venv(tmp_path / "venv")
+    run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", source])
+    where = run([bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"], cwd=tmp_path)
+    assert Path(where.stdout.strip()) == source / "keras_ultimus" / "__init__.py"
+    assert run([bin_dir / "ultimus-predict", "--help"], cwd=tmp_path).stdout.startswith("usage: ultimus-predict")
