@@ -347,3 +347,12 @@ def test_launcher_runs_each_trial_once_over_two_workers(fake_cifar_tarball, tmp_
     trained = table[table["status"] == "COMPLETED"]
     assert dict(zip(trained["trial_id"], trained["tuner_id"])) == {t: names[0] for t, names in runs.items()}
     assert (out / "best.json").exists() and (out / "result.json").exists()
+
+
+def test_the_initial_space_is_declared_without_building_models(tmp_path, monkeypatch):
+    hypermodel = UltimusHyperModel()
+    monkeypatch.setattr(hypermodel, "build", lambda hp: pytest.fail("built a model"))
+    tuner = search.make_tuner("random", tmp_path / "s", hypermodel, epochs=1)
+    tuner._populate_initial_space()
+    names = {p.name for p in tuner.oracle.get_space().space}
+    assert {"num_convs", "conv6_width", "down5", "max_lr"} <= names

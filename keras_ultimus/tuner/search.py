@@ -21,7 +21,7 @@ from keras_ultimus.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import UserError
 from keras_ultimus.pipelines import eval_data
 from keras_ultimus.recipe import write_atomic
-from keras_ultimus.tuner.hypermodel import CONFIG, FIT_NAME, budget_reason, trial_config
+from keras_ultimus.tuner.hypermodel import CONFIG, FIT_NAME, budget_reason, declare_space, trial_config
 
 OBJECTIVE = "val_accuracy"
 ALGORITHMS = ("hyperband", "bayesian", "random")
@@ -113,6 +113,17 @@ class UltimusTuner(kt.Tuner):
     `train --epochs tuner/epochs` (Hyperband as in Li et al., 2018, which
     trains each rung from scratch).
     """
+
+    def _populate_initial_space(self):
+        """Declare every axis, conditional ones included, without building models of arbitrary values.
+
+        KerasTuner's default builds the hypermodel with values it picks to reach
+        each conditional branch, some of which can't be built (a 6-conv stem
+        pooled after every conv). This is the override point it documents.
+        """
+        hp = self.oracle.get_space()
+        declare_space(hp)
+        self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
         if "tuner/epochs" in trial.hyperparameters.values:
