@@ -1,0 +1,288 @@
+"""Measure training and serving speed against the machine's limit and plain PyTorch: `python -m keras_ultimus.bench --help`.
+
+For each backend (each in its own process, since Keras picks one per process)
+and each precision: steady-state training img/s, evaluation img/s and
+input-pipeline img/s; in the same process, the matmul peak through that
+backend in fp32 and bf16, and the fraction of it reached
+(img/s × FLOPs per training image ÷ peak). The plain PyTorch reference
+(`benchmarks/plain_torch.py`) runs in the same bench run. Each figure is the
+median of `--repeats` timings. `--serve MODEL...` adds serving latency and
+throughput. Writes bench.csv, bench.md, bench.png and bench.json to `--out`.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from keras_ultimus.backend import INSTALL, prepare
+from keras_ultimus.errors import UserError, cli
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
+CSV_FIELDS = ("backend", "precision", "measure", "img_s", "repeats", "gflop_per_img", "peak_gflops",
+              "fraction_of_peak", "vs_plain_torch")
+
+
+def installed_backends() -> list[str]:
+    """The Keras backends importable here, without importing them."""
+    return [name for name in INSTALL if importlib.util.find_spec(name) is not None]
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma-separated list, each item one of `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        bad = [item for item in items if item not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{','.join(bad) or repr(text)} is not one of: {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(prog="python -m keras_ultimus.bench", description=__doc__.split(":")[0] + ".")
+    p.add_argument("--out", help="output folder (default: runs/bench-<time>)")
+    p.add_argument("--backends", type=choices(tuple(INSTALL)), help="comma-separated (default: every installed one)")
+    p.add_argument("--precisions", type=choices(PRECISIONS), default=["float32", "mixed_bfloat16"],
+                   help="comma-separated Keras policies (default: float32,mixed_bfloat16)")
+    p.add_argument("--steps", type=positive, default=5, help="training steps per timed repeat (default: 5)")
+    p.add_argument("--repeats", type=positive, default=3, help="timed repeats per figure; the median is reported (default: 3)")
+    p.add_argument("--batch-size", type=positive, default=512)
+    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                   help="jit_compile: auto is Keras' choice (XLA for jax; off for torch and for TF on CPU)")
+    p.add_argument("--steps-per-execution", type=positive, default=1)
+    p.add_argument("--matmul-size", type=positive, default=2048, help="n of the n×n matmuls timed for the peak (default: 2048)")
+    p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
+                   help="input pipeline (auto: tf.data where TensorFlow imports)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped images (the default)")
+    data.add_argument("--data", help="time on a local CIFAR-10 copy instead of random images")
+    p.add_argument("--no-plain-torch", dest="plain_torch", action="store_false",
+                   help="skip the plain PyTorch reference")
+    p.add_argument("--serve", nargs="+", metavar="MODEL", default=[],
+                   help="also time serving these models (SavedModel folder, .onnx, .keras or run folder)")
+    p.add_argument("--calls", type=positive, default=200, help="batch-1 serving calls timed (default: 200)")
+    p.add_argument("--batches", type=positive, default=20, help="batch-256 serving calls timed (default: 20)")
+    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one backend, write JSON here
+    return p
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Measure the current backend in this process and write the figures as JSON to `args.worker`."""
+    prepare(verbose=args.verbose)
+    from keras_ultimus import speed
+
+    images = labels = None
+    if args.data:
+        from keras_ultimus.cifar10 import load_cifar10
+
+        (images, labels), _ = load_cifar10(args.data)
+    result = speed.measure_backend(
+        args.precisions, args.batch_size, args.steps, args.repeats, args.jit, args.pipeline,
+        args.steps_per_execution, images, labels, args.matmul_size,
+    )
+    result["versions"] = versions()
+    Path(args.worker).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def versions() -> dict:
+    """Versions of the libraries loaded in this process."""
+    found = {"python": platform.python_version()}
+    import keras
+
+    for name in ("keras", keras.backend.backend(), "numpy"):
+        if name in sys.modules:
+            found[name] = getattr(sys.modules[name], "__version__", "?")
+    return found
+
+
+def run_child(command: list[str], env: dict, out: Path, name: str) -> dict:
+    """Run one measuring subprocess, its log in `out/<name>.log`; return its JSON, or raise UserError."""
+    log = out / f"{name}.log"
+    result = out / f"{name}.json"
+    with open(log, "w") as f:
+        code = subprocess.run(command + ["--json" if name == "plain_torch" else "--worker", str(result)],
+                              env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code or not result.exists():
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        raise UserError(f"{name} bench failed (exit {code}): {lines[-1] if lines else 'no output'}; see {log}")
+    return json.loads(result.read_text())
+
+
+def rows(results: dict, plain: dict | None) -> list[dict]:
+    """One CSV row per (backend, precision, measure), medians, with the fraction of the peak and the torch ratio."""
+    out = []
+    plain_fp32 = statistics.median(plain["train_img_s"]) if plain else None
+    for backend, r in results.items():
+        from_peak = r["peak_gflops"]
+        out.append(dict(backend=backend, precision="-", measure="pipeline", img_s=statistics.median(r["pipeline_img_s"]),
+                        repeats=len(r["pipeline_img_s"])))
+        for precision, p in r["precisions"].items():
+            dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
+            gflop = p["training_flops"] / 1e9
+            train = statistics.median(p["train_img_s"])
+            out.append(dict(backend=backend, precision=precision, measure="train", img_s=train,
+                            repeats=len(p["train_img_s"]), gflop_per_img=gflop, peak_gflops=from_peak[dtype],
+                            fraction_of_peak=train * gflop / from_peak[dtype],
+                            vs_plain_torch=train / plain_fp32 if plain_fp32 and precision == "float32" else None))
+            out.append(dict(backend=backend, precision=precision, measure="eval",
+                            img_s=statistics.median(p["eval_img_s"]), repeats=len(p["eval_img_s"])))
+    if plain:
+        gflop = plain["training_flops"] / 1e9
+        out.append(dict(backend="plain_torch", precision="float32", measure="train", img_s=plain_fp32,
+                        repeats=len(plain["train_img_s"]), gflop_per_img=gflop))
+    return out
+
+
+def markdown(table: list[dict], serving: dict, header: str) -> str:
+    """The bench table (and the serving table) as Markdown."""
+    def num(value, fmt):
+        return "" if value is None else format(value, fmt)
+
+    lines = [header, "", "| backend | precision | measure | img/s (median) | GFLOP/img | peak GFLOP/s | of peak | × plain PyTorch |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in table:
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['measure']} | {r['img_s']:,.0f} | "
+                     f"{num(r.get('gflop_per_img'), '.3f')} | {num(r.get('peak_gflops'), ',.0f')} | "
+                     f"{num(r.get('fraction_of_peak'), '.0%')} | {num(r.get('vs_plain_torch'), '.2f')} |")
+    if serving:
+        lines += ["", "| model | batch-1 median ms | batch-1 p90 ms | batch-256 img/s |", "|---|---:|---:|---:|"]
+        for model, s in serving.items():
+            lines.append(f"| {model} | {s['latency_ms_median']:.2f} | {s['latency_ms_p90']:.2f} | {s['throughput_img_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: list[dict], path: Path) -> None:
+    """A bar chart of training and evaluation img/s per backend and precision."""
+    from matplotlib.figure import Figure
+
+    bars = [r for r in table if r["measure"] in ("train", "eval")]
+    fig = Figure(figsize=(max(6, 0.9 * len(bars)), 4), layout="constrained")
+    ax = fig.add_subplot()
+    colors = {"train": "tab:blue", "eval": "tab:orange"}
+    labels = [f"{r['backend']}\n{r['precision'].replace('mixed_', '')}\n{r['measure']}" for r in bars]
+    ax.bar(range(len(bars)), [r["img_s"] for r in bars], color=[colors[r["measure"]] for r in bars])
+    for i, r in enumerate(bars):
+        note = f"{r['img_s']:,.0f}" + (f"\n{r['fraction_of_peak']:.0%} peak" if r.get("fraction_of_peak") else "")
+        ax.annotate(note, (i, r["img_s"]), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(bars)), labels, fontsize=7)
+    ax.set_ylabel("images per second (median)")
+    ax.set_title("Ultimus training (blue) and evaluation (orange) speed")
+    fig.savefig(path, dpi=120)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench: one subprocess per backend, the plain PyTorch reference, serving; write the reports."""
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return worker(args)
+    prepare(verbose=args.verbose)
+    backends = args.backends or installed_backends()
+    missing = [b for b in backends if importlib.util.find_spec(b) is None]
+    if missing:
+        raise UserError(f"backend {missing[0]} is not installed; install it with `{INSTALL[missing[0]]}`")
+    if args.data and not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such file or folder")
+    serve_missing = [m for m in args.serve if not Path(m).exists()]
+    if serve_missing:
+        raise UserError(f"{serve_missing[0]}: no such file or folder")
+    out = Path(args.out or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; pick a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    flags = ["--precisions", ",".join(args.precisions), "--steps", str(args.steps), "--repeats", str(args.repeats),
+             "--batch-size", str(args.batch_size), "--jit", args.jit, "--pipeline", args.pipeline,
+             "--steps-per-execution", str(args.steps_per_execution), "--matmul-size", str(args.matmul_size)] + (["--data", args.data] if args.data else [])
+    started = datetime.now().isoformat(timespec="seconds")
+    load_start = os.getloadavg()
+    results = {}
+    for backend in backends:
+        print(f"measuring {backend} ...", file=sys.stderr, flush=True)
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        results[backend] = run_child([sys.executable, "-m", "keras_ultimus.bench", *flags, *(["-v"] if args.verbose else [])],
+                                     env, out, backend)
+    plain = None
+    if args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
+        print("measuring plain PyTorch ...", file=sys.stderr, flush=True)
+        plain = run_child([sys.executable, str(PLAIN_TORCH), "--batch-size", str(args.batch_size),
+                           "--steps", str(args.steps), "--repeats", str(args.repeats)], dict(os.environ), out, "plain_torch")
+    elif args.plain_torch:
+        print("plain PyTorch reference skipped: needs torch and benchmarks/plain_torch.py (a source checkout)",
+              file=sys.stderr)
+
+    serving = {}
+    if args.serve:
+        from keras_ultimus import speed
+        from keras_ultimus.predict import load_predictor
+
+        for model in args.serve:
+            serving[model] = speed.serving_speed(load_predictor(model), args.calls, args.batches)
+
+    table = rows(results, plain)
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(table)
+    command = "python -m keras_ultimus.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    info = {"command": command, "started": started, "finished": datetime.now().isoformat(timespec="seconds"),
+            "load_average_start": load_start, "load_average_end": os.getloadavg(),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count()},
+            "commit": git_commit(), "backends": results, "plain_torch": plain, "serving": serving}
+    (out / "bench.json").write_text(json.dumps(info, indent=1))
+    header = (f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
+              f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
+              f"commit {info['commit']}  \nVersions: "
+              + "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) for b, r in results.items()))
+    text = markdown(table, serving, header)
+    (out / "bench.md").write_text(text)
+    if table:
+        chart(table, out / "bench.png")
+    print(text)
+    print(f"wrote {out}/bench.csv, bench.md, bench.png, bench.json", file=sys.stderr)
+    return 0
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when it has changes), or None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True)
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
