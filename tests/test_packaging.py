@@ -96,3 +96,35 @@ def test_editable_install_imports_the_source_tree(tmp_path):
     where = run([bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"], cwd=tmp_path)
     assert Path(where.stdout.strip()) == source / "keras_ultimus" / "__init__.py"
     assert run([bin_dir / "ultimus-predict", "--help"], cwd=tmp_path).stdout.startswith("usage: ultimus-predict")
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3 and the venv's python in .ci/run: `-m venv DIR` makes a venv-like folder,
+# pip succeeds, and pytest exits with $FAKE_PYTEST_STATUS after recording where it was run from.
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && echo "PATH=$3/bin:\\$PATH" > "$3/bin/activate"
+  echo "$3" > "$FAKE_LOG"
+elif [ "$1 $2" = "-m pytest" ]; then
+  echo "$TMPDIR" >> "$FAKE_LOG"
+  exit "$FAKE_PYTEST_STATUS"
+fi
+"""
+
+
+@pytest.mark.parametrize("pytest_status", [0, 1])
+def test_ci_run_removes_its_venv_and_temp_files_pass_or_fail(tmp_path, pytest_status):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(FAKE_PYTHON)
+    (fake_bin / "python3").chmod(0o755)
+    temp, log = tmp_path / "tmp", tmp_path / "log"
+    temp.mkdir()
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temp),
+           "FAKE_LOG": str(log), "FAKE_PYTEST_STATUS": str(pytest_status)}  # fmt: skip
+    result = subprocess.run(["bash", ROOT / ".ci" / "run"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == pytest_status, result.stdout + result.stderr
+    venv_dir, *pytest_tmpdirs = log.read_text().split()
+    assert Path(venv_dir).parent.parent == temp and pytest_tmpdirs == [str(Path(venv_dir).parent)] * (
+        3 if pytest_status == 0 else 1
+    )
+    assert list(temp.iterdir()) == [], "the venv and test temp files are gone"
