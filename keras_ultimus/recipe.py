@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 import keras_ultimus
+from keras_ultimus import distribute
 from keras_ultimus.errors import UserError
 from keras_ultimus.model import build_model
 from keras_ultimus.pipelines import eval_data, resolve, train_data
 from keras_ultimus.schedules import OneCycle
 
 CSV_NAME = "log.csv"
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum")
+MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn")
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
 JIT = {"auto": "auto", "on": True, "off": False}
 
@@ -124,8 +125,8 @@ def compile_model(
 
 
 def model_kwargs(config: dict) -> dict:
-    """Pick the `build_model` arguments out of a run config."""
-    return {k: config[k] for k in MODEL_ARGS if k in config}
+    """Pick the `build_model` arguments out of a run config (sync_bn only when set: most runs predate it)."""
+    return {k: config[k] for k in MODEL_ARGS if k in config and (k != "sync_bn" or config[k])}
 
 
 def build(config: dict, precision: str = "float32") -> keras.Model:
@@ -219,13 +220,16 @@ def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
     return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]
 
 
-def train(config: dict, out: Path, data: tuple, resume: bool = False, command: str = "") -> dict:
+def train(config: dict, out: Path, data: tuple, resume: bool = False, command: str = "",
+          plan: "distribute.Plan | None" = None, extra: dict | None = None) -> dict:
     """Fit the model described by `config` on `data` into run folder `out`; return run.json.
 
     Everything that can fail on bad input (data, model settings, the folder)
-    is checked before the first file is written.
+    is checked before the first file is written. Under a multi-process `plan`
+    only the chief writes; `extra` goes into a new run's run.json.
     """
     start = time.perf_counter()
+    plan = plan or distribute.Plan()
     run_info = json.loads((out / "run.json").read_text()) if resume else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
@@ -235,14 +239,20 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     seed_everything(config["seed"], config.get("deterministic", False))
 
     (x_train, y_train), (x_test, y_test) = data
-    x_train, y_train = x_train[: config["limit_train"]], y_train[: config["limit_train"]]
-    x_test, y_test = x_test[: config["limit_test"]], y_test[: config["limit_test"]]
-    train_ds, data_epoch = train_data(x_train, y_train, config["batch_size"], config["seed"],
-                                      config["augment"], kind=pipeline)
-    test_ds = eval_data(x_test, y_test, config["batch_size"], kind=pipeline)
-    steps = -(-len(x_train) // config["batch_size"]) * config["epochs"]
-    model = build(config, precision)
-    compile_model(model, config["max_lr"], steps, config["pct_start"], jit)
+    x_train, y_train = plan.shard(x_train[: config["limit_train"]], y_train[: config["limit_train"]])
+    x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
+    batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
+    train_ds, data_epoch = train_data(x_train, y_train, batch, config["seed"], config["augment"], kind=pipeline)
+    test_ds = eval_data(x_test, y_test, batch, kind=pipeline)
+    steps = -(-len(x_train) // batch) * config["epochs"]  # global steps: one per global batch
+    with plan.scope():
+        model = build(config, precision)
+        compile_model(model, config["max_lr"], steps, config["pct_start"], jit)
+    if not plan.is_chief:
+        with plan.scope():
+            model.fit(train_ds, validation_data=test_ds, epochs=config["epochs"], shuffle=False,
+                      callbacks=[data_epoch, EpochStats(), distribute.RestoreOnly(out / "backup")])
+        return run_info
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -252,7 +262,8 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
         run_info = {
             "config": config, "command": command, **environment(),
             "precision": precision, "jit_compile": bool(model.jit_compile), "pipeline": pipeline,
-            "data_fingerprint": digest, "started": datetime.now().isoformat(timespec="seconds"),
+            "distribute": plan.record(), "data_fingerprint": digest,
+            "started": datetime.now().isoformat(timespec="seconds"), **(extra or {}),
         }
         with open(out / "summary.txt", "w") as f:
             model.summary(print_fn=lambda line, **_: f.write(line + "\n"))
@@ -266,30 +277,32 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     clock.update()
 
     csv_path = out / CSV_NAME
-    best = keras.callbacks.ModelCheckpoint(
+    best = distribute.PortableCheckpoint(
         out / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
     )
     # double_checkpoint keeps the previous backup, in case a kill lands mid-write.
     backup = keras.callbacks.BackupAndRestore(out / "backup", double_checkpoint=True)
-    model.fit(
-        train_ds,
-        validation_data=test_ds,
-        epochs=config["epochs"],
-        shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-        # On each epoch's end the CSV row is written before the backup, and on resume
-        # TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
-        callbacks=[
-            data_epoch,
-            EpochStats(),
-            *tensorboard(out / "tensorboard"),
-            keras.callbacks.CSVLogger(csv_path, append=True),
-            best,
-            backup,
-            TrimLog(csv_path, best),
-            clock,
-        ],
-    )
-    model.save(out / "model.keras")
+    with plan.scope():
+        model.fit(
+            train_ds,
+            validation_data=test_ds,
+            epochs=config["epochs"],
+            shuffle=False,  # the pipeline shuffles, by (seed, epoch)
+            # On each epoch's end the CSV row is written before the backup, and on resume
+            # TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
+            callbacks=[
+                data_epoch,
+                EpochStats(),
+                *tensorboard(out / "tensorboard"),
+                keras.callbacks.CSVLogger(csv_path, append=True),
+                best,
+                backup,
+                TrimLog(csv_path, best),
+                clock,
+            ],
+        )
+        with distribute.portable_batchnorm(model):
+            model.save(out / "model.keras")
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = pd.read_csv(csv_path).iloc[-1].to_dict()
     clock.update()

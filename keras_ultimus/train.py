@@ -19,6 +19,11 @@ RESUME_FLAGS = {"resume", "data", "verbose"}
 NOT_CONFIG = {"config", "resume", "out", "verbose"}
 
 
+def max_lr(text: str) -> float | str:
+    """A --max-lr value: a number, or "auto"."""
+    return text if text == "auto" else float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `build_model` and `fit` arguments."""
     p = argparse.ArgumentParser(prog="python -m keras_ultimus.train",
@@ -30,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--max-lr", type=float, default=0.003, help="one-cycle peak LR for Adam")
+    p.add_argument("--max-lr", type=max_lr, default=0.003,
+                   help="one-cycle peak LR for Adam, or 'auto': run the LR range test first and use its suggestion")
     p.add_argument("--pct-start", type=float, default=0.25, help="fraction of steps spent warming up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="XLA compilation of the train step (auto: Keras' default for the backend)")
     p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
                    help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy)")
+    p.add_argument("--distribute", choices=("none", "mirrored", "data-parallel", "multi-worker"), default="none",
+                   help="mirrored: TF MirroredStrategy; data-parallel: JAX keras.distribution.DataParallel "
+                   "(several processes via KERAS_DISTRIBUTION_* env vars); multi-worker: refused (keras#20585)")
+    p.add_argument("--devices", type=int, help="make N logical CPU devices (CPU-only machines, to try data parallelism)")
+    p.add_argument("--sync-bn", action="store_true", help="TF: BatchNormalization(synchronized=True) across replicas")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     add_model_flags(p)
     return p
@@ -60,16 +71,18 @@ def config_value(action: argparse.Action, value: object) -> object:
         ok = value in action.choices
     elif action.type is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif action.type is float:
+    elif action.type in (float, max_lr):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
+        if action.type is max_lr and value == "auto":
+            ok = True
     elif key in ("conv_widths", "downsample"):
         ok = isinstance(value, (str, list))
     else:
         ok = isinstance(value, str)
     if not ok:
-        expected = (f"one of {list(action.choices)}" if action.choices else
-                    "true or false" if action.nargs == 0 else getattr(action.type, "__name__", "a string"))
+        expected = (f"one of {list(action.choices)}" if action.choices else "true or false" if action.nargs == 0
+                    else "a number or 'auto'" if action.type is max_lr else getattr(action.type, "__name__", "str"))
         raise UserError(f"--config key {key!r}: expected {expected}, got {value!r}")
     return value
 
@@ -98,12 +111,12 @@ def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
 
 def check(args: argparse.Namespace) -> None:
     """Check flag values (raises UserError, one line)."""
-    for flag in ("epochs", "batch_size", "limit_train", "limit_test"):
+    for flag in ("epochs", "batch_size", "limit_train", "limit_test", "devices"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if not (math.isfinite(args.max_lr) and args.max_lr > 0):
-        raise UserError(f"--max-lr must be a positive number, got {args.max_lr}")
+    if args.max_lr != "auto" and not (math.isfinite(args.max_lr) and args.max_lr > 0):
+        raise UserError(f"--max-lr must be a positive number or 'auto', got {args.max_lr}")
     if not 0 <= args.pct_start < 1:
         raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
 
@@ -122,7 +135,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
         if isinstance(args.downsample, str):
             args.downsample = parse_downsample(args.downsample)
         trainable_params(**model_kwargs(vars(args)))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise UserError(f"model flags: {e}") from None
 
 
@@ -145,18 +158,24 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def resume_config(args: argparse.Namespace, argv: list[str] | None) -> tuple[Path, dict]:
-    """The run folder and config to continue; refuses flags that would change the run."""
-    out = Path(args.resume)
+def read_run(folder: str) -> dict:
+    """The run.json of an unfinished run folder, for --resume."""
+    out = Path(folder)
     if not (out / "run.json").is_file():
         raise UserError(f"{out}: not a run folder (no run.json)")
     try:
         info = json.loads((out / "run.json").read_text())
-        config = info["config"]
+        if "finished" in info:
+            raise UserError(f"{out}: run already finished at {info['finished']}")
+        info["config"]["seed"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{out / 'run.json'}: unreadable run record ({type(e).__name__}: {e})") from None
-    if "finished" in info:
-        raise UserError(f"{out}: run already finished at {info['finished']}")
+    return info
+
+
+def resume_config(args: argparse.Namespace, argv: list[str] | None, info: dict) -> tuple[Path, dict]:
+    """The run folder and config to continue; refuses flags that would change the run."""
+    out, config = Path(args.resume), info["config"]
     changed = sorted(
         dest for dest in given_flags(argv) - RESUME_FLAGS
         if dest in NOT_CONFIG or config.get(dest) != getattr(args, dest)
@@ -173,6 +192,13 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> tuple[Pat
 def new_run(args: argparse.Namespace) -> tuple[Path, dict]:
     """The new run folder (not created yet) and its config."""
     out = Path(args.out or f"runs/ultimus-{datetime.now():%Y%m%d-%H%M%S}")
+    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    config["data"] = args.data or os.environ.get("CIFAR10_PATH")
+    return out, config
+
+
+def check_new_folder(out: Path) -> None:
+    """A new run folder must not exist yet (an empty folder is fine), nor sit below a file."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -180,35 +206,49 @@ def new_run(args: argparse.Namespace) -> tuple[Path, dict]:
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise UserError(f"--out {out}: {parent} is a file, not a folder")
-    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
-    config["data"] = args.data or os.environ.get("CIFAR10_PATH")
-    return out, config
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, check every input, then make or reopen the run folder and train."""
     args = parse_args(argv)
-    backend = prepare(verbose=args.verbose)
+    previous = read_run(args.resume) if args.resume else None
+    devices = previous["config"].get("devices") if previous else args.devices
+    backend = prepare(verbose=args.verbose, devices=devices)
     check_model_flags(args)
-    out, config = resume_config(args, argv) if args.resume else new_run(args)
-    if config.get("deterministic") and backend == "jax":
+    out, config = resume_config(args, argv, previous) if previous else new_run(args)
+    if config.get("deterministic") and backend == "jax":  # read when JAX starts its backends, not at import
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
 
-    from keras_ultimus.data import DataError, load_cifar10
+    from keras_ultimus import distribute
+
+    plan = distribute.setup(config.get("distribute", "none"), config.get("devices"), config["batch_size"])
+    if config.get("sync_bn") and plan.strategy is None:
+        raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
+    if not previous and plan.is_chief:
+        check_new_folder(out)
+
+    from keras_ultimus.cifar10 import load_cifar10
     from keras_ultimus.recipe import train
 
-    try:
-        data = load_cifar10(config["data"])  # before the run folder exists
-    except DataError as e:
-        raise UserError(str(e)) from None
+    data = load_cifar10(config["data"])  # before the run folder exists
     command = shlex.join(["python", "-m", "keras_ultimus.train", *(sys.argv[1:] if argv is None else argv)])
+    extra = {}
+    if config["max_lr"] == "auto":
+        from keras_ultimus.lr_range import find_lr
+
+        found = find_lr(config, data, out / "lr_find", command=command)
+        config["max_lr"] = found["suggested"]
+        extra["lr_find"] = {k: found[k] for k in ("suggested", "sweep_csv", "chart", "min_lr", "max_lr",
+                                                  "steps_run", "stopped_early")}
+        print(f"LR range test: max_lr {config['max_lr']:.3g} (sweep in {out / 'lr_find'})")
     try:
-        info = train(config, out, data, resume=bool(args.resume), command=command)
+        info = train(config, out, data, resume=bool(previous), command=command, plan=plan, extra=extra)
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with python -m keras_ultimus.train --resume {out}", file=sys.stderr)
         return 130
-    print(f"Run folder: {out}  final: {info['final']}")
+    if plan.is_chief:
+        print(f"Run folder: {out}  final: {info['final']}")
     return 0
 
 

@@ -219,7 +219,7 @@ def weights(path):
 
 
 def evaluate_accuracy(model_path, fake_cifar_tarball) -> float:
-    from keras_ultimus.data import load_cifar10
+    from keras_ultimus.cifar10 import load_cifar10
 
     _, (x_test, y_test) = load_cifar10(fake_cifar_tarball)
     logits = keras.ops.convert_to_numpy(load_keras_model(model_path).predict(x_test.astype("float32"), verbose=0))
