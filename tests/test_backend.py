@@ -12,23 +12,28 @@ import pytest
 from keras_ultimus.backend import INSTALL, configured_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIS = [
-    ["-m", "keras_ultimus.train"],
-    ["-m", "keras_ultimus.data"],
-    ["-m", "keras_ultimus.export"],
-    ["-m", "keras_ultimus.predict"],
-    ["-m", "keras_ultimus.report"],
-    ["-m", "keras_ultimus.benchmark"],
-    ["tuner/tune.py"],
-]
+# Every CLI, with arguments that parse: the check runs right after parsing, so `--help` alone would pass it.
+# Outputs point into the test's tmp folder, which must stay empty: a bad backend stops a CLI before it writes.
+CLIS = {
+    "train": ["--out", "{tmp}/run", "--epochs", "1", "--limit-train", "8"],
+    "data": ["--data", "{tmp}/cifar-10-binary.tar.gz"],
+    "export": ["{tmp}/model.keras", "--out", "{tmp}/export"],
+    "predict": ["{tmp}/model.keras", "{tmp}/cat.png"],
+    "report": ["{tmp}/run", "--out", "{tmp}/report"],
+    "bench": ["--out", "{tmp}/bench"],
+    "lr_find": ["--out", "{tmp}/lr"],
+    "tuner.tune": ["--out", "{tmp}/search", "--epochs", "1"],
+    "tuner.launch": ["--workers", "1", "--out", "{tmp}/search", "--epochs", "1"],
+}
 
 
-def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run `python <args> --help` from the repo root with a clean Keras config and `env` on top."""
+def run_cli(cli: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `python -m keras_ultimus.<cli> ARGS` from the repo root with a clean Keras config and `env` on top."""
     base = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
-    base["KERAS_HOME"] = str(tmp_path / "keras-home")  # never the user's ~/.keras
+    base["KERAS_HOME"] = str(tmp_path.parent / f"{tmp_path.name}-keras-home")  # never the user's ~/.keras
+    args = args or [a.format(tmp=tmp_path) for a in CLIS[cli]]
     return subprocess.run(
-        [sys.executable, *args, "--help"], cwd=ROOT, env={**base, **env},
+        [sys.executable, "-m", f"keras_ultimus.{cli}", *args], cwd=ROOT, env={**base, **env},
         capture_output=True, text=True, timeout=120,
     )
 
@@ -43,24 +48,25 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
         assert needle in lines[0]
 
 
-@pytest.mark.parametrize("cli", CLIS, ids=lambda a: a[-1])
+@pytest.mark.parametrize("cli", CLIS)
 def test_unknown_backend_is_a_one_line_error_in_every_cli(cli, tmp_path):
     result = run_cli(cli, tmp_path, KERAS_BACKEND="tensorfow")
     assert_one_line_error(result, "'tensorfow'", "KERAS_BACKEND", "tensorflow, torch, jax")
+    assert list(tmp_path.iterdir()) == [], "nothing is written before the backend check"
 
 
 def test_unknown_backend_from_keras_json_names_the_file(tmp_path):
-    home = tmp_path / "keras-home"
+    home = tmp_path.parent / f"{tmp_path.name}-keras-home"
     home.mkdir()
     (home / "keras.json").write_text(json.dumps({"floatx": "float32", "backend": "theano"}))
-    result = run_cli(["-m", "keras_ultimus.train"], tmp_path)
+    result = run_cli("train", tmp_path)
     assert_one_line_error(result, "'theano'", str(home / "keras.json"))
 
 
-@pytest.mark.parametrize("cli", [CLIS[0], CLIS[-1]], ids=lambda a: a[-1])
+@pytest.mark.parametrize("cli", CLIS)
 def test_missing_backend_package_says_how_to_install_it(cli, tmp_path):
     # A `jax` package that fails to import stands in for jax not being installed.
-    stub = tmp_path / "stub" / "jax"
+    stub = tmp_path.parent / f"{tmp_path.name}-stub" / "jax"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
     result = run_cli(cli, tmp_path, KERAS_BACKEND="jax", PYTHONPATH=str(stub.parent))
@@ -68,10 +74,11 @@ def test_missing_backend_package_says_how_to_install_it(cli, tmp_path):
         result, "'jax'", "not installed", "No module named 'jax'",
         "pip install -r requirements.txt", "pip install jax==0.10.2 jaxlib==0.10.2",
     )
+    assert list(tmp_path.iterdir()) == [], "nothing is written before the backend check"
 
 
 def test_installed_backend_passes_the_check(tmp_path):
-    result = run_cli(["-m", "keras_ultimus.train"], tmp_path, KERAS_BACKEND="tensorflow")
+    result = run_cli("train", tmp_path, "--help", KERAS_BACKEND="tensorflow")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
 
