@@ -526,3 +526,20 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
             if not re.match(r"[IWEF]\d{4} |WARNING: All log messages before absl", line)]
     assert ours == [f"error: {tmp_path / 'nope'}: no such run folder"]
     assert not (tmp_path / "out").exists()
+
+
+def test_search_report_lists_configurations_skipped_by_the_budget(tmp_path):
+    skipped = {"trial_id": "", "status": "SKIPPED", "num_blocks": 8, "key_dim": 16, "residual": False,
+               "scale": "pre", "max_lr": 0.001, "conv_widths": "256,256,256", "trainable_params": 1_800_000,
+               "best_val_accuracy": None, "epochs_run": None, "seconds": None, "tuner_id": None}
+    board = {k: [*v, skipped[k]] for k, v in BOARD.items()}
+    board["reason"] = ["", "", "", "1,800,000 trainable parameters, over the budget of 250,000"]
+    search = write_search(tmp_path / "s", board=board)
+    result = json.loads((search / "result.json").read_text())
+    (search / "result.json").write_text(json.dumps({**result, "configurations_skipped": 1}))
+    assert main([str(search), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Trials completed: 2 of 3 in the leaderboard" in md
+    assert "Configurations not trained (over the parameter budget, or a stem too small for its convs): 1" in md
+    rows = table_with(md, "trial_id")
+    assert rows[-1][:2] == ["", "SKIPPED"] and rows[-1][-1] == "1,800,000 trainable parameters, over the budget of 250,000"

@@ -14,12 +14,9 @@ from keras_ultimus.report import charts
 from keras_ultimus.report.markdown import portable, portable_command, shown_path
 from keras_ultimus.report.runs import read_json, read_log, read_table
 from keras_ultimus.report.tables import leaderboard_table, markdown_table, pct
+from keras_ultimus.tuner.search import BEST_NAME, LEADERBOARD_NAME, RESULT_NAME, SEARCH_NAME, SKIPPED
 
-# The files the tuner writes into a search folder, and what the report needs of them.
-LEADERBOARD_NAME = "leaderboard.csv"
-SEARCH_NAME = "search.json"
-RESULT_NAME = "result.json"
-BEST_NAME = "best.json"
+# What the report reads from the tuner's files.
 LEADERBOARD_COLUMNS = ("trial_id", "status", "num_blocks", "residual", "best_val_accuracy")
 RESULT_KEYS = ("best_trial", "val_accuracy", "test_accuracy", "test_images", "trials_completed")
 
@@ -41,7 +38,7 @@ def is_search(folder: Path) -> bool:
 
 
 def trial_log(folder: Path, trial_id: str) -> Path:
-    """Where a trial's CSV log is: KerasTuner's `trial_<id>` folder."""
+    """Where a trial's CSV log is: in KerasTuner's `trial_<id>` folder (`Tuner.get_trial_dir`)."""
     return folder / f"trial_{trial_id}" / CSV_NAME
 
 
@@ -84,7 +81,11 @@ def write_search_report(search: Search, out: Path, command: str) -> None:
                "(the objective, on a seeded split of the training images)",
                f"- Its model's test accuracy, measured once at the end: **{pct(result['test_accuracy'])}** on "
                f"{result['test_images']:,} official test images",
-               f"- Trials completed: {result['trials_completed']} of {len(board)} in the leaderboard",
+               f"- Trials completed: {result['trials_completed']} of {(board['status'] != SKIPPED).sum()} "
+               "in the leaderboard",
+               *([f"- Configurations not trained (over the parameter budget, or a stem too small for its convs): "
+                  f"{result['configurations_skipped']}, listed last in the leaderboard with the reason"]
+                 if result.get("configurations_skipped") else []),
                f"- Train it in full: `python -m keras_ultimus.train --config {shown_path(search.folder / BEST_NAME)}`"
                f" (a copy of `{BEST_NAME}` is beside this report)", ""]
     else:
