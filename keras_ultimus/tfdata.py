@@ -31,19 +31,36 @@ hide_gpus_from_tensorflow(keras.backend.backend())
 PAD = 4
 
 
+def reflect(positions: tf.Tensor, size: int) -> tf.Tensor:
+    """Map padded coordinates (-PAD..size+PAD-1) into 0..size-1 as reflect padding does (no edge repeat)."""
+    positions = tf.abs(positions)
+    return tf.where(positions >= size, 2 * (size - 1) - positions, positions)
+
+
+def pixel_indices(images: tf.Tensor, seed: tf.Tensor | None, size: int = 32) -> tf.Tensor:
+    """Flat pixel indices (batch, size, size) of each image's reflect-pad-4 random crop and random flip.
+
+    `images` are indices into the dataset; with `seed` None, the images unchanged.
+    One gather with these indices crops, flips and batches in a single step.
+    """
+    batch = tf.shape(images)[0]
+    window = tf.range(size, dtype=tf.int64)
+    rows = cols = tf.broadcast_to(window, [batch, size])
+    if seed is not None:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        offsets = tf.random.stateless_uniform([2, batch, 1], seed=crop_seed, maxval=2 * PAD + 1, dtype=tf.int64) - PAD
+        flip = tf.random.stateless_uniform([batch, 1], seed=flip_seed) < 0.5
+        rows = reflect(offsets[0] + window, size)
+        cols = reflect(offsets[1] + tf.where(flip, size - 1 - window, window), size)
+    images = tf.cast(images, tf.int64)
+    return (images[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
+
+
 def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Reflect-pad 4, random 32x32 crop and random horizontal flip, per image, keyed by a stateless `seed` pair."""
-    batch = tf.shape(images)[0]
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform([2, batch], seed=crop_seed, maxval=2 * PAD + 1, dtype=tf.int32)
-    window = tf.range(32)
-    rows = offsets[0][:, None] + window
-    cols = offsets[1][:, None] + window
-    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
-    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)
-    flip = tf.random.stateless_uniform([batch], seed=flip_seed) < 0.5
-    return tf.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
+    shape = tf.shape(images)
+    pixels = tf.reshape(images, [-1, shape[-1]])
+    return tf.gather(pixels, pixel_indices(tf.range(shape[0]), seed, size=images.shape[1]))
 
 
 def epoch_variable() -> tf.Variable:
@@ -68,7 +85,8 @@ def train_dataset(
     epoch = epoch_variable() if epoch is None else epoch
     n = len(images)
     num_batches = -(-n // batch_size)
-    images = tf.constant(images)
+    size, channels = images.shape[1], images.shape[-1]
+    pixels = tf.constant(np.ascontiguousarray(images).reshape(-1, channels))
     labels = tf.constant(labels.astype(np.int32))
     seed = tf.constant(seed, tf.int64)
 
@@ -81,9 +99,7 @@ def train_dataset(
         )
 
     def load(idx, key):
-        x = tf.gather(images, idx)
-        if augment:
-            x = augment_batch(x, key)
+        x = tf.gather(pixels, pixel_indices(idx, key if augment else None, size))
         return tf.cast(x, tf.float32), tf.gather(labels, idx)
 
     ds = tf.data.Dataset.from_tensors(0).map(lambda _: epoch.read_value())  # once, as an iterator starts
