@@ -1,4 +1,4 @@
-"""One backend's side of tests/test_backends.py: `KERAS_BACKEND=jax python tests/backend_probe.py DIR OUT.npz`.
+"""One backend's side of tests/test_backends.py: `KERAS_BACKEND=jax python -m tests.backend_probe DIR OUT.npz` (from the repo root).
 
 The first run of a backend builds each model with the same NumPy-made weights,
 saves them as `DIR/<backend>-<model>.weights.h5` and `.keras`, and records the
@@ -11,13 +11,10 @@ results go into OUT.npz, keyed like `grad|default|conv1/kernel`.
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python tests/backend_probe.py`: import from the repo root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_ultimus.model import build_model  # noqa: E402
+from keras_ultimus.model import build_model
 
 BACKENDS = ("tensorflow", "torch", "jax")
 MODELS = {

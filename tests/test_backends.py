@@ -20,7 +20,7 @@ from keras_ultimus.backend import INSTALL
 
 pytestmark = pytest.mark.slow
 
-PROBE = Path(__file__).with_name("backend_probe.py")
+ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "torch", "jax")
 # Each run loads what the other backends saved before it: this order covers every (saver, loader) pair.
 ORDER = ("torch", "tensorflow", "jax", "torch", "tensorflow")
@@ -52,7 +52,8 @@ def probed(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
         out = folder / f"{i}-{backend}.npz"
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
         run = subprocess.run(
-            [sys.executable, str(PROBE), str(folder), str(out)], env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", "tests.backend_probe", str(folder), str(out)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )
         if run.returncode:
             pytest.fail(f"{backend} probe failed:\n{run.stderr[-3000:]}")
