@@ -84,12 +84,11 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def check_out(out: Path) -> None:
-    """--out must be a folder, or not exist yet."""
+    """--out must be a search folder (one the tuner or the launcher made), or not exist yet."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a search folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "oracle.json").exists() and not (
-        out / "search.json"
-    ).exists():
+    markers = ("oracle.json", "search.json", "logs")  # logs/: the launcher made it for its children
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
         raise UserError(f"--out {out}: a folder that is not a search folder; pick a new --out")
 
 
