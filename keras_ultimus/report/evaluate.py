@@ -28,10 +28,12 @@ class Evaluation:
 
     @property
     def predicted(self) -> np.ndarray:
+        """The predicted class of each image."""
         return self.probs.argmax(axis=1)
 
     @property
     def accuracy(self) -> float:
+        """The fraction of images predicted right."""
         return float(np.mean(self.predicted == self.labels))
 
     def confusion(self) -> np.ndarray:
@@ -59,6 +61,7 @@ class Check:
 
     @property
     def accuracy(self) -> float:
+        """The re-measured test accuracy."""
         return self.correct / self.images
 
     @property
