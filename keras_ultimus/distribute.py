@@ -10,10 +10,14 @@
 `setup` runs after `backend.prepare(devices=N)` and before any tensor exists.
 """
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -63,6 +67,21 @@ class Plan:
             return images, labels
         n = len(images) - len(images) % self.replicas
         return images[self.process_id : n : self.processes], labels[self.process_id : n : self.processes]
+
+    def output_dir(self, out: Path) -> Path:
+        """Where this process writes the run folder `out`: `out` itself on the chief.
+
+        Every other process gets a scratch copy of `out` (its backup, to resume from) that is
+        deleted when the process exits. They must still save whatever the chief saves: on JAX,
+        saving a model creates and assigns variables, which are collective across processes.
+        """
+        if self.is_chief:
+            return out
+        scratch = Path(tempfile.mkdtemp(prefix=f"ultimus-process{self.process_id}-")) / out.name
+        if out.is_dir():
+            shutil.copytree(out, scratch)
+        atexit.register(shutil.rmtree, scratch.parent, ignore_errors=True)
+        return scratch
 
     def record(self) -> dict:
         """The fields for run.json."""
@@ -184,16 +203,6 @@ def _multi_worker(devices: int | None) -> Plan:
         f"MultiWorkerMirroredStrategy ({MULTI_WORKER_ISSUE}); for several hosts use "
         "KERAS_BACKEND=jax with --distribute data-parallel and KERAS_DISTRIBUTION_* variables"
     )
-
-
-class RestoreOnly(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore for non-chief processes: restores the chief's backup, never writes."""
-
-    def __init__(self, backup_dir):
-        super().__init__(backup_dir, delete_checkpoint=False)
-
-    def _save_model(self):
-        pass
 
 
 @contextlib.contextmanager

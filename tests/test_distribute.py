@@ -1,0 +1,331 @@
+"""Data-parallel training on Keras's own engines: refusals, sharding, 2 replicas == 1 device, multi-process runs.
+
+The distributed runs happen in child processes (`python tests/test_distribute.py PROBE ...`): logical
+devices and the JAX multi-process runtime can only be set up in a fresh process.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+EPOCHS, N_TRAIN, N_TEST, BATCH = 3, 64, 32, 16  # 4 steps per epoch
+HEARTBEAT = 10  # seconds; JAX's default heartbeat timeout is 100
+
+
+# --------------------------------------------------------------------------------------------- in-process
+
+
+def test_every_refusal_is_one_user_error(monkeypatch):
+    import keras
+
+    from keras_ultimus import distribute
+    from keras_ultimus.errors import UserError
+
+    def refusal(backend, *args):
+        monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+        with pytest.raises(UserError) as e:
+            distribute.setup(*args)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "no distribution engine for torch" in refusal("torch", "data-parallel")
+    assert "no distribution engine for torch" in refusal("torch", "mirrored")
+    assert "use --distribute data-parallel on jax" in refusal("jax", "mirrored")
+    assert "use --distribute mirrored on tensorflow" in refusal("tensorflow", "data-parallel")
+    assert "keras-team/keras/issues/20585" in refusal("tensorflow", "multi-worker")
+    assert "data-parallel" in refusal("tensorflow", "multi-worker")
+    assert "--devices needs" in refusal("tensorflow", "none", 2)
+    assert "must be one of" in refusal("tensorflow", "ring-allreduce")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    assert distribute.setup("none").record() == {"mode": "none", "replicas": 1, "processes": 1}
+
+
+def test_processes_get_disjoint_equal_shards_that_cover_the_split():
+    from keras_ultimus.distribute import Plan
+
+    x, y = np.arange(103 * 2).reshape(103, 2), np.arange(103)
+    plans = [Plan("data-parallel", replicas=4, processes=2, process_id=i) for i in range(2)]
+    shards = [plan.shard(x, y) for plan in plans]
+    # 103 cut to 100 (a multiple of the 4 replicas), 50 per process, each label once.
+    assert [len(s[1]) for s in shards] == [50, 50]
+    assert sorted(np.concatenate([s[1] for s in shards]).tolist()) == list(range(100))
+    for xs, ys in shards:
+        np.testing.assert_array_equal(xs[:, 1] // 2, ys)
+    assert plans[0].is_chief and not plans[1].is_chief
+    assert plans[1].local_batch_size(512) == 256
+    # mirrored splits each batch itself: no sharding of the arrays.
+    assert Plan("mirrored", replicas=2).shard(x, y)[1] is y
+
+
+# ------------------------------------------------------------------------------------- child processes
+
+
+def probe(name: str, *args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run a probe of this file in a fresh Python; fail with its output if it fails."""
+    result = subprocess.run([sys.executable, str(HERE), name, *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(n: int, *args: str, env: dict | None = None) -> list[subprocess.Popen]:
+    """Start `n` processes of one multi-process data-parallel run on loopback."""
+    common = {**os.environ, "KERAS_BACKEND": "jax", "ULTIMUS_HEARTBEAT_SECONDS": str(HEARTBEAT),
+              "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
+              "KERAS_DISTRIBUTION_NUM_PROCESSES": str(n), **(env or {})}
+    return [subprocess.Popen([sys.executable, str(HERE), "train", *args], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**common, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)})
+            for i in range(n)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float) -> tuple[list[int], list[str], float]:
+    """Wait for every process (return codes, outputs, seconds); kill whatever is left after `timeout`."""
+    start, outputs = time.monotonic(), []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=max(1, timeout - (time.monotonic() - start)))[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return [p.returncode for p in procs], outputs, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """One child: 1 device, then MirroredStrategy over 2 logical CPUs with and without sync BN."""
+    out = tmp_path_factory.mktemp("mirrored")
+    probe("equivalence", str(out), "tensorflow", env={"KERAS_BACKEND": "tensorflow"})
+    return out
+
+
+def max_weight_difference(a: dict, b: dict) -> float:
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
+
+
+@pytest.mark.slow
+def test_mirrored_two_replicas_with_sync_bn_match_one_device(mirrored):
+    single, sync, local = (np.load(mirrored / f"{n}.npz") for n in ("single", "sync", "local"))
+    # 12 Adam steps at lr 1e-2 from the same seed, data and global batch of 16. With --sync-bn the two
+    # runs differ only in float32 summation order (gradients summed over 2 replicas); measured: losses
+    # within 2e-6, weights within 1.3e-4 (Adam divides by sqrt(v), so tiny gradient entries amplify).
+    np.testing.assert_allclose(sync["loss"], single["loss"], atol=1e-5)
+    assert max_weight_difference(single, sync) < 1e-3
+    # Per-replica BN (the default) normalises each half-batch by its own statistics: a different
+    # model, not rounding. Measured: weights 0.13 apart, 100x past the tolerance above.
+    assert max_weight_difference(single, local) > 2e-2
+    assert np.abs(local["loss"] - single["loss"]).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_on_two_devices_matches_one_device(tmp_path):
+    probe("equivalence", str(tmp_path), "jax",
+          env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    single, parallel = np.load(tmp_path / "single.npz"), np.load(tmp_path / "sync.npz")
+    # No sync-bn needed: DataParallel jits one program over the global batch, so GSPMD computes BN
+    # statistics over all of it (all-reduce between the devices). Measured: weights within 5e-7.
+    np.testing.assert_allclose(parallel["loss"], single["loss"], atol=1e-5)
+    assert max_weight_difference(single, parallel) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_sync_bn_model_saves_a_keras_file_that_loads_on_every_backend(mirrored):
+    path = mirrored / "sync.keras"
+    for backend in ("jax", "torch", "tensorflow"):
+        result = probe("load", str(path), env={"KERAS_BACKEND": backend})
+        logits = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+        np.testing.assert_allclose(logits, np.load(mirrored / "sync_logits.npy"), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_killed_mirrored_run_resumes_and_logs_every_epoch_once(tmp_path):
+    # data-parallel's kill and resume is tested with 2 processes below.
+    env = {"KERAS_BACKEND": "tensorflow"}
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(HERE), "train", str(run), "mirrored", "--kill"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=240, env={**os.environ, **env})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (run / "log.csv").read_text().count("\n") == 2  # header + epoch 0
+    probe("train", str(run), "mirrored", env=env)
+    assert_finished(run, processes=1, replicas=2, mode="mirrored")
+
+
+def assert_finished(run: Path, processes: int, replicas: int, mode: str = "data-parallel") -> None:
+    lines = (run / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"], lines
+    info = json.loads((run / "run.json").read_text())
+    assert info["distribute"] == {"mode": mode, "replicas": replicas, "processes": processes}
+    assert sorted(p.name for p in run.iterdir()) == ["best.keras", "log.csv", "model.keras", "run.json"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_to_the_end_resume_after_a_kill_and_only_process_0_writes(tmp_path):
+    run = tmp_path / "run"
+    codes, outputs, _ = finish(launch(2, str(run), "data-parallel", "--kill"), timeout=240)
+    assert codes[0] == -signal.SIGKILL, outputs[0][-3000:]
+    assert codes[1] != 0, outputs[1][-3000:]
+    codes, outputs, _ = finish(launch(2, str(run), "data-parallel"), timeout=240)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "process 1 of 2, 2 replicas" in outputs[1]
+    assert_finished(run, processes=2, replicas=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # process 1 wrote nothing here...
+    scratch = Path(outputs[1].split("writing ")[1].split()[0])
+    assert scratch != run and not scratch.parent.exists()  # ...and its scratch copy is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dying", [1, 0])
+def test_a_dead_process_makes_the_other_fail_within_the_heartbeat(tmp_path, dying):
+    procs = launch(2, str(tmp_path / "run"), "data-parallel", env={"ULTIMUS_DIE": str(dying)})
+    codes, outputs, seconds = finish(procs, timeout=200)
+    survivor = outputs[1 - dying]
+    assert codes[dying] == -signal.SIGKILL
+    assert codes[1 - dying] not in (0, None), survivor[-3000:]
+    # The survivor's next all-reduce fails at once (Gloo: connection reset); JAX's coordination service
+    # then ends the process, after at most the heartbeat timeout.
+    assert "Gloo" in survivor or "JAX distributed service detected fatal errors" in survivor, survivor[-3000:]
+    assert seconds < 200
+
+
+# ------------------------------------------------------------------------------------------------ probes
+
+
+def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocky images (they move an untrained model's logits, unlike pixel noise) and cycling labels."""
+    low = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3))
+    return low.repeat(8, 1).repeat(8, 2).astype("float32"), np.arange(n) % 10
+
+
+def small_model(sync_bn: bool = False):
+    import keras
+
+    from keras_ultimus.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(conv_widths=(4, 8, 8), residual=True)
+    if sync_bn:
+        def clone(layer):
+            config = layer.get_config()
+            if isinstance(layer, keras.layers.BatchNormalization):
+                config["synchronized"] = True
+            return layer.__class__.from_config(config)
+
+        synced = keras.models.clone_model(model, clone_function=clone)
+        synced.set_weights(model.get_weights())  # clones start from fresh initial weights
+        model = synced
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def probe_equivalence(out: str, backend: str) -> None:
+    """Train the same model on the same batches on 1 device, then on 2 replicas; save losses and weights."""
+    import keras
+    import tensorflow as tf
+
+    from keras_ultimus import distribute
+
+    out = Path(out)
+    mode = {"tensorflow": "mirrored", "jax": "data-parallel"}[backend]
+    x, y = data(N_TRAIN, 0)
+
+    def fit(model, name):
+        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=EPOCHS, verbose=0)
+        weights = [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
+        np.savez(out / f"{name}.npz", *weights, loss=np.array(history.history["loss"]))
+        return model
+
+    if backend == "tensorflow":
+        plan = distribute.setup(mode, 2, BATCH)  # logical devices first, before TF runs anything
+        fit(small_model(), "single")  # outside the scope: the default strategy, one device
+        with plan.scope():
+            model = fit(small_model(sync_bn=True), "sync")
+            fit(small_model(), "local")
+            with distribute.portable_batchnorm(model):
+                model.save(out / "sync.keras")
+            assert all(layer.synchronized for layer in model.layers if "bn" in layer.name)  # restored
+            np.save(out / "sync_logits.npy", keras.ops.convert_to_numpy(model(x[:8], training=False)))
+    else:
+        fit(small_model(), "single")  # before any distribution is set: device 0 only
+        plan = distribute.setup(mode, 2, BATCH)
+        with plan.scope():
+            fit(small_model(), "sync")
+    assert plan.replicas == 2
+
+
+def probe_load(path: str) -> None:
+    """Print a saved model's logits on the probe images as JSON."""
+    import keras
+
+    import keras_ultimus.layers  # noqa: F401  registers UltimusLayer
+
+    model = keras.saving.load_model(path)
+    print(json.dumps(keras.ops.convert_to_numpy(model(data(8, 0)[0], training=False)).tolist()))
+
+
+def probe_train(out: str, mode: str, *flags: str) -> None:
+    """A run folder written the way the recipe writes one under a Plan (see notes/distribute-api.md)."""
+    import keras
+
+    from keras_ultimus import distribute
+
+    out = Path(out)
+    plan = distribute.setup(mode, 2 if "KERAS_DISTRIBUTION_NUM_PROCESSES" not in os.environ else None, BATCH)
+    print(f"process {plan.process_id} of {plan.processes}, {plan.replicas} replicas", flush=True)
+    import tensorflow as tf
+
+    def dataset(x, y):
+        x, y = plan.shard(x, y)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(plan.local_batch_size(BATCH))
+
+    class Kill(keras.callbacks.Callback):
+        """SIGKILL this process mid-way through the second epoch, after the first epoch's backup."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            if "--kill" in flags and self.epoch == 1 and batch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if os.environ.get("ULTIMUS_DIE") == str(plan.process_id) and batch == 1:
+                print("dying now", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    out = plan.output_dir(out)
+    print(f"writing {out}", flush=True)
+    with plan.scope():
+        model = small_model()
+        out.mkdir(exist_ok=True)
+        (out / "run.json").write_text(json.dumps({"distribute": plan.record()}))
+        callbacks = [keras.callbacks.CSVLogger(out / "log.csv", append=True),
+                     distribute.PortableCheckpoint(out / "best.keras", monitor="val_accuracy", mode="max",
+                                                   save_best_only=True),
+                     keras.callbacks.BackupAndRestore(out / "backup", double_checkpoint=True)]
+        model.fit(dataset(*data(N_TRAIN, 0)), validation_data=dataset(*data(N_TEST, 1)), epochs=EPOCHS,
+                  verbose=0, callbacks=[*callbacks, Kill()])
+        with distribute.portable_batchnorm(model):
+            model.save(out / "model.keras")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    {"equivalence": probe_equivalence, "load": probe_load, "train": probe_train}[sys.argv[1]](*sys.argv[2:])
