@@ -119,6 +119,8 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"--max-lr must be a positive number or 'auto', got {args.max_lr}")
     if not 0 <= args.pct_start < 1:
         raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
+    if args.sync_bn and args.distribute != "mirrored":
+        raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
 
 
 def check_model_flags(args: argparse.Namespace) -> None:
@@ -134,7 +136,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
             args.conv_widths = parse_conv_widths(args.conv_widths)
         if isinstance(args.downsample, str):
             args.downsample = parse_downsample(args.downsample)
-        trainable_params(**model_kwargs(vars(args)))
+        trainable_params(**{k: v for k, v in model_kwargs(vars(args)).items() if k != "sync_bn"})
     except (ValueError, TypeError) as e:
         raise UserError(f"model flags: {e}") from None
 
@@ -223,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ultimus import distribute
 
     plan = distribute.setup(config.get("distribute", "none"), config.get("devices"), config["batch_size"])
-    if config.get("sync_bn") and plan.strategy is None:
-        raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
     if not previous and plan.is_chief:
         check_new_folder(out)
 

@@ -136,6 +136,8 @@ BAD_INPUTS = [
     (["--config", "{tmp}/widths.json"], "model flags: `conv_widths` must be one or more positive integers"),
     (["--config", "{tmp}/typo.json"], "unknown key(s) epoch, num_block; valid keys: augment, batch_size"),
     (["--resume", "{tmp}"], "not a run folder (no run.json)"),
+    (["--sync-bn"], "--sync-bn needs --distribute mirrored (TensorFlow)"),
+    (["--max-lr", "fast"], None),  # argparse: usage line + "argument --max-lr: invalid max_lr value"
 ]
 
 
@@ -152,9 +154,35 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, fake_cifar_t
     before = sorted(tmp_path.rglob("*"))
     out = ["--out", str(tmp_path / "run")] if "--out" not in flags and "--resume" not in flags else []
     argv = ["--data", str(fake_cifar_tarball), *out, *(f.replace("{tmp}", str(tmp_path)) for f in flags)]
-    assert train.main(argv) == 2
-    assert message in one_error_line(capsys.readouterr().err)
+    if message is None:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+        assert exit_info.value.code == 2 and "--max-lr" in capsys.readouterr().err
+    else:
+        assert train.main(argv) == 2
+        assert message in one_error_line(capsys.readouterr().err)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_max_lr_auto_runs_the_range_test_first_and_records_it(tmp_path, fake_cifar_tarball, monkeypatch):
+    from keras_ultimus import lr_range
+
+    calls = []
+
+    def fake_find_lr(config, data, out, command=""):
+        calls.append((config["max_lr"], out))
+        return {"suggested": 0.0123, "sweep_csv": str(out / "sweep.csv"), "chart": str(out / "lr_find.png"),
+                "min_lr": 1e-5, "max_lr": 1.0, "steps_run": 4, "stopped_early": None}
+
+    monkeypatch.setattr(lr_range, "find_lr", fake_find_lr)
+    out = tmp_path / "run"
+    assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "1", "--max-lr", "auto",
+                       *TINY]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert calls == [("auto", out / "lr_find")]
+    assert info["config"]["max_lr"] == 0.0123 and info["lr_find"]["suggested"] == 0.0123
+    np.testing.assert_allclose(pd.read_csv(out / "log.csv")["learning_rate"],
+                               [float(keras.ops.convert_to_numpy(OneCycle(0.0123, 4)(4)))], rtol=1e-4)
 
 
 def test_help_lists_the_flags():
@@ -162,7 +190,8 @@ def test_help_lists_the_flags():
     assert result.returncode == 0
     for flag in ("--epochs", "--batch-size", "--max-lr", "--data", "--out", "--seed", "--no-augment",
                  "--blocks", "--key-dim", "--scale", "--residual", "--limit-train", "--limit-test", "--resume",
-                 "--deterministic", "--precision", "--jit", "--pipeline", "--verbose"):
+                 "--deterministic", "--precision", "--jit", "--pipeline", "--verbose", "--downsample",
+                 "--distribute", "--devices", "--sync-bn"):
         assert flag in result.stdout
 
 
