@@ -226,10 +226,11 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
 
     Everything that can fail on bad input (data, model settings, the folder)
     is checked before the first file is written. Under a multi-process `plan`
-    only the chief writes; `extra` goes into a new run's run.json.
+    only the chief writes `out`; `extra` goes into a new run's run.json.
     """
     start = time.perf_counter()
     plan = plan or distribute.Plan()
+    out = plan.output_dir(out)  # a scratch copy on non-chief processes: they save what the chief saves
     run_info = json.loads((out / "run.json").read_text()) if resume else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
@@ -248,11 +249,6 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     with plan.scope():
         model = build(config, precision)
         compile_model(model, config["max_lr"], steps, config["pct_start"], jit)
-    if not plan.is_chief:
-        with plan.scope():
-            model.fit(train_ds, validation_data=test_ds, epochs=config["epochs"], shuffle=False,
-                      callbacks=[data_epoch, EpochStats(), distribute.RestoreOnly(out / "backup")])
-        return run_info
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

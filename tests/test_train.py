@@ -205,6 +205,20 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     assert train.parse_args(["--config", str(config)]).max_lr == 1.0
 
 
+def test_config_rebuilds_a_pooled_stem_trial(tmp_path):
+    """A tuner's best.json holds lists: conv_widths of ints, downsample of strings."""
+    config = tmp_path / "best.json"
+    config.write_text(json.dumps({"conv_widths": [8, 16, 16, 8], "downsample": ["pool", "stride", "none"],
+                                  "num_blocks": 2, "max_lr": 0.004, "batch_size": 64}))
+    args = train.parse_args(["--config", str(config)])
+    train.check_model_flags(args)
+    assert (args.conv_widths, args.downsample) == ([8, 16, 16, 8], ["pool", "stride", "none"])
+    from keras_ultimus.recipe import build
+
+    model = build(vars(args))
+    assert model.get_layer("pool1") is not None and model.get_layer("conv3").strides == (2, 2)
+
+
 def fake_run_folder(path, **config):
     path.mkdir()
     defaults = vars(train.parse_args([]))
