@@ -6,10 +6,13 @@ with a traceback on import when that backend is unknown or not installed.
 This module imports no Keras.
 """
 
+import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # One pip command per supported backend; the pins match requirements.txt.
@@ -42,7 +45,7 @@ def configured_backend() -> tuple[str, str]:
     return "tensorflow", "Keras' default"
 
 
-def check_backend() -> str:
+def check_backend(quiet: bool = False) -> str:
     """Return the configured backend; exit with code 2 and a one-line error if it can't load."""
     name, source = configured_backend()
     if name not in INSTALL:
@@ -51,7 +54,8 @@ def check_backend() -> str:
             f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}"
         )
     try:
-        importlib.import_module(name)
+        with silenced_stderr(quiet):
+            importlib.import_module(name)
     except Exception as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(
@@ -67,22 +71,64 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+@contextlib.contextmanager
+def silenced_stderr(quiet: bool = True) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while quiet: TF's C++ start-up lines ignore its log level."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def import_tensorflow_beside(quiet: bool) -> None:
+    """Import an installed TensorFlow under torch or jax, and hide the GPUs from it.
+
+    tf.data and TensorBoard may use TensorFlow in a torch or jax process; left
+    alone, TensorFlow would take the GPU's memory before the backend could.
+    A missing or broken TensorFlow is fine: the NumPy pipeline runs without it.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    try:
+        with silenced_stderr(quiet):
+            import tensorflow as tf
+    except Exception:  # noqa: BLE001  a stub or broken install: run TF-free
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already started its devices in this process
+        pass
+
+
 def prepare(verbose: bool = False, devices: int | None = None) -> str:
     """Set up the process before Keras starts: check the backend, quiet TF logs, split devices.
 
     Call it first in every CLI, after parsing flags and before importing Keras
-    or any module that imports it. `verbose` keeps TensorFlow's C++ log lines
-    (so does a `TF_CPP_MIN_LOG_LEVEL` the user set). `devices` makes that many
+    or any module that imports it. TensorFlow's C++ log lines are hidden unless
+    `verbose` or the user set `TF_CPP_MIN_LOG_LEVEL`. `devices` makes that many
     logical CPU devices for JAX (TensorFlow's are made by `keras_ultimus.distribute`).
+    Under torch or jax, an installed TensorFlow is imported here with its GPUs hidden.
     Returns the backend name.
     """
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # oneDNN, CUDA probing, CPU feature lines
+    quiet = not verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    name = check_backend()
+    name, _ = configured_backend()
     if devices and name == "jax":
-        if "jax" in sys.modules and "jax._src.xla_bridge" in sys.modules:
+        if "jax._src.xla_bridge" in sys.modules:
             fail("--devices must be set before JAX starts; run it in a fresh process")
         flag = f"--xla_force_host_platform_device_count={devices}"
         os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), flag]).strip()
+    name = check_backend(quiet)
+    if name != "tensorflow":
+        import_tensorflow_beside(quiet)
     return name
