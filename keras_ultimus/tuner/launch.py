@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from keras_ultimus.backend import prepare
 from keras_ultimus.errors import UserError, cli
 from keras_ultimus.tuner import tune
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
     search = tune.parse_args(tune_args)  # bad search flags exit here, before anything starts
+    prepare(verbose=search.verbose)  # a bad backend too, before any child starts
     out = Path(search.out)
     tune.check_out(out)
     if search.fresh:
