@@ -13,32 +13,25 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import UserError, cli
+from keras_ultimus.flags import add_model_flags
 
 
-def positive_ints(text: str) -> list[int]:
-    """Parse comma-separated positive integers such as `32,256,48`."""
-    try:
-        values = [int(w) for w in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every width must be at least 1")
-    return values
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Parse --conv-widths/--downsample and check the model flags with `build_model`'s own checks (imports Keras).
 
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The build_model flags, as `train` spells them.
-
-    A stand-in until the train CLI's model flags live in a module both CLIs may import.
+    The same checks as train's; a copy until they live in `keras_ultimus.flags` beside the flags.
     """
-    g = parser.add_argument_group("model")
-    g.add_argument("--blocks", dest="num_blocks", type=int, default=4, help="number of Ultimus blocks")
-    g.add_argument("--key-dim", type=int, default=8)
-    g.add_argument("--scale", choices=("pre", "post"), default="pre", help="scale before or after softmax")
-    g.add_argument("--residual", action="store_true", help="x + block(x) (a variant, not the reference)")
-    g.add_argument("--conv-widths", type=positive_ints, default=[32, 256, 48],
-                   help="comma-separated conv widths (default: 32,256,48)")
-    g.add_argument("--bn-momentum", type=float, default=0.9)
+    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.recipe import model_kwargs
+
+    try:
+        if isinstance(args.conv_widths, str):
+            args.conv_widths = parse_conv_widths(args.conv_widths)
+        if isinstance(args.downsample, str):
+            args.downsample = parse_downsample(args.downsample)
+        trainable_params(**model_kwargs(vars(args)))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model flags: {e}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,14 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--min-lr must be below --max-lr, got {args.min_lr:g} >= {args.max_lr:g}")
     if args.steps is not None and args.steps < 2:
         p.error(f"--steps must be at least 2, got {args.steps}")
-    for flag in ("batch_size", "limit_train", "num_blocks", "key_dim"):
+    for flag in ("batch_size", "limit_train"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if not 0 < args.smoothing < 1:
         p.error(f"--smoothing must be between 0 and 1, got {args.smoothing:g}")
-    if not 0 <= args.bn_momentum < 1:
-        p.error(f"--bn-momentum must be in [0, 1), got {args.bn_momentum:g}")
     return args
 
 
@@ -80,20 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the data, run the sweep and print the suggested peak LR."""
     args = parse_args(argv)
     prepare(verbose=args.verbose)
+    check_model_flags(args)
     out = Path(args.out or f"runs/lr_find-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pick a new --out")
 
-    from keras_ultimus.data import DataError, load_cifar10
+    from keras_ultimus.cifar10 import load_cifar10
     from keras_ultimus.lr_range import find_lr
 
     sweep_flags = ("out", "verbose", "min_lr", "max_lr", "steps", "smoothing")
     config = {k: v for k, v in vars(args).items() if k not in sweep_flags}
     config["data"] = args.data or os.environ.get("CIFAR10_PATH")
-    try:
-        data = load_cifar10(config["data"])
-    except DataError as e:  # UserError once keras_ultimus.data raises it
-        raise UserError(str(e)) from None
+    data = load_cifar10(config["data"])
     command = shlex.join(["python", "-m", "keras_ultimus.lr_find", *(sys.argv[1:] if argv is None else argv)])
     result = find_lr(config, data, out, args.min_lr, args.max_lr, args.steps, args.smoothing, command)
     print(f"suggested peak LR: {result['suggested']:.3g} (steepest descent of the smoothed loss, "

@@ -18,9 +18,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_ultimus.data import make_dataset
 from keras_ultimus.errors import UserError
-from keras_ultimus.model import build_model
+from keras_ultimus.pipelines import resolve, train_data
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
 
@@ -78,7 +77,8 @@ class LRSweep(keras.callbacks.Callback):
         elif smoothed > self.diverge * self._best:
             self.stopped = f"smoothed loss above {self.diverge:g}x its best at step {step - 1}"
         if self.print_every and (step % self.print_every == 0 or self.stopped):
-            print(f"step {step}/{len(self.lrs)}  lr {self.history['lr'][-1]:.3g}  loss {loss:.4f}  smoothed {smoothed:.4f}")
+            lr = self.history["lr"][-1]
+            print(f"step {step}/{len(self.lrs)}  lr {lr:.3g}  loss {loss:.4f}  smoothed {smoothed:.4f}")
         if self.stopped or len(self.history["lr"]) == len(self.lrs):
             self.model.stop_training = True
 
@@ -120,11 +120,13 @@ def sweep(
     beta: float = 0.9,
     diverge: float = 4.0,
     print_every: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[pd.DataFrame, str | None]:
     """Sweep a compiled `model` (float LR) over batched `data`; return (step, lr, loss, smoothed), why it stopped early.
 
     `data` is anything `fit` takes as `x` with labels (a tf.data.Dataset or PyDataset) that yields
     `batches_per_epoch` batches per epoch; the sweep runs over as many epochs as `steps` needs.
+    `callbacks` go to `fit` too (e.g. the pipeline's DataEpoch).
     """
     if not 0 < min_lr < max_lr:
         raise UserError(f"the LR range must satisfy 0 < min < max, got {min_lr:g} to {max_lr:g}")
@@ -132,7 +134,7 @@ def sweep(
         raise UserError(f"an LR sweep needs at least 2 steps, got {steps}")
     recorder = LRSweep(min_lr, max_lr, steps, batch_sizes, beta, diverge, print_every)
     epochs = -(-steps // batches_per_epoch)
-    model.fit(data, epochs=epochs, callbacks=[recorder], shuffle=False, verbose=0)  # `data` shuffles itself
+    model.fit(data, epochs=epochs, callbacks=[*callbacks, recorder], shuffle=False, verbose=0)  # `data` shuffles itself
     table = pd.DataFrame(recorder.history)
     table.insert(0, "step", range(len(table)))
     table["smoothed"] = smooth(table["loss"], beta)
@@ -182,28 +184,33 @@ def find_lr(
 ) -> dict:
     """Run the LR range test for the model and data of a run `config` into folder `out`; return lr_find.json.
 
-    The model comes from `build_model(**model_kwargs(config))` and is compiled by
-    the recipe's `compile_model`, then given a float LR; the data are the training
-    split of `data` (as `train()` takes it) through the training pipeline.
+    The model is built and compiled as `recipe.train` does it (`recipe.build` under
+    config["precision"], `recipe.compile_model` with config["jit"]), then given a
+    float LR; the data are the training split of `data` (as `train()` takes it)
+    through the same pipeline (config["pipeline"]), seeded by config["seed"].
     `steps` defaults to one epoch. The suggested peak LR is `result["suggested"]`.
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
-    from keras_ultimus.recipe import compile_model, environment, model_kwargs, write_atomic
+    from keras_ultimus.recipe import build, compile_model, environment, seed_everything, write_atomic
 
-    keras.utils.set_random_seed(config["seed"])
+    seed_everything(config["seed"], config.get("deterministic", False))
     (x_train, y_train), _ = data
     x_train, y_train = x_train[: config.get("limit_train")], y_train[: config.get("limit_train")]
     batch_size = config["batch_size"]
-    train_ds = make_dataset(x_train, y_train, batch_size, True, config.get("augment", True), config["seed"])
+    pipeline = resolve(config.get("pipeline", "auto"))
+    augment = config.get("augment", True)
+    train_ds, data_epoch = train_data(x_train, y_train, batch_size, config["seed"], augment, kind=pipeline)
     per_epoch = -(-len(x_train) // batch_size)
     sizes = [min(batch_size, len(x_train) - i * batch_size) for i in range(per_epoch)]
     steps = steps or per_epoch
 
-    model = build_model(**model_kwargs(config))
-    compile_model(model, min_lr, steps)
+    model = build(config, config.get("precision", "float32"))
+    compile_model(model, min_lr, steps, jit=config.get("jit", "auto"))
     with_float_lr(model, min_lr)
-    table, stopped = sweep(model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10)
+    table, stopped = sweep(
+        model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10, callbacks=[data_epoch]
+    )
     skip = min(round(1 / (1 - beta)), len(table) // 4)  # the first EMA values average only a few batches
     try:
         suggested, failed = suggest_lr(table["lr"], table["smoothed"], skip), None
@@ -225,6 +232,7 @@ def find_lr(
         "lowest_smoothed_loss": {"lr": float(table["lr"][best]), "loss": float(table["smoothed"][best])},
         "sweep_csv": str(out / SWEEP_CSV),
         "chart": str(out / CHART),
+        "pipeline": pipeline,
         "config": config,
         "command": command,
         **environment(),

@@ -1,7 +1,9 @@
 """LR range test: smoothing and the steepest-descent pick against NumPy, sweeps on problems with a known answer."""
 
+import io
 import json
 import os
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_ultimus.cifar10 import TEST_FILE, TRAIN_FILES
 from keras_ultimus.errors import UserError
 from keras_ultimus.lr_find import main
-from keras_ultimus.lr_range import find_lr, smooth, suggest_lr, sweep
+from keras_ultimus.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
+from keras_ultimus.recipe import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +129,25 @@ def test_sweep_stops_once_the_loss_diverges():
 
 
 @pytest.mark.multi_backend
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_with_float_lr_keeps_the_recipes_compile_but_lets_a_callback_set_the_lr(policy):
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = linear_model(keras.optimizers.SGD(), np.zeros((8, 1)))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    compile_model(model, 0.003, 100, jit="off")
+    with_float_lr(model, 2e-4)
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    assert isinstance(inner, keras.optimizers.Adam)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy) and model.loss.from_logits
+    assert model.jit_compile is False
+    model.optimizer.learning_rate = 0.05  # a schedule would refuse this
+    assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == pytest.approx(0.05)
+
+
+@pytest.mark.multi_backend
 def test_find_lr_writes_the_sweep_chart_and_suggestion(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8).repeat(1, axis=0)
@@ -150,13 +173,15 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys):
         ("--min-lr", "0"): "must be positive",
         ("--max-lr", "-1"): "must be positive",
         ("--steps", "1"): "--steps must be at least 2",
-        ("--conv-widths", "8,0"): "every width must be at least 1",
+        ("--smoothing", "1"): "--smoothing must be between 0 and 1",
     }
     for argv, message in cases.items():
         with pytest.raises(SystemExit) as exit:
             main(list(argv))
         assert exit.value.code == 2
         assert message in capsys.readouterr().err
+    assert main(["--conv-widths", "8,0", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: model flags: conv widths '8,0': every width must be at least 1")
     assert main(["--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1
@@ -166,10 +191,24 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def learnable_tarball(path: Path, per_file: int = 20) -> Path:
+    """A fake cifar-10-binary.tar.gz whose label is the image's brightness band, so a sweep can lower the loss."""
+    with tarfile.open(path, "w:gz") as tar:
+        for i, name in enumerate((*TRAIN_FILES, TEST_FILE)):
+            rng = np.random.default_rng(i)
+            labels = rng.integers(0, 10, per_file, dtype=np.uint8)
+            pixels = (labels[:, None] * 25 + rng.integers(0, 20, (per_file, 3072))).astype(np.uint8)
+            raw = np.concatenate([labels[:, None], pixels], axis=1).tobytes()
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
 @pytest.mark.slow
-def test_cli_runs_end_to_end(fake_cifar_tarball, tmp_path):
+def test_cli_runs_end_to_end(tmp_path):
     out = tmp_path / "sweep"
-    args = ["--data", str(fake_cifar_tarball), "--out", str(out), "--batch-size", "16", "--steps", "20",
+    args = ["--data", str(learnable_tarball(tmp_path / "cifar-10-binary.tar.gz")), "--out", str(out), "--batch-size", "16", "--steps", "20",
             "--min-lr", "1e-4", "--max-lr", "1", "--blocks", "1", "--conv-widths", "4,4,4", "--no-augment"]
     done = subprocess.run([sys.executable, "-m", "keras_ultimus.lr_find", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
