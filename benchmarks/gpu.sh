@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Speed and a full default training run on a GPU machine with PyTorch and JAX but no TensorFlow, Keras or network.
 #
-# Usage (from the repo root): benchmarks/gpu.sh [--dry-run] [--out DIR]
+# Usage (from the repo root): benchmarks/gpu.sh [--dry-run] [--data-only] [--out DIR]
 #   Everything goes under --out (default: $OUT, else runs/gpu-<time>):
 #   bench/ (python -m keras_ultimus.bench on torch and jax, synthetic data), train-torch/ and train-jax/
 #   (the 24-epoch default training, NumPy pipeline), data.txt (what data was used), logs.
 #   --dry-run: the same steps end to end on this CPU on a fake tarball (1 epoch, tiny limits).
+#   --data-only: only reassemble and check the data (on a CPU machine: the same partial data, for a comparison run).
 #
 # What must travel with the repo (both folders are ignored through .git/info/exclude, not .gitignore):
-#   echo /.whl/ >> .git/info/exclude; echo /.data-parts/ >> .git/info/exclude
+#   printf "/.whl/\n/.data-parts/\n/.data-cache/\n" >> .git/info/exclude
 #   .whl/: Keras, KerasTuner and the pure-Python or missing wheels, for Python 3.12, downloaded on a machine with
 #   network:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -26,18 +27,21 @@
 set -euo pipefail
 
 dry_run=0
+data_only=0
 out=${OUT:-runs/gpu-$(date +%Y%m%d-%H%M%S)}
 while [ $# -gt 0 ]; do
     case $1 in
         --dry-run) dry_run=1 ;;
+        --data-only) data_only=1 ;;
         --out) out=$2; shift ;;
-        *) echo "error: unknown argument $1 (usage: benchmarks/gpu.sh [--dry-run] [--out DIR])" >&2; exit 2 ;;
+        *) echo "error: unknown argument $1 (usage: benchmarks/gpu.sh [--dry-run] [--data-only] [--out DIR])" >&2; exit 2 ;;
     esac
     shift
 done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 py=${PYTHON:-python3}
+export KERAS_BACKEND=${KERAS_BACKEND:-torch}  # the GPU machine has no TensorFlow
 say() { echo "[gpu.sh $(date +%H:%M:%S)] $*" | tee -a "$out/steps.txt" >&2; }
 
 # 1. Python packages that travel in .whl/ (once per machine).
@@ -144,7 +148,8 @@ records = np.frombuffer(b"".join(train), np.uint8).reshape(-1, 3073)
 if "test_batch.bin" in members and "test_batch.bin" not in bad:
     test = np.frombuffer(members["test_batch.bin"], np.uint8).reshape(-1, 3073)
 else:  # hold out the last sixth of what we have as the test split
-    test, records = records[-len(records) // 6:], records[: -len(records) // 6]
+    n_test = len(records) // 6
+    test, records = records[len(records) - n_test:], records[: len(records) - n_test]
 per_file = len(records) // 5
 folder = cache / "partial" / "cifar-10-batches-bin"
 folder.mkdir(parents=True, exist_ok=True)
@@ -155,12 +160,14 @@ note.write_text(
     f"PARTIAL data: parts {names} of the tarball; complete batch files {sorted(members)} "
     f"(official md5: {checked}). Training on {5 * per_file} train and {len(test)} test images in {folder} "
     "(the test split is the held-out end of the training files when test_batch.bin is missing).\n"
-    "Not comparable with the committed full-data CPU run. For the CPU comparison, rerun this script's data step "
-    "on the CPU with the same parts in .data-cache/parts/ and train with the same --data folder.\n")
+    "Not comparable with the committed full-data CPU run. For the CPU comparison, put the same parts in "
+    ".data-cache/parts/ on the CPU machine, run `benchmarks/gpu.sh --data-only`, then "
+    f"`python -m keras_ultimus.train --data .data-cache/partial/cifar-10-batches-bin` there.\n")
 print(f"--data {folder}")
 PY
 )
 say "$(cat "$out/data.txt")"
+[ $data_only = 1 ] && { echo "$data_args"; exit 0; }
 
 # 3. The bench: synthetic data, torch and jax, fp32 and bf16, NumPy pipeline, plus plain PyTorch.
 if [ $dry_run = 1 ]; then
