@@ -164,8 +164,10 @@ def plot(table: pd.DataFrame, suggested: float | None, title: str = "LR range te
         ax.axvline(suggested, color="C3", ls="--", lw=1)
         ax.plot([suggested], [at], "o", color="C3", label=f"steepest descent: {suggested:.3g}")
     ax.set_xscale("log")
-    finite = table["smoothed"][np.isfinite(table["smoothed"])]
-    ax.set_ylim(finite.min() * 0.9, min(finite.max(), 2 * finite.iloc[0]) * 1.05)
+    # From the lowest batch loss to a little above the start: the divergence at the end would flatten the rest.
+    low, start = np.nanmin(table["loss"].where(np.isfinite(table["loss"]))), table["smoothed"].iloc[0]
+    span = max(start - low, 1e-3 * abs(start), 1e-12)
+    ax.set_ylim(low - 0.1 * span, start + 0.5 * span)
     ax.set(xlabel="learning rate", ylabel="training loss", title=title)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
