@@ -330,8 +330,6 @@ def test_deterministic_reruns_are_identical(tmp_path, fake_cifar_tarball):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="TF 2.21 prints its import-time lines before absl reads "
-                   "TF_CPP_MIN_LOG_LEVEL; backend.prepare must silence fd 2 while it imports TensorFlow")
 def test_stderr_has_no_tensorflow_cpp_logs_unless_verbose(tmp_path, fake_cifar_tarball):
     if BACKEND != "tensorflow":
         pytest.skip("TensorFlow's C++ logs come from the TensorFlow backend")
