@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
              "--steps-per-execution", str(args.steps_per_execution), "--matmul-size", str(args.matmul_size)] + (["--data", args.data] if args.data else [])
     started = datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()
+    commit = git_commit()
     results = {}
     for backend in backends:
         print(f"measuring {backend} ...", file=sys.stderr, flush=True)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpu_count": os.cpu_count()},
-            "commit": git_commit(), "backends": results, "plain_torch": plain, "serving": serving}
+            "commit": commit, "backends": results, "plain_torch": plain, "serving": serving}
     (out / "bench.json").write_text(json.dumps(info, indent=1))
     header = (f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
               f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
