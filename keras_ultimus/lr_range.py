@@ -196,6 +196,7 @@ def find_lr(
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
     from keras_ultimus.recipe import build, compile_model, environment, seed_everything, write_atomic
 
+    env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
     seed_everything(config["seed"], config.get("deterministic", False))
     (x_train, y_train), _ = data
     x_train, y_train = x_train[: config.get("limit_train")], y_train[: config.get("limit_train")]
@@ -237,7 +238,7 @@ def find_lr(
         "pipeline": pipeline,
         "config": config,
         "command": command,
-        **environment(),
+        **env,
     }
     write_atomic(out / SUMMARY, json.dumps(result, indent=2))
     if failed:
