@@ -176,6 +176,8 @@ def _join_processes(jax) -> tuple[int, int]:
         raise UserError(f"KERAS_DISTRIBUTION_PROCESS_ID must be in 0..{count - 1}, got {index}")
     heartbeat = os.environ.get(HEARTBEAT_VAR)
     if heartbeat:
+        if not heartbeat.isdigit() or int(heartbeat) < 1:
+            raise UserError(f"{HEARTBEAT_VAR} must be a whole number of seconds, got {heartbeat!r}")
         # keras.distribution.initialize passes no heartbeat, so shorten JAX's default the same way.
         jax.distributed.initialize = _with_heartbeat(jax.distributed.initialize, int(heartbeat))
     try:

@@ -46,6 +46,15 @@ def test_every_refusal_is_one_user_error(monkeypatch):
     assert "data-parallel" in refusal("tensorflow", "multi-worker")
     assert "--devices needs" in refusal("tensorflow", "none", 2)
     assert "must be one of" in refusal("tensorflow", "ring-allreduce")
+    # Multi-process settings are checked before JAX's runtime starts.
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    assert "needs KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_PROCESS_ID" in refusal("jax", "data-parallel")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:1")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "2")
+    assert "must be in 0..1, got 2" in refusal("jax", "data-parallel")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    monkeypatch.setenv("ULTIMUS_HEARTBEAT_SECONDS", "soon")
+    assert "whole number of seconds" in refusal("jax", "data-parallel")
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     assert distribute.setup("none").record() == {"mode": "none", "replicas": 1, "processes": 1}
 
