@@ -93,6 +93,7 @@ def build_model(
     downsample: Sequence[str] | None = None,
     bn_momentum: float = 0.9,
     num_classes: int = 10,
+    sync_bn: bool = False,
 ) -> keras.Model:
     """Build the Ultimus model; it takes raw 0-255 float pixels, returns float32 logits.
 
@@ -104,7 +105,8 @@ def build_model(
 
     `bn_momentum=0.9` matches PyTorch's BatchNorm default (momentum 0.1),
     which the reference used; Keras' own default of 0.99 lags badly over
-    the ~100 steps of a CIFAR-10 epoch.
+    the ~100 steps of a CIFAR-10 epoch. `sync_bn=True` computes BatchNorm
+    statistics over the global batch under a `tf.distribute` strategy.
     """
     check_head(num_blocks, key_dim, scale, bn_momentum, num_classes)
     plan = stem_plan(conv_widths, downsample)
@@ -119,7 +121,9 @@ def build_model(
             width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
         )(x)
         x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i}")(x)
+        x = keras.layers.BatchNormalization(
+            momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
+        )(x)
         if pool:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
@@ -141,6 +145,7 @@ def trainable_params(
     downsample: Sequence[str] | None = None,
     bn_momentum: float = 0.9,
     num_classes: int = 10,
+    sync_bn: bool = False,
 ) -> int:
     """Trainable parameters of `build_model(...)` with the same arguments, without building it.
 
