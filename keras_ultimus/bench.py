@@ -140,7 +140,7 @@ def rows(results: dict, plain: dict | None) -> list[dict]:
     plain_fp32 = statistics.median(plain["train_img_s"]) if plain else None
     for backend, r in results.items():
         from_peak = r["peak_gflops"]
-        out.append(dict(backend=backend, precision="-", measure="pipeline", img_s=statistics.median(r["pipeline_img_s"]),
+        out.append(dict(backend=backend, precision=r.get("pipeline", "-"), measure="pipeline", img_s=statistics.median(r["pipeline_img_s"]),
                         repeats=len(r["pipeline_img_s"])))
         for precision, p in r["precisions"].items():
             dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
@@ -164,7 +164,7 @@ def markdown(table: list[dict], serving: dict, header: str) -> str:
     def num(value, fmt):
         return "" if value is None else format(value, fmt)
 
-    lines = [header, "", "| backend | precision | measure | img/s (median) | GFLOP/img | peak GFLOP/s | of peak | × plain PyTorch |",
+    lines = [header, "", "| backend | precision (pipeline) | measure | img/s (median) | GFLOP/img | peak GFLOP/s | of peak | × plain PyTorch |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in table:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['measure']} | {r['img_s']:,.0f} | "
