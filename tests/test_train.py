@@ -238,6 +238,16 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     assert (run / "run.json").read_text() == before and sorted(p.name for p in run.iterdir()) == ["run.json"]
 
 
+def test_resume_refuses_different_data(tmp_path, fake_cifar_tarball, capsys):
+    run = fake_run_folder(tmp_path / "run", data=str(fake_cifar_tarball), conv_widths=[4, 8, 8])
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_fingerprint": "not this data"}))
+    before = (run / "run.json").read_text()
+    assert train.main(["--resume", str(run), "--data", str(fake_cifar_tarball)]) == 2
+    assert one_error_line(capsys.readouterr().err).endswith(f"not the data run {run} trained on")
+    assert (run / "run.json").read_text() == before and sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
 def test_resume_refuses_a_finished_run(tmp_path, capsys):
     (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00"}))
     assert train.main(["--resume", str(tmp_path)]) == 2
