@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
@@ -63,7 +63,7 @@ def choices(allowed: tuple[str, ...]):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.bench", description=__doc__.split(":")[0] + ".")
+    p = ArgumentParser(prog="python -m keras_ultimus.bench", description="Measure training and serving speed against the machine's limit and plain PyTorch.")
     p.add_argument("--out", help="output folder (default: runs/bench-<time>)")
     p.add_argument("--backends", type=choices(tuple(INSTALL)), help="comma-separated (default: every installed one)")
     p.add_argument("--precisions", type=choices(PRECISIONS), default=["float32", "mixed_bfloat16"],

@@ -6,11 +6,10 @@ modules imported from here before that split still resolve (lazily, so this
 CLI imports no Keras or TensorFlow before `prepare`).
 """
 
-import argparse
 import time
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli
 
 DataError = UserError  # the old name; new code raises and catches errors.UserError
 _MOVED = {name: "keras_ultimus.cifar10" for name in (
@@ -63,7 +62,7 @@ def passes(dataset, epochs: int, data_epoch) -> None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
-    parser = argparse.ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
     parser.add_argument("--data", help="local CIFAR-10 copy (default: $CIFAR10_PATH, else TFDS)")
     parser.add_argument("--pipeline", choices=("auto", "tfdata", "numpy", "both"), default="auto")
     parser.add_argument("--batch-size", type=int, default=512)

@@ -5,15 +5,24 @@ value, a corrupt tarball); `cli` turns it into one line on stderr and exit
 code 2, so no user ever sees a traceback for their own mistake.
 """
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 Main = Callable[[list[str] | None], int]
 
 
 class UserError(Exception):
     """Bad input from the user; the message is one line, printed as `error: ...`."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line, `error: ...` with exit code 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def one_line(message: object) -> str:

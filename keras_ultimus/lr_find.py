@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.flags import add_model_flags
 
 
@@ -36,7 +36,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags for the sweep, the data and the model; every value is checked before anything runs."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.lr_find", description=__doc__.split(":")[0] + ".")
+    p = ArgumentParser(prog="python -m keras_ultimus.lr_find", description="LR range test for the Ultimus recipe.")
     p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
                    "(default: $CIFAR10_PATH, else TFDS)")
     p.add_argument("--out", help="new folder for sweep.csv, lr_find.png, lr_find.json (default: runs/lr_find-<time>)")

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.flags import add_model_flags
 
 # Flags that --resume accepts: they don't change what the run computes.
@@ -26,8 +26,8 @@ def max_lr(text: str) -> float | str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `build_model` and `fit` arguments."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.train",
-                                description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
+    p = ArgumentParser(prog="python -m keras_ultimus.train",
+                       description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
     p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
     p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
                    "(default: $CIFAR10_PATH, else TFDS)")

@@ -18,7 +18,7 @@ from keras_ultimus.cifar10 import load_local
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.model import build_model, trainable_params
 from keras_ultimus.schedules import OneCycle
-from keras_ultimus.tuner import search, tune
+from keras_ultimus.tuner import options, search, tune
 from keras_ultimus.tuner.hypermodel import UltimusHyperModel, budget_reason, declare_space, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,9 +200,10 @@ def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
 ])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        tune.parse_args(argv)
+        options.parse_args(argv)
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{tune.PROG}: error:")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and err[0].endswith(f"(see {options.PROG} --help)")
 
 
 def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, monkeypatch):
@@ -245,9 +246,9 @@ def test_clis_answer_help_as_modules():
 
 
 def test_bayesian_without_scikit_learn_exits_2(monkeypatch, capsys):
-    monkeypatch.setattr(tune, "find_spec", lambda name: None)
+    monkeypatch.setattr(options, "find_spec", lambda name: None)
     with pytest.raises(SystemExit) as e:
-        tune.parse_args(["--algorithm", "bayesian"])
+        options.parse_args(["--algorithm", "bayesian"])
     assert e.value.code == 2 and "pip install scikit-learn" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli
 
 DESCRIPTION = (
     "Report on training runs or a KerasTuner search: Markdown with PNG charts, from each run's log.csv, "
@@ -21,7 +21,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The report's flags."""
-    p = argparse.ArgumentParser(prog="python -m keras_ultimus.report", description=DESCRIPTION)
+    p = ArgumentParser(prog="python -m keras_ultimus.report", description=DESCRIPTION)
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s) holding log.csv and run.json, "
                    "or one search folder of the tuner (holding leaderboard.csv)")
     p.add_argument("--out", help="report folder to write (e.g. reports/NAME); required unless --evaluate")

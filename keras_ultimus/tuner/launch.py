@@ -7,7 +7,6 @@ done, a child failed, Ctrl-C, SIGTERM or SIGHUP; and on Linux a child also
 gets SIGTERM if the launcher itself is killed.
 """
 
-import argparse
 import ctypes
 import json
 import os
@@ -20,8 +19,8 @@ import time
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
-from keras_ultimus.tuner import tune
+from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.tuner import options
 
 PROG = "python -m keras_ultimus.tuner.launch"
 # After the chief is done, a worker that is still alive has no trial and waits
@@ -127,9 +126,9 @@ def raise_terminated(signum, frame):
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Parse the launcher's flags, check the search flags, launch, and stop every child on the way out."""
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split(":")[0] + ".", allow_abbrev=False,
-        epilog=f"All other flags are the search's (see {tune.PROG} --help); e.g. "
+    p = ArgumentParser(
+        prog=PROG, description="Run one search as a KerasTuner chief and N workers on this machine.", allow_abbrev=False,
+        epilog=f"All other flags are the search's (see {options.PROG} --help); e.g. "
         f"{PROG} --workers 2 --data cifar-10-binary.tar.gz --epochs 4",
     )
     p.add_argument("--workers", type=int, default=2, help="number of worker processes (default: 2)")
@@ -140,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--workers must be at least 1, got {args.workers}")
     if args.port is not None and not 0 < args.port < 65536:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
-    search = tune.parse_args(tune_args)  # bad search flags exit here, before anything starts
+    search = options.parse_args(tune_args)  # bad search flags exit here, before anything starts
     prepare(verbose=search.verbose)  # a bad backend too, before any child starts
     out = Path(search.out)
-    tune.check_out(out)
+    options.check_out(out)
     if search.fresh:
         # The launcher wipes the folder itself, before any process can write into it.
         shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""The one user-error type, the CLI wrapper and the one-line argument parser."""
+
+import pytest
+
+from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
+
+
+@cli
+def fake_main(argv: list[str] | None = None) -> int:
+    """A CLI that fails the way its argument asks."""
+    if argv == ["user"]:
+        raise UserError("data.tar: truncated\nsecond line the user must not see")
+    if argv == ["interrupt"]:
+        raise KeyboardInterrupt
+    if argv == ["bug"]:
+        raise ValueError("a bug is not a user error")
+    return 0
+
+
+def test_user_error_is_one_line_and_exit_code_2(capsys):
+    assert fake_main(["user"]) == 2
+    assert capsys.readouterr().err == "error: data.tar: truncated\n"
+
+
+def test_ctrl_c_exits_130(capsys):
+    assert fake_main(["interrupt"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_bug_still_raises_with_its_traceback():
+    with pytest.raises(ValueError):
+        fake_main(["bug"])
+
+
+def test_one_line_skips_blank_lines_and_falls_back_to_the_type():
+    assert one_line("\n\n  first \nsecond") == "first"
+    assert one_line(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "two"], ["--unknown"], ["--kind", "x"]])
+def test_argument_parser_reports_a_bad_flag_in_one_line(argv, capsys):
+    p = ArgumentParser(prog="ultimus-x")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--kind", choices=("a", "b"))
+    with pytest.raises(SystemExit) as exit_info:
+        p.parse_args(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("(see ultimus-x --help)")
