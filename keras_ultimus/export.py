@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import UserError, cli, one_line
+from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
 
 if TYPE_CHECKING:
     import keras
@@ -190,7 +190,7 @@ def make_folder(folder: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ultimus-export",
         description="Export a trained model for serving: a TF Serving SavedModel or an ONNX file.",
     )
@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     if backend != "tensorflow":
         # Keras is (or would be) on another backend here; never replace the caller's process.
         return export_in_child(sys.argv[1:] if argv is None else list(argv))
-    from keras_ultimus.loading import load_keras_model
+    from keras_ultimus.loading import float32_copy, load_keras_model
 
-    model = load_keras_model(args.model)
+    model = float32_copy(load_keras_model(args.model))  # serve in float32, whatever precision it trained in
     if args.format == "onnx":
         out = Path(args.out)
         written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))

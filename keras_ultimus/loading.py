@@ -21,3 +21,18 @@ def load_keras_model(path: str | os.PathLike) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # a corrupt zip or config raises many different types
         raise UserError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same model computing in float32, for serving a model trained under a mixed-precision policy.
+
+    Mixed-precision training keeps float32 weights, but a loaded model would
+    still compute in bfloat16/float16 as its layers' saved policy says.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = keras.models.clone_model(
+        model, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+    )
+    copy.set_weights(model.get_weights())
+    return copy

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import UserError, cli, one_line
+from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 BATCH_SIZE = 256
@@ -53,9 +53,9 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
         return saved_model_predictor(found)
     import keras
 
-    from keras_ultimus.loading import load_keras_model
+    from keras_ultimus.loading import float32_copy, load_keras_model
 
-    model = load_keras_model(path)
+    model = float32_copy(load_keras_model(path))
     return lambda images: keras.ops.convert_to_numpy(
         keras.ops.softmax(model(images.astype("float32"), training=False))
     )
@@ -153,7 +153,7 @@ def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ultimus-predict",
         description="Classify images with a trained (.keras, run folder) or exported (SavedModel, .onnx) model.",
     )

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_ultimus import export
 from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import CLASS_NAMES
+from keras_ultimus.model import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +221,24 @@ def test_cli_exports_run_folder(residual_model, tmp_path, capsys):
     np.testing.assert_allclose(
         loaded(images=tf.constant(images))["probabilities"].numpy(), keras_probabilities(residual_model, images), atol=1e-5
     )
+
+
+def test_cli_exports_a_bf16_trained_model_that_serves_in_float32(residual_model, tmp_path):
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        bf16 = build_model(residual=True)  # residual_model's architecture under the bf16 policy
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    bf16.set_weights(residual_model.get_weights())
+    assert bf16.get_layer("conv1").compute_dtype == "bfloat16"
+    bf16.save(tmp_path / "model.keras")
+    assert export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus")]) == 0
+    serve = tf.saved_model.load(str(tmp_path / "ultimus" / "1")).signatures["serving_default"]
+    images = smooth_images(4)
+    probabilities = serve(images=tf.constant(images))["probabilities"]
+    assert probabilities.dtype == tf.float32
+    # float32 compute: the float32 model's answer to float32 rounding, far tighter than bfloat16's ~1e-2
+    np.testing.assert_allclose(probabilities.numpy(), keras_probabilities(residual_model, images), atol=1e-5)
 
 
 @pytest.mark.parametrize(
