@@ -55,12 +55,15 @@ class TrimLog(keras.callbacks.Callback):
         if not self._first:
             return
         self._first = False
-        if epoch and self.csv_path.exists():
+        # Also at epoch 0: a kill between epoch 0's CSV row and its first backup resumes there.
+        if self.csv_path.exists() and self.csv_path.stat().st_size:
             log = pd.read_csv(self.csv_path)
-            log = log[log["epoch"] < epoch]
-            log.to_csv(self.csv_path, index=False)
-            if len(log):
-                self.checkpoint.best = float(log["val_accuracy"].max())
+            kept = log[log["epoch"] < epoch]
+            if len(kept) < len(log):
+                kept.to_csv(self.csv_path, index=False)
+            if len(kept):
+                self.checkpoint.best = float(kept["val_accuracy"].max())
+        if epoch:
             print(f"Resumed after epoch {epoch}.")
 
 

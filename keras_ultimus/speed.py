@@ -95,6 +95,9 @@ def train_speed(
     timer = EpochTimes()
     model.fit(dataset, epochs=repeats + 1, steps_per_epoch=steps, shuffle=False, verbose=0,
               callbacks=[data_epoch, timer])
+    done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if done != (repeats + 1) * steps:  # the data ran out: a short epoch would count steps it never ran
+        raise RuntimeError(f"timed {done} training steps, expected {(repeats + 1) * steps}: give more images")
     return [steps * batch_size / s for s in timer.seconds[1:]]
 
 
@@ -160,7 +163,7 @@ def measure_backend(
 
     kind = pipelines.resolve(pipeline)
     if images is None:
-        images, labels = synthetic_cifar(batch_size * max(steps, 10))
+        images, labels = synthetic_cifar(batch_size * steps * (repeats + 1))  # fit keeps one iterator
     result = {"backend": keras.backend.backend(), "pipeline": kind, "jit": jit, "load_before": os.getloadavg()[0]}
     dtypes = sorted({"float32", "bfloat16", *(COMPUTE_DTYPE[p] for p in precisions)})
     result["peak_gflops"] = {d: matmul_peak(d, matmul_size) for d in dtypes}

@@ -102,6 +102,21 @@ def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
     assert table["plain_torch", "float32", "train"]["img_s"] == 120.0
 
 
+def test_train_speed_times_every_step_and_refuses_data_that_runs_out():
+    from keras_ultimus import pipelines
+    from keras_ultimus.recipe import compile_model
+
+    images, labels = speed.synthetic_cifar(8 * 2 * 3)
+    model = build_model(conv_widths=(4, 8), num_blocks=1)
+    compile_model(model, 1e-3, total_steps=6)
+    dataset, data_epoch = pipelines.train_data(images, labels, 8, seed=0, kind="numpy")
+    assert len(speed.train_speed(model, dataset, data_epoch, steps=2, repeats=2, batch_size=8)) == 2
+    short, data_epoch = pipelines.train_data(images[:40], labels[:40], 8, seed=0, kind="numpy")  # 5 of 6 batches
+    compile_model(model, 1e-3, total_steps=6)
+    with pytest.raises(RuntimeError, match="expected 6"):
+        speed.train_speed(model, short, data_epoch, steps=2, repeats=2, batch_size=8)
+
+
 def test_markdown_and_chart_show_every_row(tmp_path):
     table = bench.rows(*fake_results())
     text = bench.markdown(table, {"m.onnx": {"latency_ms_median": 0.5, "latency_ms_p90": 0.7, "throughput_img_s": 2000}}, "H")

@@ -97,6 +97,23 @@ def test_trim_log_drops_epochs_that_run_again_and_restores_the_best(tmp_path):
     assert pd.read_csv(csv)["epoch"].tolist() == [0, 1, 2] and best.best == 0.5
 
 
+def test_trim_log_drops_epoch_0_when_a_kill_came_before_its_first_backup(tmp_path, capsys):
+    csv = tmp_path / "log.csv"
+    pd.DataFrame({"epoch": [0], "val_accuracy": [0.4]}).to_csv(csv, index=False)
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
+                                           save_best_only=True)
+    recipe.TrimLog(csv, best).on_epoch_begin(0)  # no backup yet: fit starts again at epoch 0
+    assert pd.read_csv(csv)["epoch"].tolist() == [] and "Resumed" not in capsys.readouterr().out
+
+
+def test_trim_log_leaves_a_fresh_run_alone(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.touch()  # CSVLogger opens its file before the first epoch begins
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", save_best_only=True)
+    recipe.TrimLog(csv, best).on_epoch_begin(0)
+    assert csv.read_text() == ""
+
+
 def test_run_clock_writes_every_segment_at_each_epoch_end(tmp_path):
     info = {"segments_seconds": [12.5]}  # a killed segment's time, written at its last epoch end
     clock = recipe.RunClock(info, tmp_path / "run.json", start=0.0)
