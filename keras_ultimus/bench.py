@@ -25,6 +25,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import INSTALL, prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.provenance import git_state
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
              "--steps-per-execution", str(args.steps_per_execution), "--matmul-size", str(args.matmul_size)] + (["--data", args.data] if args.data else [])
     started = datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()
-    commit = git_commit()
+    state = git_state()
+    commit = state["commit"] and state["commit"][:7] + ("+dirty" if state["dirty"] else "")
     results = {}
     for backend in backends:
         print(f"measuring {backend} ...", file=sys.stderr, flush=True)
@@ -269,20 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wrote {out}/bench.csv, bench.md, bench.png, bench.json", file=sys.stderr)
     return 0
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with "+dirty" when it has changes), or None outside git."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True)
-    except OSError:
-        return None
-    if head.returncode:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -19,6 +18,7 @@ from keras_ultimus import distribute
 from keras_ultimus.errors import UserError
 from keras_ultimus.model import build_model
 from keras_ultimus.pipelines import eval_data, resolve, train_data
+from keras_ultimus.provenance import git_state
 from keras_ultimus.schedules import OneCycle
 
 CSV_NAME = "log.csv"
@@ -159,23 +159,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' deterministic mode needs it
         torch.use_deterministic_algorithms(True)
-
-
-def git_state() -> dict:
-    """The checkout keras_ultimus runs from: commit and whether tracked files differ (None outside git)."""
-    here = Path(keras_ultimus.__file__).parent
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode:
-            return {"commit": None, "dirty": None}
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-        return {"commit": head.stdout.strip(), "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def environment() -> dict:
