@@ -23,6 +23,9 @@ INSTALL = {
 }
 
 
+QUIET_MARK = "KERAS_ULTIMUS_QUIET_TF"
+
+
 def keras_config_path() -> Path:
     """The `keras.json` Keras reads, found the way Keras finds it."""
     if "KERAS_HOME" in os.environ:
@@ -118,9 +121,10 @@ def prepare(verbose: bool = False, devices: int | None = None) -> str:
     Under torch or jax, an installed TensorFlow is imported here with its GPUs hidden.
     Returns the backend name.
     """
-    quiet = not verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    # QUIET_MARK: the level was set by a parent's prepare (bench, launch, export children), not by the user.
+    quiet = not verbose and ("TF_CPP_MIN_LOG_LEVEL" not in os.environ or QUIET_MARK in os.environ)
     if quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", QUIET_MARK: "1"})
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     name, _ = configured_backend()
     if devices and name == "jax":
