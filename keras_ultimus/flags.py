@@ -8,6 +8,8 @@ CLI has called `backend.prepare`.
 
 import argparse
 
+from keras_ultimus.errors import UserError
+
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """Add the `build_model` flags (dest = argument name) as a "model" group."""
@@ -21,3 +23,21 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--downsample", help="comma-separated none|pool|stride, one per gap between convs "
                    "(default: none everywhere, the reference)")
     g.add_argument("--bn-momentum", type=float, default=0.9)
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Parse --conv-widths/--downsample in place and check every model flag with `build_model`'s own checks.
+
+    Imports Keras: call it after `backend.prepare`. Bad values raise a one-line UserError.
+    """
+    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.recipe import model_kwargs
+
+    try:
+        if isinstance(args.conv_widths, str):
+            args.conv_widths = parse_conv_widths(args.conv_widths)
+        if isinstance(args.downsample, str):
+            args.downsample = parse_downsample(args.downsample)
+        trainable_params(**model_kwargs(vars(args)))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model flags: {e}") from None

@@ -13,25 +13,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.flags import add_model_flags
-
-
-def check_model_flags(args: argparse.Namespace) -> None:
-    """Parse --conv-widths/--downsample and check the model flags with `build_model`'s own checks (imports Keras).
-
-    The same checks as train's; a copy until they live in `keras_ultimus.flags` beside the flags.
-    """
-    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
-    from keras_ultimus.recipe import model_kwargs
-
-    try:
-        if isinstance(args.conv_widths, str):
-            args.conv_widths = parse_conv_widths(args.conv_widths)
-        if isinstance(args.downsample, str):
-            args.downsample = parse_downsample(args.downsample)
-        trainable_params(**model_kwargs(vars(args)))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"model flags: {e}") from None
+from keras_ultimus.flags import add_model_flags, check_model_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

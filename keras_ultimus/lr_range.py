@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render with Agg
 
 from keras_ultimus.errors import UserError
 from keras_ultimus.pipelines import resolve, train_data
@@ -151,10 +152,8 @@ def with_float_lr(model: keras.Model, learning_rate: float) -> None:
     model.compile_from_config(config)
 
 
-def plot(table: pd.DataFrame, suggested: float | None, title: str = "LR range test") -> "matplotlib.figure.Figure":
+def plot(table: pd.DataFrame, suggested: float | None, title: str = "LR range test") -> Figure:
     """Loss against LR on a log axis: each batch's loss, the smoothed loss, and the suggestion marked."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(table["lr"], table["loss"], color="0.75", lw=0.8, label="batch loss")

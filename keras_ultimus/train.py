@@ -11,7 +11,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.flags import add_model_flags
+from keras_ultimus.flags import add_model_flags, check_model_flags
 
 # Flags that --resume accepts: they don't change what the run computes.
 RESUME_FLAGS = {"resume", "data", "verbose"}
@@ -121,24 +121,6 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
     if args.sync_bn and args.distribute != "mirrored":
         raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
-
-
-def check_model_flags(args: argparse.Namespace) -> None:
-    """Parse --conv-widths/--downsample and check every model flag with `build_model`'s own checks.
-
-    Imports Keras: call it after `prepare`.
-    """
-    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
-    from keras_ultimus.recipe import model_kwargs
-
-    try:
-        if isinstance(args.conv_widths, str):
-            args.conv_widths = parse_conv_widths(args.conv_widths)
-        if isinstance(args.downsample, str):
-            args.downsample = parse_downsample(args.downsample)
-        trainable_params(**{k: v for k, v in model_kwargs(vars(args)).items() if k != "sync_bn"})
-    except (ValueError, TypeError) as e:
-        raise UserError(f"model flags: {e}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from keras_ultimus.cifar10 import RECORD_BYTES, TEST_FILE, TRAIN_FILES, decode_batch, load_local

@@ -15,7 +15,7 @@ import pytest
 
 import keras
 import keras_ultimus
-from keras_ultimus import train
+from keras_ultimus import flags, train
 from keras_ultimus.loading import load_keras_model
 from keras_ultimus.schedules import OneCycle
 
@@ -201,7 +201,7 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     config.write_text(json.dumps({"num_blocks": 6, "residual": True, "max_lr": 1, "conv_widths": "4,8"}))
     args = train.parse_args(["--config", str(config), "--max-lr", "0.002"])
     assert (args.num_blocks, args.residual, args.max_lr, args.epochs) == (6, True, 0.002, 24)
-    train.check_model_flags(args)
+    flags.check_model_flags(args)
     assert args.conv_widths == [4, 8]
     assert train.parse_args(["--config", str(config)]).max_lr == 1.0
 
@@ -212,7 +212,7 @@ def test_config_rebuilds_a_pooled_stem_trial(tmp_path):
     config.write_text(json.dumps({"conv_widths": [8, 16, 16, 8], "downsample": ["pool", "stride", "none"],
                                   "num_blocks": 2, "max_lr": 0.004, "batch_size": 64}))
     args = train.parse_args(["--config", str(config)])
-    train.check_model_flags(args)
+    flags.check_model_flags(args)
     assert (args.conv_widths, args.downsample) == ([8, 16, 16, 8], ["pool", "stride", "none"])
     from keras_ultimus.recipe import build
 

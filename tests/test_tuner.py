@@ -241,7 +241,7 @@ def test_clis_answer_help_as_modules():
     for argv in (TUNE, LAUNCH):
         done = subprocess.run([*argv, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith(f"usage: python -m keras_ultimus.tuner.")
+        assert done.stdout.startswith("usage: python -m keras_ultimus.tuner.")
     assert not (REPO / "tuner").exists()  # the old top-level package is gone
 
 
