@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = {}
     if args.serve:
         from keras_ultimus import speed
-        from keras_ultimus.predict import load_predictor
+        from keras_ultimus.loading import load_predictor
 
         for model in args.serve:
             serving[model] = speed.serving_speed(load_predictor(model), args.calls, args.batches)

@@ -1,13 +1,18 @@
-"""Load a saved `.keras` model for inference, with a one-line error for a bad file."""
+"""Load models for inference: a saved `.keras` file, or any model `predict` and `bench` take, as a predictor."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import keras_ultimus.layers  # noqa: F401  registers UltimusLayer for loading
 import keras_ultimus.schedules  # noqa: F401  registers OneCycle for loading
-from keras_ultimus.errors import UserError
+from keras_ultimus.backend import INSTALL
+from keras_ultimus.errors import UserError, one_line
+
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def load_keras_model(path: str | os.PathLike) -> keras.Model:
@@ -36,3 +41,55 @@ def float32_copy(model: keras.Model) -> keras.Model:
     )
     copy.set_weights(model.get_weights())
     return copy
+
+
+def saved_model_dir(path: Path) -> Path | None:
+    """The SavedModel in `path` itself, else its highest integer version folder."""
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return max(versions, key=lambda p: int(p.name), default=None)
+
+
+def load_predictor(path: str | os.PathLike) -> Predictor:
+    """Load MODEL as a function from uint8 images (N, 32, 32, 3) to probabilities (N, 10)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.suffix == ".onnx" and path.is_file():
+        return onnx_predictor(path)
+    if path.is_dir() and (found := saved_model_dir(path)):
+        return saved_model_predictor(found)
+    model = float32_copy(load_keras_model(path))
+    return lambda images: keras.ops.convert_to_numpy(
+        keras.ops.softmax(model(images.astype("float32"), training=False))
+    )
+
+
+def onnx_predictor(path: Path) -> Predictor:
+    """An exported `.onnx` file run by onnxruntime (no TensorFlow, no Keras)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install 'keras-ultimus[onnx]'") from None
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for a bad file
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
+    return lambda images: session.run(["probabilities"], {"images": images})[0]
+
+
+def saved_model_predictor(path: Path) -> Predictor:
+    """An exported SavedModel's `serving_default` signature; the one model kind that needs TensorFlow."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise UserError(
+            f"{path}: a SavedModel needs TensorFlow ({INSTALL['tensorflow']}); "
+            "predict on the .keras or .onnx file instead"
+        ) from None
+    try:
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    except Exception as e:  # TensorFlow raises many types for a bad SavedModel
+        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
+    return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
+from keras_ultimus.backend import prepare
+from keras_ultimus.errors import ArgumentParser, cli, one_line
 
-Predictor = Callable[[np.ndarray], np.ndarray]
 BATCH_SIZE = 256
 TOP_K = 3
 # 16-bit and 32-bit integer modes: Pillow's convert("RGB") clips them at 255 instead of scaling.
@@ -32,62 +31,6 @@ WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I"
 
 class ImageError(Exception):
     """An input that isn't a readable image; its message is one line naming the file."""
-
-
-def saved_model_dir(path: Path) -> Path | None:
-    """The SavedModel in `path` itself, else its highest integer version folder."""
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return max(versions, key=lambda p: int(p.name), default=None)
-
-
-def load_predictor(path: str | os.PathLike) -> Predictor:
-    """Load MODEL as a function from uint8 images (N, 32, 32, 3) to probabilities (N, 10)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    if path.suffix == ".onnx" and path.is_file():
-        return onnx_predictor(path)
-    if path.is_dir() and (found := saved_model_dir(path)):
-        return saved_model_predictor(found)
-    import keras
-
-    from keras_ultimus.loading import float32_copy, load_keras_model
-
-    model = float32_copy(load_keras_model(path))
-    return lambda images: keras.ops.convert_to_numpy(
-        keras.ops.softmax(model(images.astype("float32"), training=False))
-    )
-
-
-def onnx_predictor(path: Path) -> Predictor:
-    """An exported `.onnx` file run by onnxruntime (no TensorFlow, no Keras)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install 'keras-ultimus[onnx]'") from None
-    try:
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own types for a bad file
-        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
-    return lambda images: session.run(["probabilities"], {"images": images})[0]
-
-
-def saved_model_predictor(path: Path) -> Predictor:
-    """An exported SavedModel's `serving_default` signature; the one model kind that needs TensorFlow."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise UserError(
-            f"{path}: a SavedModel needs TensorFlow ({INSTALL['tensorflow']}); "
-            "predict on the .keras or .onnx file instead"
-        ) from None
-    try:
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    except Exception as e:  # TensorFlow raises many types for a bad SavedModel
-        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {one_line(e)})") from None
-    return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:
@@ -134,7 +77,7 @@ def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         raise ImageError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or one_line(e)})") from None
 
 
-def predict(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+def predict(predictor: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     """Probabilities for `images`, in batches of BATCH_SIZE."""
     batches = [predictor(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
     return np.concatenate(batches) if batches else np.zeros((0, 10), np.float32)
@@ -169,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     """Predict every readable image; name each unreadable input on stderr and then exit 2."""
     args = parse_args(argv)
     prepare(verbose=args.verbose)
+    from keras_ultimus.loading import load_predictor
+
     predictor = load_predictor(args.model)
     names, pixels, failed = [], [], 0
     for path in args.images:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from keras_ultimus import export, predict
+from keras_ultimus.loading import load_predictor
 from keras_ultimus.model import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images
 
@@ -128,7 +129,7 @@ def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
         path = {"keras": files / "model.keras", "run-folder": files, "version-folder": files / "ultimus" / "1",
                 "base-folder": files / "ultimus"}[kind]  # fmt: skip
     images = smooth_images(8, seed=4)
-    got = predict.load_predictor(path)(images)
+    got = load_predictor(path)(images)
     np.testing.assert_allclose(got, keras_probabilities(residual_model, images), atol=1e-5 if kind != "onnx" else 1e-4)
 
 
@@ -140,7 +141,7 @@ def test_base_folder_uses_latest_version(residual_model, tmp_path):
     export.export_saved_model(newer, base)
     (base / "3").mkdir()  # an unfinished copy without saved_model.pb is not a version
     images = smooth_images(8, seed=5)
-    got = predict.load_predictor(base)(images)
+    got = load_predictor(base)(images)
     np.testing.assert_allclose(got, keras_probabilities(newer, images), atol=1e-5)
     assert np.abs(got - keras_probabilities(residual_model, images)).max() > 1e-4
 
@@ -269,7 +270,7 @@ def run_predict(inputs: list) -> tuple[int, list, list[str], list[np.ndarray], l
         for i, (suffix, write, *_) in enumerate(inputs):
             paths.append(Path(folder) / f"input{i}{suffix}")
             write(paths[-1])
-        with mock.patch.object(predict, "load_predictor", lambda path: predictor):
+        with mock.patch("keras_ultimus.loading.load_predictor", lambda path: predictor):
             with mock.patch.object(Image, "MAX_IMAGE_PIXELS", HUGE_LIMIT):
                 out, err = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -325,7 +326,7 @@ def test_huge_image_at_default_limit_is_classified(tmp_path, capsys):
     side = 9500  # 90.25 Mpx, 1 byte per pixel
     Image.new("L", (side, side), 200).save(tmp_path / "huge.png")
     seen = []
-    with mock.patch.object(predict, "load_predictor", lambda path: lambda x: seen.append(x) or np.eye(10)[[3]]):
+    with mock.patch("keras_ultimus.loading.load_predictor", lambda path: lambda x: seen.append(x) or np.eye(10)[[3]]):
         assert predict.main(["model.keras", str(tmp_path / "huge.png")]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(f"{tmp_path / 'huge.png'}: cat 1.000")
