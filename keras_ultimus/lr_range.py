@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render with Agg
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.pipelines import resolve, train_data
+from keras_ultimus.pipelines import batches_per_epoch, resolve, train_data
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
 
@@ -203,7 +203,7 @@ def find_lr(
     pipeline = resolve(config.get("pipeline", "auto"))
     augment = config.get("augment", True)
     train_ds, data_epoch = train_data(x_train, y_train, batch_size, config["seed"], augment, kind=pipeline)
-    per_epoch = -(-len(x_train) // batch_size)
+    per_epoch = batches_per_epoch(len(x_train), batch_size)
     sizes = [min(batch_size, len(x_train) - i * batch_size) for i in range(per_epoch)]
     steps = steps or per_epoch
 

@@ -19,6 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import keras
 import numpy as np
 
+from keras_ultimus.pipelines import batches_per_epoch
+
 PAD = 4
 _ORDER, _AUGMENT = 0, 1  # stream tags: never let two streams share a key
 
@@ -90,7 +92,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self._order = None  # (epoch, permutation) cache
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+        return batches_per_epoch(len(self.images), self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the data order and augmentation of `epoch`."""

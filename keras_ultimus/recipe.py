@@ -17,7 +17,7 @@ import keras_ultimus
 from keras_ultimus import distribute
 from keras_ultimus.errors import UserError
 from keras_ultimus.model import build_model
-from keras_ultimus.pipelines import eval_data, resolve, train_data
+from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
 from keras_ultimus.provenance import git_state
 from keras_ultimus.schedules import OneCycle
 
@@ -231,7 +231,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
     train_ds, data_epoch = train_data(x_train, y_train, batch, config["seed"], config["augment"], kind=pipeline)
     test_ds = eval_data(x_test, y_test, batch, kind=pipeline)
-    steps = -(-len(x_train) // batch) * config["epochs"]  # global steps: one per global batch
+    steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
         compile_model(model, config["max_lr"], steps, config["pct_start"], jit)

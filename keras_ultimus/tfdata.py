@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ultimus.pipelines import batches_per_epoch
+
 
 def hide_gpus_from_tensorflow(backend: str) -> None:
     """Make TensorFlow see no GPU when another backend trains (TF would otherwise claim GPU memory)."""
@@ -84,7 +86,7 @@ def train_dataset(
     """
     epoch = epoch_variable() if epoch is None else epoch
     n = len(images)
-    num_batches = -(-n // batch_size)
+    num_batches = batches_per_epoch(n, batch_size)
     size, channels = images.shape[1], images.shape[-1]
     pixels = tf.constant(np.ascontiguousarray(images).reshape(-1, channels))
     labels = tf.constant(labels.astype(np.int32))

@@ -220,3 +220,8 @@ def test_batches_computed_ahead_for_one_epoch_are_never_served_in_another():
     plain = ArrayBatches(images, labels, 8, seed=4, training=True)
     plain.set_epoch(1)
     assert_same_batches([threaded[i] for i in range(len(threaded))], [plain[i] for i in range(len(plain))])
+
+
+@pytest.mark.parametrize("n, batch, want", [(1, 8, 1), (8, 8, 1), (9, 8, 2), (50_000, 512, 98)])
+def test_batches_per_epoch_keeps_the_smaller_last_batch(n, batch, want):
+    assert pipelines.batches_per_epoch(n, batch) == want == int(np.ceil(n / batch))

@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_ultimus import recipe
 from keras_ultimus.model import DOWNSAMPLE, build_model, trainable_params
-from keras_ultimus.pipelines import eval_data, resolve, train_data
+from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6
@@ -148,7 +148,7 @@ class UltimusHyperModel(kt.HyperModel):
         pipeline = resolve(self.pipeline)
         train_ds, data_epoch = train_data(x, y, self.batch_size, self.seed, self.augment, kind=pipeline)
         val_ds = eval_data(*validation_data, self.batch_size, kind=pipeline)
-        steps = -(-len(x) // self.batch_size) * epochs
+        steps = batches_per_epoch(len(x), self.batch_size) * epochs
         with self._scope():
             recipe.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit)
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
