@@ -87,6 +87,7 @@ def test_single_run_report_has_csv_numbers_charts_and_model_figures(run_with_mod
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
         assert (out / link).is_file(), link
     assert (out / "log.csv").read_text() == (run_with_model / "log.csv").read_text()
+    assert (out / "model.keras").read_bytes() == (run_with_model / "model.keras").read_bytes()  # for --evaluate
 
     log = pd.DataFrame(LOG)
     results = {row[0]: row for row in table_with(md, "metric")[1:]}

@@ -134,7 +134,7 @@ def evaluation_section(run: Run, out: Path, prefix: str, single: bool) -> list[s
 
 
 def write_report(runs: list[Run], out: Path, command: str) -> None:
-    """Write report.md, the charts and copies of each run's log.csv and run.json into `out`."""
+    """Write report.md, the charts and copies of each run's log.csv, run.json and model.keras into `out`."""
     single = len(runs) == 1
     md = [f"# Training report: {', '.join(f'`{r.name}`' for r in runs)}", "",
           f"Generated {datetime.now():%Y-%m-%d %H:%M} by `{portable_command(command)}`.", ""]
@@ -160,4 +160,6 @@ def write_report(runs: list[Run], out: Path, command: str) -> None:
         md += ["### Per-epoch log", "", epoch_table(run.log), ""]
         shutil.copyfile(run.folder / CSV_NAME, out / f"{prefix}{CSV_NAME}")
         (out / f"{prefix}{INFO_NAME}").write_text(json.dumps(portable(run.info), indent=2) + "\n")
+        if (run.folder / "model.keras").is_file():  # so `report --evaluate` can re-check the committed model
+            shutil.copyfile(run.folder / "model.keras", out / f"{prefix}model.keras")
     (out / "report.md").write_text("\n".join(md))
