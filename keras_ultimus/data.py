@@ -1,50 +1,13 @@
 """`python -m keras_ultimus.data`: print the CIFAR-10 copy and time the training pipeline(s) alone.
 
 The reader lives in `cifar10.py`, the pipelines in `tfdata.py` and
-`pydataset.py`, the choice between them in `pipelines.py`. The names other
-modules imported from here before that split still resolve (lazily, so this
-CLI imports no Keras or TensorFlow before `prepare`).
+`pydataset.py`, the choice between them in `pipelines.py`.
 """
 
 import time
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
-
-DataError = UserError  # the old name; new code raises and catches errors.UserError
-_MOVED = {name: "keras_ultimus.cifar10" for name in (
-    "Arrays", "TEST_FILE", "TRAIN_FILES", "RECORD_BYTES", "decode_batch", "load_local", "load_tfds",
-    "load_cifar10", "split_validation")}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'keras_ultimus.data' has no attribute {name!r}")
-
-
-def make_dataset(images, labels, batch_size: int, training: bool = False, augment: bool = True, seed: int = 0):
-    """The old tf.data pipeline, unchanged in behaviour (reshuffled per iteration, not per (seed, epoch)).
-
-    New code uses `pipelines.train_data` / `pipelines.eval_data`, whose data
-    order a resumed run replays.
-    """
-    import tensorflow as tf
-
-    from keras_ultimus import tfdata
-
-    if not training:
-        return tfdata.eval_dataset(images, labels, batch_size)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
-            lambda batch, s: (tfdata.augment_batch(batch[0], s), batch[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+from keras_ultimus.errors import ArgumentParser, cli
 
 
 def passes(dataset, epochs: int, data_epoch) -> None:

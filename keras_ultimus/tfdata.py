@@ -58,13 +58,6 @@ def pixel_indices(images: tf.Tensor, seed: tf.Tensor | None, size: int = 32) -> 
     return (images[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Reflect-pad 4, random 32x32 crop and random horizontal flip, per image, keyed by a stateless `seed` pair."""
-    shape = tf.shape(images)
-    pixels = tf.reshape(images, [-1, shape[-1]])
-    return tf.gather(pixels, pixel_indices(tf.range(shape[0]), seed, size=images.shape[1]))
-
-
 def epoch_variable() -> tf.Variable:
     """The int64 epoch counter a training dataset reads; kept on the CPU where tf.data runs."""
     with tf.device("/CPU:0"):

@@ -1,4 +1,4 @@
-"""Fuzzing the CIFAR-10 binary reader: every input gives the right arrays or one UserError line, nothing else.
+"""The CIFAR-10 reader: each source and each bad input by example, then fuzzing (right arrays or one UserError line).
 
 The expected arrays come from an independent NumPy decoding of the records the
 test wrote. Budget: the `ci` Hypothesis profile from conftest; run
@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keras_ultimus import cifar10
 from keras_ultimus.cifar10 import RECORD_BYTES, TEST_FILE, TRAIN_FILES, decode_batch, load_local
 from keras_ultimus.errors import UserError
+from tests.helpers import fake_batch, write_fake_tarball
 
 pytestmark = pytest.mark.multi_backend
 NAMES = (*TRAIN_FILES, TEST_FILE)
@@ -76,6 +78,123 @@ def assert_loaded(result, members):
     np.testing.assert_array_equal(y, ey)
     np.testing.assert_array_equal(xt, ext)
     np.testing.assert_array_equal(yt, eyt)
+
+
+def test_decode_batch_reads_label_then_rgb_planes():
+    record = np.zeros(3073, np.uint8)
+    record[0] = 7
+    record[1:1025] = 10          # R plane
+    record[1025:2049] = 20       # G plane
+    record[2049 + 32 * 2 + 5] = 99  # B plane, row 2, column 5
+    images, labels = decode_batch(record.tobytes(), "x")
+    assert images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [7]
+    assert images[0, 0, 0].tolist() == [10, 20, 0]
+    assert images[0, 2, 5].tolist() == [10, 20, 99]
+
+
+@pytest.mark.parametrize("source", ["tarball", "folder", "parent"])
+def test_local_sources_load_the_same_arrays(source, tmp_path, fake_cifar_tarball, fake_cifar_dir):
+    path = {"tarball": fake_cifar_tarball, "folder": fake_cifar_dir, "parent": fake_cifar_dir.parent}[source]
+    (x, y), (xt, yt) = load_local(path)
+    assert x.shape == (100, 32, 32, 3) and xt.shape == (20, 32, 32, 3)
+    assert x.dtype == np.uint8 and y.dtype == np.int32
+    expected_first, _ = decode_batch(fake_batch(20, seed=0), "b1")
+    np.testing.assert_array_equal(x[:20], expected_first)
+    assert yt.tolist() == [i % 10 for i in range(20)]
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_local(tmp_path / "nope.tar.gz")
+
+
+def test_truncated_tarball(tmp_path, fake_cifar_tarball):
+    raw = fake_cifar_tarball.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UserError, match=r"cut\.tar\.gz: truncated or corrupt"):
+        load_local(cut)
+
+
+def test_corrupt_tarball(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 10)
+    with pytest.raises(UserError, match=r"bad\.tar\.gz: truncated or corrupt"):
+        load_local(bad)
+
+
+def test_tarball_missing_a_batch(tmp_path):
+    path = tmp_path / "short.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(write_fake_tarball(tmp_path / "x.tar.gz"), arcname="unrelated")
+    with pytest.raises(UserError, match="no batch file data_batch_1.bin"):
+        load_local(path)
+
+
+def test_folder_missing_a_batch(fake_cifar_dir):
+    (fake_cifar_dir / "data_batch_3.bin").unlink()
+    with pytest.raises(UserError, match="missing batch file data_batch_3.bin"):
+        load_local(fake_cifar_dir)
+
+
+def test_batch_file_of_wrong_size(fake_cifar_dir):
+    (fake_cifar_dir / "test_batch.bin").write_bytes(fake_batch(3, seed=0)[:-5])
+    with pytest.raises(UserError, match=r"test_batch\.bin: 9214 bytes is not a whole number"):
+        load_local(fake_cifar_dir)
+
+
+def test_label_out_of_range(fake_cifar_dir):
+    raw = bytearray(fake_batch(2, seed=0))
+    raw[3073] = 12
+    (fake_cifar_dir / "data_batch_1.bin").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="label 12 of record 1"):
+        load_local(fake_cifar_dir)
+
+
+def test_env_variable_selects_local_copy(monkeypatch, fake_cifar_tarball):
+    monkeypatch.setenv("CIFAR10_PATH", str(fake_cifar_tarball))
+    (x, _), _ = cifar10.load_cifar10()
+    assert len(x) == 100
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        (x, y), (xt, yt) = cifar10.load_tfds()
+    assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8
+    assert xt.shape == (12, 32, 32, 3) and y.dtype == np.int32 and yt.max() <= 9
+
+
+def test_tfds_offline_says_to_pass_data(monkeypatch, tmp_path):
+    monkeypatch.setattr(cifar10, "TFDS_HOST", ("127.0.0.1", 9))  # nothing listens there
+    with pytest.raises(UserError, match="pass --data PATH"):
+        cifar10.load_tfds(data_dir=str(tmp_path))
+
+
+def test_split_validation_is_disjoint_and_seeded():
+    images = np.arange(100).reshape(100, 1)
+    labels = np.arange(100)
+    (tx, ty), (vx, vy) = cifar10.split_validation(images, labels, 0.2, seed=3)
+    assert len(vx) == 20 and len(tx) == 80
+    assert sorted(np.concatenate([ty, vy]).tolist()) == list(range(100))
+    np.testing.assert_array_equal(vx[:, 0], vy)
+    (_, _), (vx2, _) = cifar10.split_validation(images, labels, 0.2, seed=3)
+    np.testing.assert_array_equal(vx, vx2)
+
+
+@pytest.mark.real_data
+def test_real_cifar10_copy_loads_whole(real_cifar):
+    (x, y), (xt, yt) = load_local(real_cifar)
+    assert x.shape == (50_000, 32, 32, 3) and xt.shape == (10_000, 32, 32, 3)
+    assert x.dtype == xt.dtype == np.uint8 and y.dtype == yt.dtype == np.int32
+    assert np.bincount(y).tolist() == [5000] * 10
+    assert np.bincount(yt).tolist() == [1000] * 10
+    assert y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert yt[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert x[0, 0, :3, 0].tolist() == [59, 43, 50]
+    np.testing.assert_allclose(x.reshape(-1, 3).mean(0), [125.307, 122.950, 113.865], atol=1e-2)
 
 
 @given(st.binary(max_size=3 * RECORD_BYTES))

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as `python tools/data_handoff.py`: import f
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_ultimus.data import make_dataset  # noqa: E402
 from keras_ultimus.model import build_model  # noqa: E402
 from keras_ultimus.recipe import compile_model  # noqa: E402
+from keras_ultimus.tfdata import train_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = rng.integers(0, 10, size=args.images).astype("int32")
     inputs = {
         "numpy": dict(x=images.astype("float32"), y=labels, batch_size=args.batch_size, shuffle=True),
-        "tf.data": dict(x=make_dataset(images, labels, args.batch_size, training=True, augment=False), shuffle=False),
+        "tf.data": dict(x=train_dataset(images, labels, args.batch_size, augment=False)[0], shuffle=False),
     }
     keras.utils.set_random_seed(0)
     model = build_model(conv_widths=args.conv_widths)
