@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
                    help="jit_compile: auto is Keras' choice (XLA for jax; off for torch and for TF on CPU)")
     p.add_argument("--steps-per-execution", type=positive, default=1)
+    p.add_argument("--mirrored", type=positive, metavar="N",
+                   help="also time TensorFlow under MirroredStrategy over N devices (the GPUs, else N logical CPUs "
+                        "with a share of the cores each), with synchronized BatchNorm: the math of one batch")
     p.add_argument("--matmul-size", type=positive, default=2048, help="n of the n×n matmuls timed for the peak (default: 2048)")
     p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
                    help="input pipeline (auto: tf.data where TensorFlow imports)")
@@ -95,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def worker(args: argparse.Namespace) -> int:
     """Measure the current backend in this process and write the figures as JSON to `args.worker`."""
     prepare(verbose=args.verbose)
-    from keras_ultimus import speed
+    from keras_ultimus import distribute, speed
 
+    plan = distribute.setup("mirrored", args.mirrored) if args.mirrored else None  # before any tensor exists
     images = labels = None
     if args.data:
         from keras_ultimus.cifar10 import load_cifar10
@@ -104,7 +108,7 @@ def worker(args: argparse.Namespace) -> int:
         (images, labels), _ = load_cifar10(args.data)
     result = speed.measure_backend(
         args.precisions, args.batch_size, args.steps, args.repeats, args.jit, args.pipeline,
-        args.steps_per_execution, images, labels, args.matmul_size,
+        args.steps_per_execution, images, labels, args.matmul_size, plan,
     )
     result["versions"] = versions()
     Path(args.worker).write_text(json.dumps(result, indent=1))
@@ -208,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [b for b in backends if importlib.util.find_spec(b) is None]
     if missing:
         raise UserError(f"backend {missing[0]} is not installed; install it with `{INSTALL[missing[0]]}`")
+    if args.mirrored and "tensorflow" not in backends:
+        raise UserError("--mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends")
+    if args.mirrored and args.batch_size % args.mirrored:
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the {args.mirrored} --mirrored replicas")
     if args.data and not Path(args.data).exists():
         raise UserError(f"{args.data}: no such file or folder")
     serve_missing = [m for m in args.serve if not Path(m).exists()]
@@ -225,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     state = git_state()
     commit = state["commit"] and state["commit"][:7] + ("+dirty" if state["dirty"] else "")
+    children = [(backend, backend, []) for backend in backends]
+    if args.mirrored:
+        children.append((f"tensorflow-mirrored{args.mirrored}", "tensorflow", ["--mirrored", str(args.mirrored)]))
     results = {}
-    for backend in backends:
-        print(f"measuring {backend} ...", file=sys.stderr, flush=True)
+    for name, backend, extra in children:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
         env = {**os.environ, "KERAS_BACKEND": backend}
-        results[backend] = run_child([sys.executable, "-m", "keras_ultimus.bench", *flags, *(["-v"] if args.verbose else [])],
-                                     env, out, backend)
+        results[name] = run_child([sys.executable, "-m", "keras_ultimus.bench", *flags, *extra,
+                                   *(["-v"] if args.verbose else [])], env, out, name)
     plain = None
     if args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
         print("measuring plain PyTorch ...", file=sys.stderr, flush=True)

@@ -54,18 +54,27 @@ def sync(x) -> None:
     keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.sum(x[:1, :1]), "float32"))
 
 
-def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-    """The machine's matmul throughput in GFLOP/s through the current backend: median of `repeats` n×n products."""
+def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, plan=None) -> float:
+    """The machine's matmul throughput in GFLOP/s through the current backend: median of `repeats` n×n products.
+
+    Under a mirrored `plan` (a `distribute.Plan`), every replica multiplies at
+    once, as in training, and their FLOPs add up.
+    """
     rng = np.random.default_rng(0)
     a = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
     b = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
-    sync(keras.ops.matmul(a, b))
-    times = []
-    for _ in range(repeats):
+    mirrored = plan is not None and plan.strategy is not None
+    multiply = plan.on_every_replica(keras.ops.matmul) if mirrored else keras.ops.matmul
+    copies = plan.replicas if mirrored else 1
+
+    def timed() -> float:
         start = time.perf_counter()
-        sync(keras.ops.matmul(a, b))
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        for x in multiply(a, b) if mirrored else [multiply(a, b)]:
+            sync(x)
+        return time.perf_counter() - start
+
+    timed()
+    return copies * 2 * n**3 / statistics.median(timed() for _ in range(repeats)) / 1e9
 
 
 class EpochTimes(keras.callbacks.Callback):
@@ -155,33 +164,41 @@ def measure_backend(
     images: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     matmul_size: int = 2048,
+    plan=None,
 ) -> dict:
-    """Every figure of one backend, measured in this process: peaks, pipeline, and train/eval img/s per precision."""
-    from keras_ultimus import pipelines
+    """Every figure of one backend, measured in this process: peaks, pipeline, and train/eval img/s per precision.
+
+    A mirrored `plan` builds, trains and evaluates under its strategy, with
+    synchronized BatchNorm so the math stays that of one `batch_size` batch.
+    """
+    from keras_ultimus import distribute, pipelines
     from keras_ultimus.model import build_model
     from keras_ultimus.recipe import compile_model
 
     kind = pipelines.resolve(pipeline)
     if images is None:
         images, labels = synthetic_cifar(batch_size * steps * (repeats + 1))  # fit keeps one iterator
-    result = {"backend": keras.backend.backend(), "pipeline": kind, "jit": jit, "load_before": os.getloadavg()[0]}
+    plan = plan or distribute.Plan()
+    result = {"backend": keras.backend.backend(), "pipeline": kind, "jit": jit, "load_before": os.getloadavg()[0],
+              "distribute": plan.record()}
     dtypes = sorted({"float32", "bfloat16", *(COMPUTE_DTYPE[p] for p in precisions)})
-    result["peak_gflops"] = {d: matmul_peak(d, matmul_size) for d in dtypes}
+    result["peak_gflops"] = {d: matmul_peak(d, matmul_size, plan=plan) for d in dtypes}
     dataset, data_epoch = pipelines.train_data(images, labels, batch_size, seed=0, augment=True, kind=kind)
     result["pipeline_img_s"] = pipeline_speed(dataset, data_epoch, repeats, batch_size)
     result["precisions"] = {}
     for precision in precisions:
         keras.mixed_precision.set_dtype_policy(precision)
         keras.utils.set_random_seed(0)
-        model = build_model()
-        compile_model(model, 3e-3, total_steps=(repeats + 1) * steps)
-        if jit != "auto" or steps_per_execution != 1:  # recompile with the same optimizer, loss and metrics
-            model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
-                          jit_compile=jit_flag(jit), steps_per_execution=steps_per_execution)
-        dataset, data_epoch = pipelines.train_data(images, labels, batch_size, seed=0, augment=True, kind=kind)
-        train = train_speed(model, dataset, data_epoch, steps, repeats, batch_size)
-        test = pipelines.eval_data(images, labels, batch_size, kind=kind)
-        evaluate = eval_speed(model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size)
+        with plan.scope():
+            model = build_model(sync_bn=plan.mode == "mirrored")
+            compile_model(model, 3e-3, total_steps=(repeats + 1) * steps)
+            if jit != "auto" or steps_per_execution != 1:  # recompile with the same optimizer, loss and metrics
+                model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
+                              jit_compile=jit_flag(jit), steps_per_execution=steps_per_execution)
+            dataset, data_epoch = pipelines.train_data(images, labels, batch_size, seed=0, augment=True, kind=kind)
+            train = train_speed(model, dataset, data_epoch, steps, repeats, batch_size)
+            test = pipelines.eval_data(images, labels, batch_size, kind=kind)
+            evaluate = eval_speed(model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size)
         result["precisions"][precision] = {
             "train_img_s": train,
             "eval_img_s": evaluate,

@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -161,6 +162,10 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     (tmp_path / "full" / "bench.csv").write_text("x")
     assert bench.main(["--out", str(tmp_path / "full")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'full'} already exists")
+    assert bench.main(["--backends", "torch", "--mirrored", "2", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err == "error: --mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends\n"
+    assert bench.main(["--backends", "tensorflow", "--mirrored", "3", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err == "error: --batch-size 512 must be a multiple of the 3 --mirrored replicas\n"
 
 
 @pytest.mark.slow
@@ -184,3 +189,21 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
         assert float(train["vs_plain_torch"]) > 0 and ("plain_torch", "float32", "train") in table
     assert f"| {backend} | float32 | train |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_mirrored_bench_times_two_replicas_against_their_summed_peak(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["--backends", "tensorflow", "--mirrored", "2", "--precisions", "float32", "--steps", "1",
+            "--repeats", "1", "--batch-size", "8", "--matmul-size", "64", "--no-plain-torch", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "keras_ultimus.bench", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "bench.csv") as f:
+        train = {r["backend"]: r for r in csv.DictReader(f) if r["measure"] == "train"}
+    assert set(train) == {"tensorflow", "tensorflow-mirrored2"}
+    assert float(train["tensorflow-mirrored2"]["img_s"]) > 0
+    results = json.loads((out / "bench.json").read_text())["backends"]
+    assert results["tensorflow"]["distribute"] == {"mode": "none", "replicas": 1, "processes": 1}
+    assert results["tensorflow-mirrored2"]["distribute"] == {"mode": "mirrored", "replicas": 2, "processes": 1}
+    assert results["tensorflow-mirrored2"]["peak_gflops"]["float32"] > 0

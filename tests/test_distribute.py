@@ -319,6 +319,9 @@ def probe_equivalence(out: str, backend: str) -> None:
 
     if backend == "tensorflow":
         plan = distribute.setup(mode, 2, BATCH)  # logical devices first, before TF runs anything
+        if not {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} & set(os.environ):  # a share of the cores each
+            assert tf.config.threading.get_intra_op_parallelism_threads() == max(1, (os.cpu_count() or 1) // 2)
+            assert tf.config.threading.get_inter_op_parallelism_threads() == 2
         fit(small_model(), "single")  # outside the scope: the default strategy, one device
         with plan.scope():
             model = fit(small_model(sync_bn=True), "sync")
