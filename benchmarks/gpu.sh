@@ -14,7 +14,7 @@
 #                       best one at every --depths (default 1..8) for the depth chart
 #   --jobs N   train up to N runs of a stage at once on the one GPU (bf16, seeds, confirm; the search: a KerasTuner
 #              chief and N workers; default 1). The train stage's timed runs always run alone.
-#   --time-limit S  start no run after S seconds, and interrupt running ones then (they resume on the next call):
+#   --time-limit S  start no run in the last 30 s before S seconds, and interrupt running ones at S (they resume):
 #              set it a minute under the call's timeout, so that the results are packed before the call ends.
 #   --work DIR run folders, kept between calls on a warm machine (default .gpu-runs, ignored by git)
 #   --out DIR  what comes back (default $OUT, else runs/gpu-<time>): gpu-results.tar.gz (the run folders without
@@ -23,8 +23,10 @@
 #   --dry-run  every stage end to end on this CPU: a fake tarball, tiny limits, TensorFlow made unimportable.
 #   --data-only  only reassemble and check the data (on a CPU machine: the same partial data, for a comparison run).
 # Every stage resumes: a finished run folder (run.json has "finished") is kept, a partial one is --resume'd, a
-# search folder is resumed by KerasTuner. How to prepare .whl/ and the data parts, the sequence of device calls,
-# and how to turn the results into reports/: DEVELOPERS.md ("GPU runs").
+# search folder is resumed by KerasTuner. How to prepare .whl/ (the wheels) and .data-parts/ (the data in parts),
+# the sequence of device calls, and how to turn the results into reports/: DEVELOPERS.md ("GPU runs"). The folders
+# that travel or stay on the machine are ignored through .git/info/exclude, not .gitignore:
+#   printf "/.whl/\n/.data-parts/\n/.data-cache/\n/.gpu-runs/\n/.gpu-carry/\n" >> .git/info/exclude
 set -euo pipefail
 
 ALL_STAGES=(bench train bf16 seeds search confirm)
@@ -87,7 +89,7 @@ deadline=$((start_epoch + ${time_limit:-315360000}))
 failed=$work/.failed-$$
 : >"$failed"
 say() { echo "[gpu.sh $(date +%H:%M:%S)] $*" | tee -a "$out/steps.txt" "$work/steps.txt" >&2; }
-say "call: benchmarks/gpu.sh --stages $stages --jobs $jobs${time_limit:+ --time-limit $time_limit}$([ $dry_run = 1 ] && echo " --dry-run") (work $work)"
+say "call: benchmarks/gpu.sh $([ $data_only = 1 ] && echo "--data-only" || echo "--stages $stages --jobs $jobs")${time_limit:+ --time-limit $time_limit}$([ $dry_run = 1 ] && echo " --dry-run") (work $work)"
 
 # Pack what matters of $work into $out: at most 6 files, each under 16 MiB, at most 1 folder down (none).
 pack() {
@@ -99,6 +101,7 @@ from pathlib import Path
 
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 LIMIT = 15 * 2**20  # under the 16 MiB that one file may be when it comes back
+LOG_TAIL = 100_000  # a log's last bytes: Keras' progress bars make a 24-epoch log a few hundred kB
 KEEP = {".csv", ".json", ".md", ".png", ".txt", ".log", ".keras"}
 SKIP_DIRS = {"backup", "tensorboard", "dry-run-data", "lr_find_scratch"}
 files, models = [], []
@@ -117,8 +120,11 @@ def rank(path: Path) -> int:
         return 0
     return 1 if run.startswith("confirm-") else 2 if run.startswith("bf16-") else 3
 
+def stored(path: Path) -> int:
+    return min(path.stat().st_size, LOG_TAIL) if path.suffix == ".log" else path.stat().st_size
+
 main, extra, dropped = list(files), [], []
-size = base = sum(p.stat().st_size for p in files)
+size = base = sum(stored(p) for p in files)
 extra_size = 0
 for model in sorted(models, key=lambda p: (rank(p), str(p))):
     n = model.stat().st_size
@@ -142,7 +148,15 @@ def write(name: str, paths: list[Path], note: str | None = None) -> None:
     tmp = out / f".{name}.tmp"
     with tarfile.open(tmp, "w:gz") as tar:
         for p in paths:
-            tar.add(p, arcname=str(p.relative_to(work)))
+            if p.suffix == ".log" and p.stat().st_size > LOG_TAIL:
+                with open(p, "rb") as f:
+                    f.seek(-LOG_TAIL, os.SEEK_END)
+                    body = b"[gpu.sh: the log's last %d bytes]\n" % LOG_TAIL + f.read()
+                info = tarfile.TarInfo(str(p.relative_to(work)))
+                info.size, info.mtime = len(body), int(p.stat().st_mtime)
+                tar.addfile(info, io.BytesIO(body))
+            else:
+                tar.add(p, arcname=str(p.relative_to(work)))
         if note is not None:
             info = tarfile.TarInfo("packed.txt")
             info.size = len(note.encode())
@@ -161,7 +175,8 @@ text = "".join(f"== {p.stem}\n{p.read_text()}" for p in summaries) + "== packed\
 (out / "summary.txt").write_text(text)
 PY
 }
-trap 'status=$?; trap - EXIT; pack; rm -f "$failed"; exit $status' EXIT
+packed=0  # 1 once the last stage's results are packed: the exit need not pack them again
+trap 'status=$?; trap - EXIT; [ $packed = 1 ] || pack; rm -f "$failed"; exit $status' EXIT
 trap 'exit 130' INT TERM
 
 # 1. Python packages that travel in .whl/ (once per machine).
@@ -296,7 +311,6 @@ note.write_text(
 print(folder)
 PY
 )
-data_path=$(cd "$(dirname "$data_path")" && pwd)/$(basename "$data_path")
 say "$(cat "$work/data.txt")"
 fi
 [ $data_only = 1 ] && { echo "--data $data_path"; exit 0; }
@@ -310,15 +324,21 @@ else
     bench_flags=(--steps 20 --repeats 3 --precisions float32,mixed_bfloat16,mixed_float16 --matmul-size 8192)
 fi
 left() { echo $((deadline - $(date +%s))); }
-# limited NAME CMD...: run CMD unless the time limit is near; interrupt it (Ctrl-C: resumable) at the limit.
+# limited CMD...: run CMD unless the time limit is near (exit 99); interrupt it (Ctrl-C: resumable) at the limit
+# (exit 124).
 limited() {
-    local name=$1; shift
     local seconds; seconds=$(left)
-    if [ "$seconds" -lt 30 ]; then
-        say "$name: not started, the time limit is reached (rerun the same command to go on)"
-        return 124
-    fi
+    [ "$seconds" -ge 30 ] || return 99
     timeout -s INT -k 30 "$seconds" "$@"
+}
+# interrupted NAME RC SECONDS: say why a run stopped early, and remember it; false for other exit codes.
+interrupted() {
+    case $2 in
+        99) say "$1: not started, the time limit is reached (rerun the same command to go on)" ;;
+        124|130) say "$1: interrupted at the time limit after $3 s (it resumes on the next call)" ;;
+        *) return 1 ;;
+    esac
+    echo "$1 (time limit)" >>"$failed"
 }
 finished() { [ -f "$1/run.json" ] && grep -q '"finished"' "$1/run.json"; }
 final_accuracy() {  # the last epoch's test accuracy (train validates on the test split)
@@ -336,18 +356,18 @@ train_run() {
         rm -rf "$dir"
         cmd=(-m keras_ultimus.train --data "$data_path" --pipeline numpy "$@" --out "$dir")
     fi
+    [ "$(left)" -ge 30 ] || { interrupted "$name" 99 0; return 0; }
     say "$name: start on $backend: python ${cmd[*]}"
     local t0 rc=0
     t0=$(date +%s.%N)
-    KERAS_BACKEND=$backend limited "$name" "$py" "${cmd[@]}" >>"$log" 2>&1 || rc=$?
+    KERAS_BACKEND=$backend limited "$py" "${cmd[@]}" >>"$log" 2>&1 || rc=$?
     local seconds
     seconds=$("$py" -c "import time; print(f'{time.time() - $t0:.1f}')")
     if [ $rc = 0 ] && finished "$dir"; then
         say "$name: done in $seconds s, test accuracy $(final_accuracy "$dir")"
         [ "${cmd[2]}" = --resume ] || echo "$seconds" >"$dir/seconds.txt"
-    elif [ $rc = 124 ] || [ $rc = 130 ]; then
-        say "$name: interrupted at the time limit after $seconds s (it resumes on the next call)"
-        echo "$name (time limit)" >>"$failed"
+    elif interrupted "$name" $rc "$seconds"; then
+        :
     else
         say "$name: FAILED (exit $rc): $(tail -1 "$log")"
         echo "$name (exit $rc)" >>"$failed"
@@ -367,12 +387,14 @@ stage_bench() {
     rm -rf "$work/bench"
     say "bench: python -m keras_ultimus.bench --backends torch,jax --pipeline numpy ${bench_flags[*]}"
     local rc=0
-    KERAS_BACKEND=torch limited bench "$py" -m keras_ultimus.bench --backends torch,jax --pipeline numpy \
+    KERAS_BACKEND=torch limited "$py" -m keras_ultimus.bench --backends torch,jax --pipeline numpy \
         "${bench_flags[@]}" --out "$work/bench" >"$work/logs/bench.log" 2>&1 || rc=$?
     if [ $rc = 0 ]; then
         cat "$work/bench/bench.md" | summary bench || say "summary failed (see above)"
+    elif interrupted bench $rc "?"; then
+        rm -rf "$work/bench"  # the bench does not resume: it starts over on the next call
     else
-        say "bench: FAILED or interrupted (exit $rc): $(tail -1 "$work/logs/bench.log")"
+        say "bench: FAILED (exit $rc): $(tail -1 "$work/logs/bench.log")"
         echo "bench (exit $rc)" >>"$failed"
     fi
 }
@@ -452,10 +474,9 @@ stage_search() {
         [ "$jobs" -gt 1 ] && cmd=(-m keras_ultimus.tuner.launch --workers "$jobs")
         say "search: python ${cmd[*]} ${flags[*]} (resumes its folder)"
         local rc=0
-        KERAS_BACKEND=torch limited search "$py" "${cmd[@]}" "${flags[@]}" >>"$log" 2>&1 || rc=$?
+        KERAS_BACKEND=torch limited "$py" "${cmd[@]}" "${flags[@]}" >>"$log" 2>&1 || rc=$?
         if [ $rc = 0 ]; then say "search: done"
-        elif [ $rc = 124 ] || [ $rc = 130 ]; then
-            say "search: interrupted at the time limit (it resumes on the next call)"; echo "search (time limit)" >>"$failed"
+        elif interrupted search $rc "?"; then :
         else say "search: FAILED (exit $rc): $(tail -1 "$log")"; echo "search (exit $rc)" >>"$failed"; fi
     fi
     [ -f "$dir/result.json" ] || return 0
@@ -580,6 +601,7 @@ for stage in "${stage_list[@]}"; do
     say "stage $stage: end ($(( $(date +%s) - stage_start )) s)"
     pack  # after every stage: a call cut off later still brings these back
 done
+packed=1
 if [ -s "$failed" ]; then
     say "done with problems: $(tr '\n' ';' <"$failed"); the run folders are in $work, the results in $out"
     exit 1
