@@ -91,7 +91,7 @@ failed=$work/.failed-$$
 say() { echo "[gpu.sh $(date +%H:%M:%S)] $*" | tee -a "$out/steps.txt" "$work/steps.txt" >&2; }
 say "call: benchmarks/gpu.sh $([ $data_only = 1 ] && echo "--data-only" || echo "--stages $stages --jobs $jobs")${time_limit:+ --time-limit $time_limit}$([ $dry_run = 1 ] && echo " --dry-run") (work $work)"
 
-# Pack what matters of $work into $out: at most 6 files, each under 16 MiB, at most 1 folder down (none).
+# Pack what matters of $work into $out: six files at most, none in a folder, each under 16 MiB.
 pack() {
     cp -f "$work/data.txt" "$out/data.txt" 2>/dev/null || true
     [ $data_only = 1 ] && return 0
@@ -373,10 +373,12 @@ train_run() {
         echo "$name (exit $rc)" >>"$failed"
     fi
 }
+# CPU threads per run when --jobs runs share the machine's cores (the NumPy pipeline and torch's CPU side).
+threads=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
 # launch CMD...: run CMD in the background, at most --jobs at a time; `wait` collects them.
 launch() {
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
-    "$@" &
+    if [ "$jobs" -gt 1 ]; then (export OMP_NUM_THREADS=$threads; "$@") & else "$@" & fi
 }
 mkdir -p "$work/summary"
 summary() { tee "$work/summary/$1.txt" >&2; }
@@ -474,7 +476,8 @@ stage_search() {
         [ "$jobs" -gt 1 ] && cmd=(-m keras_ultimus.tuner.launch --workers "$jobs")
         say "search: python ${cmd[*]} ${flags[*]} (resumes its folder)"
         local rc=0
-        KERAS_BACKEND=torch limited "$py" "${cmd[@]}" "${flags[@]}" >>"$log" 2>&1 || rc=$?
+        KERAS_BACKEND=torch OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} limited "$py" "${cmd[@]}" "${flags[@]}" \
+            >>"$log" 2>&1 || rc=$?
         if [ $rc = 0 ]; then say "search: done"
         elif interrupted search $rc "?"; then :
         else say "search: FAILED (exit $rc): $(tail -1 "$log")"; echo "search (exit $rc)" >>"$failed"; fi
