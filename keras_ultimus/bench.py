@@ -141,6 +141,8 @@ def run_child(command: list[str], env: dict, out: Path, name: str) -> dict:
 
 def rows(results: dict, plain: dict | None) -> list[dict]:
     """One CSV row per (backend, precision, measure), medians, with the fraction of the peak and the torch ratio."""
+    from keras_ultimus.speed import COMPUTE_DTYPE
+
     out = []
     plain_fp32 = statistics.median(plain["train_img_s"]) if plain else None
     for backend, r in results.items():
@@ -148,7 +150,7 @@ def rows(results: dict, plain: dict | None) -> list[dict]:
         out.append(dict(backend=backend, precision=r.get("pipeline", "-"), measure="pipeline", img_s=statistics.median(r["pipeline_img_s"]),
                         repeats=len(r["pipeline_img_s"])))
         for precision, p in r["precisions"].items():
-            dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
+            dtype = COMPUTE_DTYPE[precision]
             gflop = p["training_flops"] / 1e9
             train = statistics.median(p["train_img_s"])
             out.append(dict(backend=backend, precision=precision, measure="train", img_s=train,

@@ -63,16 +63,20 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, plan=No
     rng = np.random.default_rng(0)
     a = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
     b = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
-    mirrored = plan is not None and plan.strategy is not None
-    multiply = plan.on_every_replica(keras.ops.matmul) if mirrored else keras.ops.matmul
-    copies = plan.replicas if mirrored else 1
+
+    def multiply(x, y) -> list:
+        return [keras.ops.matmul(x, y)]
+
+    if plan is not None and plan.strategy is not None:
+        multiply = plan.on_every_replica(keras.ops.matmul)
 
     def timed() -> float:
         start = time.perf_counter()
-        for x in multiply(a, b) if mirrored else [multiply(a, b)]:
+        for x in multiply(a, b):
             sync(x)
         return time.perf_counter() - start
 
+    copies = len(multiply(a, b))
     timed()
     return copies * 2 * n**3 / statistics.median(timed() for _ in range(repeats)) / 1e9
 
