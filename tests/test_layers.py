@@ -130,7 +130,11 @@ def test_attention_softmax_runs_in_float32_under_mixed_precision(policy):
     out, am = model(x)
     assert (ops.dtype(out), ops.dtype(am)) == (compute, "float32")
     assert layer.query_dense.kernel.dtype == "float32"  # variables stay float32
-    # Only the projections round to the compute dtype; the map's rows still sum to 1 in float32.
     np.testing.assert_allclose(ops.convert_to_numpy(am).sum(-1), 1.0, atol=1e-6)
-    _, ref_am = numpy_ultimus(layer, x)
-    np.testing.assert_allclose(ops.convert_to_numpy(am), ref_am, atol=0.05)
+    # Only the projections round to the compute dtype: from the layer's own rounded q and k, a float64
+    # softmax gives the same map to float32 precision (a softmax in the compute dtype would be ~1e-3 off).
+    q, k = (ops.convert_to_numpy(ops.cast(dense(x), "float32")).astype(np.float64)
+            for dense in (layer.query_dense, layer.key_dense))
+    scores = q[:, :, None] * k[:, None, :] / np.sqrt(layer.key_dim)
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(ops.convert_to_numpy(am), e / e.sum(-1, keepdims=True), atol=1e-5)
