@@ -63,12 +63,10 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, plan=No
     rng = np.random.default_rng(0)
     a = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
     b = keras.ops.cast(rng.standard_normal((n, n), dtype=np.float32), dtype)
-
-    def multiply(x, y) -> list:
-        return [keras.ops.matmul(x, y)]
-
     if plan is not None and plan.strategy is not None:
-        multiply = plan.on_every_replica(keras.ops.matmul)
+        multiply, copies = plan.on_every_replica(keras.ops.matmul), plan.replicas
+    else:
+        multiply, copies = (lambda x, y: [keras.ops.matmul(x, y)]), 1
 
     def timed() -> float:
         start = time.perf_counter()
@@ -76,7 +74,6 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, plan=No
             sync(x)
         return time.perf_counter() - start
 
-    copies = len(multiply(a, b))
     timed()
     return copies * 2 * n**3 / statistics.median(timed() for _ in range(repeats)) / 1e9
 
