@@ -454,6 +454,22 @@ def test_evaluate_exits_1_when_the_log_disagrees_beyond_the_tolerance(trained_ru
     assert main(["--evaluate", str(copy), "--data", str(data), "--tolerance", "1"]) == 0
 
 
+def test_evaluate_checks_a_prefixed_model_against_its_own_log(trained_run, tmp_path, capsys):
+    # A report on several runs holds NAME-model.keras beside NAME-log.csv and NAME-run.json: each model is checked
+    # against its own log, not another run's (here the other run's log is one image off, and would fail).
+    run, data = trained_run
+    for prefix in ("good-", "other-"):
+        for name in ("model.keras", "run.json", "log.csv"):
+            (tmp_path / f"{prefix}{name}").write_bytes((run / name).read_bytes())
+    log = pd.read_csv(run / "log.csv")
+    log.loc[log.index[-1], "val_accuracy"] += 1 / 18 if log["val_accuracy"].iloc[-1] < 0.5 else -1 / 18
+    log.to_csv(tmp_path / "other-log.csv", index=False)
+    assert main(["--evaluate", str(tmp_path / "good-model.keras"), "--data", str(data)]) == 0
+    assert "agree" in capsys.readouterr().out
+    assert main(["--evaluate", str(tmp_path / "other-model.keras"), "--data", str(data)]) == 1
+    assert "other-log.csv's final val_accuracy" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("target, expected", [
     (lambda run: run / "missing", ["missing", "no such run folder or model file"]),
     (lambda run: ((run / "model.keras").unlink(), run)[1], ["not a .keras file or a run folder with model.keras"]),

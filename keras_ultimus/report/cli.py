@@ -73,7 +73,7 @@ def evaluate_main(target: Path, data: str | None, tolerance: int) -> int:
     diff = check.correct - check.logged_correct
     verdict = "agree" if diff == 0 else f"differ by {diff:+d} image{'s' * (abs(diff) != 1)}"
     print(f"{shown_path(check.model_path)}: test accuracy {pct(check.accuracy)} "
-          f"({check.correct:,} of {check.images:,} test images); log.csv's final val_accuracy "
+          f"({check.correct:,} of {check.images:,} test images); {check.log_name}'s final val_accuracy "
           f"{pct(check.logged)} (epoch {check.epoch}): {verdict}")
     return 0 if abs(diff) <= tolerance else 1
 

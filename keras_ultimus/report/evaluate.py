@@ -58,6 +58,7 @@ class Check:
     correct: int
     logged: float  # the log's final val_accuracy
     epoch: int  # 1-based
+    log_name: str = CSV_NAME  # the log file it was checked against
 
     @property
     def accuracy(self) -> float:
@@ -131,12 +132,15 @@ def check_saved_model(path: Path, data: str | None) -> Check:
 
     `path` is a run folder or a `.keras` file inside one; the folder's log.csv
     and run.json say what the run logged, on how many test images (its
-    `limit_test`) and in which batch size.
+    `limit_test`) and in which batch size. A report on several runs names each
+    run's files after it, so `NAME-model.keras` is checked against
+    `NAME-log.csv` and `NAME-run.json`.
     """
     if not path.exists():
         raise UserError(f"{path}: no such run folder or model file")
     folder = path if path.is_dir() else path.parent
-    log, info = read_log(folder / CSV_NAME), read_info(folder / INFO_NAME)
+    prefix = path.name[: -len(MODEL_NAME)] if path.is_file() and path.name.endswith(f"-{MODEL_NAME}") else ""
+    log, info = read_log(folder / f"{prefix}{CSV_NAME}"), read_info(folder / f"{prefix}{INFO_NAME}")
     model = load_keras_model(path)
     x_test, y_test = load_test_split(data)
     limit, batch_size = info["config"].get("limit_test"), info["config"].get("batch_size", BATCH_SIZE)
@@ -144,4 +148,5 @@ def check_saved_model(path: Path, data: str | None) -> Check:
     logits = model.predict(x_test.astype("float32"), batch_size=batch_size, verbose=0)
     correct = int(np.sum(np.argmax(logits, axis=-1) == y_test))
     model_path = path / MODEL_NAME if path.is_dir() else path
-    return Check(model_path, len(y_test), correct, float(log["val_accuracy"].iloc[-1]), int(log["epoch"].iloc[-1]))
+    return Check(model_path, len(y_test), correct, float(log["val_accuracy"].iloc[-1]), int(log["epoch"].iloc[-1]),
+                 f"{prefix}{CSV_NAME}")
