@@ -16,12 +16,15 @@
 #              chief and N workers; default 1). The train stage's timed runs always run alone.
 #   --time-limit S  start no run in the last 30 s before S seconds, and interrupt running ones at S (they resume):
 #              set it a minute under the call's timeout, so that the results are packed before the call ends.
-#   --work DIR run folders, kept between calls on a warm machine (default .gpu-runs, ignored by git)
+#   --work DIR run folders, kept between calls on a warm machine (default $STATE/runs); a carried .gpu-carry/ (the
+#              run folders of an earlier session) is merged into it, keeping what is there
 #   --out DIR  what comes back (default $OUT, else runs/gpu-<time>): gpu-results.tar.gz (the run folders without
 #              backups, TensorBoard logs or checkpoints; unpack into .gpu-runs/), gpu-models-extra.tar.gz (only
 #              when the models don't fit the first archive's 15 MiB), summary.txt, steps.txt, versions.txt, data.txt.
 #   --dry-run  every stage end to end on this CPU: a fake tarball, tiny limits, TensorFlow made unimportable.
 #   --data-only  only reassemble and check the data (on a CPU machine: the same partial data, for a comparison run).
+# $STATE (default /tmp/keras-ultimus-gpu, or $ULTIMUS_GPU_STATE) holds the run folders and the data between the
+# calls of one session: a call replaces the checkout, ignored folders included, but /tmp stays while the machine is warm.
 # Every stage resumes: a finished run folder (run.json has "finished") is kept, a partial one is --resume'd, a
 # search folder is resumed by KerasTuner. How to prepare .whl/ (the wheels) and .data-parts/ (the data in parts),
 # the sequence of device calls, and how to turn the results into reports/: DEVELOPERS.md ("GPU runs"). The folders
@@ -77,10 +80,14 @@ fi
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-# The dry run keeps its run folders beside --out, so it never touches the checkout's .gpu-runs/.
-work=${work:-$([ $dry_run = 1 ] && echo "$out.work" || echo .gpu-runs)}
+state=${ULTIMUS_GPU_STATE:-/tmp/keras-ultimus-gpu}
+# The dry run keeps its run folders beside --out, so it never touches $state.
+work=${work:-$([ $dry_run = 1 ] && echo "$out.work" || echo "$state/runs")}
 mkdir -p "$work/logs"
 work=$(cd "$work" && pwd)
+if [ $dry_run = 0 ] && [ -d .gpu-carry ]; then  # finished work of an earlier session, carried in this call
+    (cd .gpu-carry && tar -cf - .) | (cd "$work" && tar -xf - --skip-old-files)
+fi
 py=${PYTHON:-python3}
 export KERAS_BACKEND=${KERAS_BACKEND:-torch}  # the GPU machine has no TensorFlow
 export PYTHONUNBUFFERED=1
@@ -179,14 +186,15 @@ packed=0  # 1 once the last stage's results are packed: the exit need not pack t
 trap 'status=$?; trap - EXIT; [ $packed = 1 ] || pack; rm -f "$failed"; exit $status' EXIT
 trap 'exit 130' INT TERM
 
-# 1. Python packages that travel in .whl/ (once per machine).
-# The dry run uses this machine's packages: .whl/ holds Python 3.12 wheels for the GPU machine.
-if [ $dry_run = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    if [ ! -f /tmp/site/.installed ] || [ -n "$(find .whl -newer /tmp/site/.installed -name '*.whl')" ]; then
-        say "installing $(ls .whl/*.whl | wc -l) wheels from .whl/ into /tmp/site"
-        "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-        touch /tmp/site/.installed
-    fi
+# 1. Python packages that travel in .whl/, installed once per machine where Keras and KerasTuner are missing.
+# The dry run, and a CPU machine with its own Keras, use their own packages: .whl/ holds the GPU machine's wheels.
+if [ $dry_run = 0 ] && [ -f /tmp/site/.installed ]; then  # installed by an earlier call
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ $dry_run = 0 ] && ls .whl/*.whl >/dev/null 2>&1 && ! "$py" -c "import keras, keras_tuner" 2>/dev/null; then
+    say "installing $(ls .whl/*.whl | wc -l) wheels from .whl/ into /tmp/site"
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    touch /tmp/site/.installed
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -210,7 +218,7 @@ except Exception:
 PY
 
 # 2. The data: reassemble the parts, check md5s, or fall back to the complete batch files we have.
-cache=.data-cache
+cache=$state/data
 if [ $dry_run = 1 ]; then
     cache=$work/dry-run-data
     mkdir -p "$cache/parts"
@@ -234,9 +242,9 @@ for i, suffix in enumerate(("aa", "ab")):  # "ac" withheld, to exercise the part
 PY
 else
     mkdir -p "$cache/parts"
-    if ls .data-parts/cifar.part-* >/dev/null 2>&1; then
-        cp -n .data-parts/cifar.part-* "$cache/parts/" || true
-    fi
+    for part in .data-parts/cifar.part-*; do  # parts that earlier calls brought are already there
+        if [ -f "$part" ] && [ ! -e "$cache/parts/${part##*/}" ]; then cp "$part" "$cache/parts/"; fi
+    done
 fi
 say "data parts here: $(ls "$cache/parts" 2>/dev/null | tr '\n' ' ')"
 needs_data=$data_only
@@ -306,8 +314,8 @@ note.write_text(
     f"(official md5: {checked}). Training on {5 * per_file} train and {len(test)} test images in {folder} "
     "(the test split is the held-out end of the training files when test_batch.bin is missing).\n"
     "Not comparable with the committed full-data CPU run. For the CPU comparison, put the same parts in "
-    ".data-cache/parts/ on the CPU machine, run `benchmarks/gpu.sh --data-only`, then "
-    f"`python -m keras_ultimus.train --data .data-cache/partial/cifar-10-batches-bin` there.\n")
+    ".data-parts/ on the CPU machine, run `benchmarks/gpu.sh --data-only`, then "
+    "`python -m keras_ultimus.train --data PATH` with the path it prints.\n")
 print(folder)
 PY
 )
