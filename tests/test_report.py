@@ -18,6 +18,7 @@ from keras_ultimus.model import CLASS_NAMES, build_model
 from keras_ultimus.report import charts
 from keras_ultimus.report.cli import main
 from keras_ultimus.report.evaluate import Evaluation, evaluate
+from keras_ultimus.report.markdown import shown_path
 
 LOG = {
     "epoch": [0, 1, 2, 3, 4],
@@ -310,6 +311,7 @@ def write_search(folder, command=COMMAND, board=BOARD):
     result = {"best_trial": "1", "val_accuracy": 0.6125, "test_accuracy": 0.5843, "test_images": 10000,
               "trials_completed": 2, "settings": {"max_trials": 3, **SETTINGS}}
     (folder / "result.json").write_text(json.dumps(result))
+    (folder / "best.json").write_text(json.dumps({"num_blocks": 4, "max_lr": 0.003, "batch_size": 64}))
     for trial, scale in (("0", 0.8), ("1", 1.0)):
         log = pd.DataFrame(LOG).head(3)
         log[["accuracy", "val_accuracy"]] *= scale
@@ -333,6 +335,8 @@ def test_search_folder_report_has_command_settings_result_leaderboard_and_charts
     assert "Best trial **1**: validation accuracy **61.25%**" in md
     assert "test accuracy, measured once at the end: **58.43%** on 10,000 official test images" in md
     assert "Trials completed: 2 of 3" in md
+    assert f"Train it in full: `python -m keras_ultimus.train --config {shown_path(out / 'best.json')}`" in md
+    assert json.loads((out / "best.json").read_text()) == json.loads((search / "best.json").read_text())
 
     board = table_with(md, "trial_id")
     assert board[0] == list(BOARD)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(folders) > 1:
             raise UserError("a search folder (with leaderboard.csv) is reported on its own")
         search = read_search(folders[0])
-        write_folder(out, lambda folder: write_search_report(search, folder, command))
+        write_folder(out, lambda folder: write_search_report(search, folder, command, published=out))
     else:
         runs = [read_run(f, n) for f, n in zip(folders, run_names(folders))]
         attach_models(runs, args.data, args.no_model)

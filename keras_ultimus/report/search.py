@@ -65,8 +65,11 @@ def search_command(search: Search, settings: dict) -> str:
             f"`python tuner/tune.py --out {shown_path(search.folder)} {' '.join(flags)}`")
 
 
-def write_search_report(search: Search, out: Path, command: str) -> None:
-    """Write report.md, the two search charts and copies of the search's files into `out`."""
+def write_search_report(search: Search, out: Path, command: str, published: Path | None = None) -> None:
+    """Write report.md, the two search charts and copies of the search's files into `out`.
+
+    `published` is the folder the report ends up in, when `out` is a scratch folder renamed to it at the end.
+    """
     result, board = search.result, search.board
     settings = {k: v for k, v in {**search.settings, **result.get("settings", {})}.items() if k != "command"}
     best_trial = result.get("best_trial")
@@ -86,8 +89,9 @@ def write_search_report(search: Search, out: Path, command: str) -> None:
                *([f"- Configurations not trained (over the parameter budget, or a stem too small for its convs): "
                   f"{result['configurations_skipped']}, listed last in the leaderboard with the reason"]
                  if result.get("configurations_skipped") else []),
-               f"- Train it in full: `python -m keras_ultimus.train --config {shown_path(search.folder / BEST_NAME)}`"
-               f" (a copy of `{BEST_NAME}` is beside this report)", ""]
+               f"- Train it in full: `python -m keras_ultimus.train --config {shown_path((published or out) / BEST_NAME)}`"
+               f" (the search's `{BEST_NAME}`, copied beside this report, so the command works where the report is"
+               " committed)", ""]
     else:
         md += [f"No {RESULT_NAME}: the search has not finished.", ""]
     charts.plot_search_depth(board, best_trial, out / "search_depth.png")
