@@ -58,7 +58,7 @@ class Check:
     correct: int
     logged: float  # the log's final val_accuracy
     epoch: int  # 1-based
-    log_name: str = CSV_NAME  # the log file it was checked against
+    log_name: str  # the log file it was checked against: log.csv, or NAME-log.csv in a multi-run report
 
     @property
     def accuracy(self) -> float:

@@ -11,7 +11,7 @@ from keras_ultimus import model
 from keras_ultimus.errors import UserError
 from keras_ultimus.recipe import CSV_NAME, model_kwargs
 from keras_ultimus.report import charts
-from keras_ultimus.report.runs import INFO_NAME, Run
+from keras_ultimus.report.runs import INFO_NAME, MODEL_NAME, Run
 from keras_ultimus.report.tables import (
     duration,
     epoch_table,
@@ -160,6 +160,6 @@ def write_report(runs: list[Run], out: Path, command: str) -> None:
         md += ["### Per-epoch log", "", epoch_table(run.log), ""]
         shutil.copyfile(run.folder / CSV_NAME, out / f"{prefix}{CSV_NAME}")
         (out / f"{prefix}{INFO_NAME}").write_text(json.dumps(portable(run.info), indent=2) + "\n")
-        if (run.folder / "model.keras").is_file():  # so `report --evaluate` can re-check the committed model
-            shutil.copyfile(run.folder / "model.keras", out / f"{prefix}model.keras")
+        if (run.folder / MODEL_NAME).is_file():  # so `report --evaluate` can re-check the committed model
+            shutil.copyfile(run.folder / MODEL_NAME, out / f"{prefix}{MODEL_NAME}")
     (out / "report.md").write_text("\n".join(md))
