@@ -1,19 +1,59 @@
 """Keras 3 multi-backend Ultimus CIFAR-10 classifier.
 
-Importing the package imports no Keras, so a CLI can set up the process
-(`keras_ultimus.backend.prepare`: backend check, log levels, devices) first.
-The public names load Keras on first use.
+Importing the package registers `UltimusLayer` and `OneCycle` with Keras, so
+`keras.saving.load_model` finds them, as for any Keras extension. It does so
+without starting Keras itself: if Keras is already imported, they register at
+once; if not, they register the moment Keras is imported. A CLI can so set
+the process up (`keras_ultimus.backend.prepare`: backend check, log levels,
+devices) before Keras starts.
 """
 
-__version__ = "0.2.0"
-__all__ = ["OneCycle", "UltimusLayer", "build_model"]
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
-_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules"}
+__version__ = "0.2.0"
+__all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
+
+_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules", "fit": "training.fit"}
+# The modules whose import registers a Keras serializable.
+_SERIALIZABLES = ("keras_ultimus.layers", "keras_ultimus.schedules")
 
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        import importlib
-
         return getattr(importlib.import_module(f"keras_ultimus.{_PUBLIC[name]}"), name)
     raise AttributeError(f"module 'keras_ultimus' has no attribute {name!r}")
+
+
+def _register() -> None:
+    """Import the modules that register the package's serializables with Keras."""
+    for module in _SERIALIZABLES:
+        importlib.import_module(module)
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """Registers the serializables right after the first `import keras` in this process finishes."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "keras" in sys.modules:
+    _register()
+elif not any(isinstance(finder, _RegisterAfterKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -188,6 +188,8 @@ def chart(table: list[dict], path: Path) -> None:
     """A bar chart of training and evaluation img/s per backend and precision."""
     from matplotlib.figure import Figure
 
+    from keras_ultimus.plotting import save_png
+
     bars = [r for r in table if r["measure"] in ("train", "eval")]
     fig = Figure(figsize=(max(6, 0.9 * len(bars)), 4), layout="constrained")
     ax = fig.add_subplot()
@@ -200,7 +202,7 @@ def chart(table: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(bars)), labels, fontsize=7)
     ax.set_ylabel("images per second (median)")
     ax.set_title("Ultimus training (blue) and evaluation (orange) speed")
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
 
 
 @cli

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render 
 
 from keras_ultimus.errors import UserError
 from keras_ultimus.pipelines import batches_per_epoch, resolve, train_data
+from keras_ultimus.plotting import save_png
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
 
@@ -193,7 +194,8 @@ def find_lr(
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
-    from keras_ultimus.recipe import build, compile_model, environment, seed_everything, write_atomic
+    from keras_ultimus.recipe import build, compile_model, environment, seed_everything
+    from keras_ultimus.run_folder import write_atomic
 
     env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
     seed_everything(config["seed"], config.get("deterministic", False))
@@ -221,7 +223,7 @@ def find_lr(
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / SWEEP_CSV, index=False)
-    plot(table, suggested, f"LR range test: {len(table)} steps, batch {batch_size}").savefig(out / CHART, dpi=120)
+    save_png(plot(table, suggested, f"LR range test: {len(table)} steps, batch {batch_size}"), out / CHART, dpi=120)
     best = int(table["smoothed"].idxmin())
     result = {
         "suggested": suggested,

@@ -16,12 +16,13 @@ import pandas as pd
 import keras_ultimus
 from keras_ultimus import distribute
 from keras_ultimus.errors import UserError
+from keras_ultimus.loading import save_for_inference
 from keras_ultimus.model import build_model
 from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
 from keras_ultimus.provenance import git_state
+from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 from keras_ultimus.schedules import OneCycle
 
-CSV_NAME = "log.csv"
 MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn")
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
 JIT = {"auto": "auto", "on": True, "off": False}
@@ -179,14 +180,6 @@ def environment() -> dict:
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` through a temporary file, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def fingerprint(data: tuple) -> str:
     """A hash of the CIFAR-10 arrays, so a resumed run can check that moved data is the same data."""
     h = hashlib.blake2b(digest_size=16)
@@ -217,7 +210,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     start = time.perf_counter()
     plan = plan or distribute.Plan()
     out = plan.output_dir(out)  # a scratch copy on non-chief processes: they save what the chief saves
-    run_info = json.loads((out / "run.json").read_text()) if resume else {}
+    run_info = json.loads((out / INFO_NAME).read_text()) if resume else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
         raise UserError(f"--data {config['data']}: not the data run {out} trained on")
@@ -255,7 +248,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
         run_info.setdefault("resumed", []).append(
             {"command": command, "at": datetime.now().isoformat(timespec="seconds"), **environment()}
         )
-    clock = RunClock(run_info, out / "run.json", start)
+    clock = RunClock(run_info, out / INFO_NAME, start)
     clock.update()
 
     csv_path = out / CSV_NAME
@@ -284,7 +277,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
             ],
         )
         with distribute.portable_batchnorm(model):
-            model.save(out / "model.keras")
+            save_for_inference(model, out / MODEL_NAME)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = pd.read_csv(csv_path).iloc[-1].to_dict()
     clock.update()

@@ -1,11 +1,19 @@
-"""Loading saved models for inference: one-line errors, and float32 serving of mixed-precision models."""
+"""Saving and loading models for inference: registration on import, slim files, one-line errors, float32 serving."""
 
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
 import keras
 import numpy as np
 import pytest
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.loading import float32_copy, load_keras_model
+from keras_ultimus.loading import float32_copy, load_keras_model, save_for_inference
 from keras_ultimus.model import build_model
 from tests.helpers import smooth_images
 
@@ -48,3 +56,76 @@ def test_a_path_that_is_no_model_is_a_user_error(tmp_path, name):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(UserError, match="not a .keras file"):
         load_keras_model(tmp_path / name)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_MODELS = subprocess.run(
+    ["git", "ls-files", "*.keras"], cwd=ROOT, capture_output=True, text=True, check=True
+).stdout.split()
+# Fresh processes, both import orders: the package registers its serializables whether Keras came first or not.
+LOAD_EVERY_COMMITTED_MODEL = """
+import sys
+{imports}
+assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
+for path in sys.argv[2:]:
+    keras.saving.load_model(path)
+print("loaded", len(sys.argv) - 2)
+"""
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("imports", ["import keras_ultimus\nimport keras", "import keras\nimport keras_ultimus"])
+def test_every_committed_model_loads_with_keras_after_importing_the_package(imports):
+    assert COMMITTED_MODELS, "no committed .keras files found"
+    backend = keras.backend.backend()
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_EVERY_COMMITTED_MODEL.format(imports=imports), backend, *COMMITTED_MODELS],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["loaded", str(len(COMMITTED_MODELS))]
+
+
+def test_importing_the_package_alone_does_not_start_keras():
+    code = "import sys, keras_ultimus; print('keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def weight_groups(path: Path) -> set[str]:
+    """The top-level groups of a `.keras` file's weights: "optimizer" among them when it holds optimizer state."""
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+        return set(h5.keys())
+
+
+def test_committed_models_hold_no_optimizer_state_and_are_deflated():
+    for name in COMMITTED_MODELS:
+        assert "optimizer" not in weight_groups(ROOT / name), f"{name} holds optimizer state"
+        with zipfile.ZipFile(ROOT / name) as archive:
+            assert archive.getinfo("model.weights.h5").compress_type == zipfile.ZIP_DEFLATED, name
+
+
+def test_the_tracked_tree_leaves_room_for_data_in_a_64_mib_device_call():
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    size = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+    assert size < 22 * 2**20, f"tracked tree is {size / 2**20:.1f} MiB; the tree plus 3 MiB of wheels must stay under 25"
+
+
+@pytest.mark.multi_backend
+def test_save_for_inference_drops_the_optimizer_and_keeps_the_weights_and_logits(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(conv_widths=(4, 8), num_blocks=2)
+    model.compile(optimizer="adam", loss="mse")
+    images = smooth_images(8).astype("float32")
+    model.fit(images, np.zeros((8, 10)), epochs=1, verbose=0)  # creates Adam's slots
+    model.save(tmp_path / "full.keras")
+    save_for_inference(model, tmp_path / "slim.keras")
+    assert "optimizer" in weight_groups(tmp_path / "full.keras")
+    assert "optimizer" not in weight_groups(tmp_path / "slim.keras")
+    assert (tmp_path / "slim.keras").stat().st_size < (tmp_path / "full.keras").stat().st_size / 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.keras", "slim.keras"]  # no partial file left
+    loaded = load_keras_model(tmp_path / "slim.keras")
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images)))

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from keras_ultimus.model import CLASS_NAMES
+from keras_ultimus.plotting import save_png
 from keras_ultimus.report.evaluate import Evaluation
 from keras_ultimus.report.runs import Run
 
@@ -18,7 +19,7 @@ DPI = 120
 
 def save(fig: Figure, path: Path) -> None:
     """Write `fig` as a PNG, trimmed to its content."""
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    save_png(fig, path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
 
 
 def run_label(run: Run, runs: list[Run], split: str) -> str:

@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus.errors import UserError, one_line
-from keras_ultimus.recipe import CSV_NAME
+from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
 
 if TYPE_CHECKING:
     import keras
 
     from keras_ultimus.report.evaluate import Evaluation
 
-INFO_NAME = "run.json"
-MODEL_NAME = "model.keras"
 REQUIRED_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 OPTIONAL_COLUMNS = ("learning_rate", "epoch_seconds")
 

@@ -13,6 +13,7 @@ import numpy as np
 from keras_ultimus import recipe
 from keras_ultimus.model import DOWNSAMPLE, build_model, trainable_params
 from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
+from keras_ultimus.run_folder import CSV_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6
@@ -154,7 +155,7 @@ class UltimusHyperModel(kt.HyperModel):
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         config = trial_config(hp.values)
         print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {config}")
-        csv = keras.callbacks.CSVLogger(os.path.join(folder, recipe.CSV_NAME))
+        csv = keras.callbacks.CSVLogger(os.path.join(folder, CSV_NAME))
         with self._scope():
             history = model.fit(
                 train_ds,

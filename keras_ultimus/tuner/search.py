@@ -20,7 +20,7 @@ import pandas as pd
 from keras_ultimus.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import UserError
 from keras_ultimus.pipelines import eval_data
-from keras_ultimus.recipe import write_atomic
+from keras_ultimus.run_folder import write_atomic
 from keras_ultimus.tuner.hypermodel import CONFIG, FIT_NAME, budget_reason, declare_space, trial_config
 
 OBJECTIVE = "val_accuracy"

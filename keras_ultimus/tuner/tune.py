@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     check_out(out)
     from keras_ultimus import distribute
     from keras_ultimus.pipelines import resolve
-    from keras_ultimus.recipe import write_atomic
+    from keras_ultimus.run_folder import write_atomic
     from keras_ultimus.tuner import search
     from keras_ultimus.tuner.hypermodel import UltimusHyperModel
 
