@@ -10,6 +10,11 @@ import argparse
 
 from keras_ultimus.errors import UserError
 
+# Kept equal to keras_ultimus.layers.ATTENTION and keras_ultimus.model.STEMS / POOLING (tested), without Keras.
+ATTENTION = ("sample", "batch", "elementwise")
+STEMS = ("plain", "resnet")
+POOLING = ("avg", "max")
+
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """Add the `build_model` flags (dest = argument name) as a "model" group."""
@@ -23,6 +28,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--downsample", help="comma-separated none|pool|stride, one per gap between convs "
                    "(default: none everywhere, the reference)")
     g.add_argument("--bn-momentum", type=float, default=0.9)
+    g.add_argument("--stem", choices=STEMS, default="plain",
+                   help="plain: 3x3 valid convs (the reference); resnet: one residual stage per --conv-widths entry")
+    g.add_argument("--pooling", choices=POOLING, default="avg", help="global pooling between stem and blocks")
+    g.add_argument("--attention", choices=ATTENTION, default="sample",
+                   help="sample: per-sample 8x8 map (the reference); batch or elementwise: the original code's "
+                   "two readings")
 
 
 def check_model_flags(args: argparse.Namespace) -> None:

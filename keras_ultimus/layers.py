@@ -5,6 +5,9 @@ import math
 import keras
 from keras import ops
 
+# How the attention map is formed (see `UltimusLayer`); "sample" is the reference.
+ATTENTION = ("sample", "batch", "elementwise")
+
 
 @keras.saving.register_keras_serializable(package="keras_ultimus")
 class UltimusLayer(keras.layers.Layer):
@@ -24,6 +27,13 @@ class UltimusLayer(keras.layers.Layer):
             original assignment text words it. Defaults to `"pre"`.
         residual: bool. If `True`, return `inputs + block(inputs)`.
             Defaults to `False`.
+        attention: str. `"sample"`: each sample's `key_dim x key_dim` map
+            `softmax(q ⊗ k)`, then `z = v · AM` (the reference). `"batch"`:
+            one map `softmax(Qᵀ K)` over the whole batch, then `Z = V · AM`,
+            which mixes samples. `"elementwise"`: `softmax(q * k)` over the
+            `key_dim` entries of each sample, then `z = v * AM`. The last two
+            are the two readings of the original PyTorch code's printed
+            summary; all three have the same weights. Defaults to `"sample"`.
         kernel_initializer: initializer for the four Dense kernels.
             Defaults to `"glorot_uniform"`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`,
@@ -32,7 +42,9 @@ class UltimusLayer(keras.layers.Layer):
     Call arguments:
         inputs: tensor of shape `(batch, features)`.
         return_attention_scores: bool. If `True`, also return the float32
-            attention maps, shape `(batch, key_dim, key_dim)`.
+            attention maps: shape `(batch, key_dim, key_dim)`, or
+            `(key_dim, key_dim)` for `"batch"` and `(batch, key_dim)` for
+            `"elementwise"` attention.
 
     Example:
 
@@ -56,17 +68,21 @@ class UltimusLayer(keras.layers.Layer):
         key_dim: int = 8,
         scale: str = "pre",
         residual: bool = False,
+        attention: str = "sample",
         kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if scale not in ("pre", "post"):
             raise ValueError(f"`scale` must be 'pre' or 'post', got {scale!r}.")
+        if attention not in ATTENTION:
+            raise ValueError(f"`attention` must be one of {ATTENTION}, got {attention!r}.")
         if key_dim < 1:
             raise ValueError(f"`key_dim` must be positive, got {key_dim}.")
         self.key_dim = key_dim
         self.scale = scale
         self.residual = residual
+        self.attention = attention
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
@@ -104,14 +120,24 @@ class UltimusLayer(keras.layers.Layer):
         # The map is computed in float32 under any policy: a float16 or bfloat16
         # softmax loses the small probabilities that the attention is made of.
         q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
-        # Outer product per sample: scores[b, i, j] = q[b, i] * k[b, j].
-        scores = q[:, :, None] * k[:, None, :]
+        if self.attention == "sample":
+            scores = q[:, :, None] * k[:, None, :]  # scores[b, i, j] = q[b, i] * k[b, j]
+        elif self.attention == "batch":
+            scores = ops.matmul(ops.transpose(q), k)  # scores[i, j] = sum over the batch of q[b, i] * k[b, j]
+        else:
+            scores = q * k
         norm = math.sqrt(self.key_dim)
         if self.scale == "pre":
             attention = ops.softmax(scores / norm, axis=-1)
         else:
             attention = ops.softmax(scores, axis=-1) / norm
-        z = ops.einsum("bi,bij->bj", v, ops.cast(attention, v.dtype))
+        weights = ops.cast(attention, v.dtype)
+        if self.attention == "sample":
+            z = ops.einsum("bi,bij->bj", v, weights)
+        elif self.attention == "batch":
+            z = ops.matmul(v, weights)
+        else:
+            z = v * weights
         outputs = self.output_dense(z)
         if self.residual:
             outputs = inputs + outputs
@@ -127,7 +153,8 @@ class UltimusLayer(keras.layers.Layer):
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )
         if return_attention_scores:
-            scores_shape = (inputs.shape[0], self.key_dim, self.key_dim)
+            batch, n = inputs.shape[0], self.key_dim
+            scores_shape = {"sample": (batch, n, n), "batch": (n, n), "elementwise": (batch, n)}[self.attention]
             return outputs, keras.KerasTensor(scores_shape, dtype="float32")
         return outputs
 
@@ -138,6 +165,7 @@ class UltimusLayer(keras.layers.Layer):
                 "key_dim": self.key_dim,
                 "scale": self.scale,
                 "residual": self.residual,
+                "attention": self.attention,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

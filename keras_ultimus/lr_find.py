@@ -14,6 +14,7 @@ from pathlib import Path
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.flags import add_model_flags, check_model_flags
+from keras_ultimus.recipe_options import add_recipe_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     add_model_flags(p)
+    add_recipe_flags(p)
     args = p.parse_args(argv)
     if not (args.min_lr > 0 and args.max_lr > 0):
         p.error(f"--min-lr and --max-lr must be positive, got {args.min_lr:g} and {args.max_lr:g}")

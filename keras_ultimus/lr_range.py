@@ -195,6 +195,7 @@ def find_lr(
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
     from keras_ultimus.recipe import build, compile_model, environment, seed_everything
+    from keras_ultimus.recipe_options import RecipeOptions
     from keras_ultimus.run_folder import write_atomic
 
     env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
@@ -210,7 +211,7 @@ def find_lr(
     steps = steps or per_epoch
 
     model = build(config, config.get("precision", "float32"))
-    compile_model(model, min_lr, steps, jit=config.get("jit", "auto"))
+    compile_model(model, min_lr, steps, jit=config.get("jit", "auto"), options=RecipeOptions.from_config(config))
     with_float_lr(model, min_lr)
     table, stopped = sweep(
         model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10, callbacks=[data_epoch]

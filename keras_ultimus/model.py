@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_ultimus.layers import UltimusLayer
+from keras_ultimus.layers import ATTENTION, UltimusLayer
 
 CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -17,6 +17,9 @@ IMAGE_SIZE = 32
 # What happens between two convs of the stem: nothing (the reference), a 2x2
 # max-pool, or a stride of 2 on the next conv.
 DOWNSAMPLE = ("none", "pool", "stride")
+# "plain": 3x3 valid convs with optional downsampling (the reference); "resnet": one residual stage per width.
+STEMS = ("plain", "resnet")
+POOLING = ("avg", "max")
 
 
 def parse_conv_widths(text: str) -> list[int]:
@@ -73,7 +76,23 @@ def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = Non
     return plan
 
 
-def check_head(num_blocks: int, key_dim: int, scale: str, bn_momentum: float, num_classes: int) -> None:
+def resnet_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = None) -> list[int]:
+    """Check the arguments of a residual stem; return its stage widths.
+
+    Each stage halves the feature map with a 2x2 max-pool, so 32x32 allows at most 5 stages.
+    """
+    widths = list(conv_widths)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"`conv_widths` must be one or more positive integers, got {conv_widths!r}.")
+    if len(widths) > 5:
+        raise ValueError(f"a resnet stem has at most 5 stages on 32x32 images, got {len(widths)}.")
+    if downsample is not None and any(step != "none" for step in downsample):
+        raise ValueError("a resnet stem pools in every stage; `downsample` must be unset.")
+    return widths
+
+
+def check_head(num_blocks: int, key_dim: int, scale: str, bn_momentum: float, num_classes: int,
+               attention: str = "sample", pooling: str = "avg", stem: str = "plain") -> None:
     """Check the non-stem arguments of `build_model` with a clear ValueError."""
     for name, value, low in (("num_blocks", num_blocks, 1), ("key_dim", key_dim, 1), ("num_classes", num_classes, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -82,6 +101,10 @@ def check_head(num_blocks: int, key_dim: int, scale: str, bn_momentum: float, nu
         raise ValueError(f"`scale` must be 'pre' or 'post', got {scale!r}.")
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
         raise ValueError(f"`bn_momentum` must be a number in [0, 1), got {bn_momentum!r}.")
+    for name, value, choices in (("attention", attention, ATTENTION), ("pooling", pooling, POOLING),
+                                 ("stem", stem, STEMS)):
+        if value not in choices:
+            raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
 def build_model(
@@ -94,6 +117,9 @@ def build_model(
     bn_momentum: float = 0.9,
     num_classes: int = 10,
     sync_bn: bool = False,
+    attention: str = "sample",
+    pooling: str = "avg",
+    stem: str = "plain",
 ) -> keras.Model:
     """Build the Ultimus model; it takes raw 0-255 float pixels, returns float32 logits.
 
@@ -107,33 +133,57 @@ def build_model(
     which the reference used; Keras' own default of 0.99 lags badly over
     the ~100 steps of a CIFAR-10 epoch. `sync_bn=True` computes BatchNorm
     statistics over the global batch under a `tf.distribute` strategy.
+
+    `stem="resnet"` replaces the plain stem by one residual stage per width
+    of `conv_widths`, as in ResNet-9 and airbench: a 3x3 "same" conv, BN and
+    GELU, a 2x2 max-pool, then `x + block(x)` where the block is two such
+    convs. `pooling` is the global pooling between stem and blocks, `"avg"`
+    (the reference) or `"max"`; `attention` is `UltimusLayer`'s.
     """
-    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes)
-    plan = stem_plan(conv_widths, downsample)
+    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
+    plan = stem_plan(conv_widths, downsample) if stem == "plain" else resnet_plan(conv_widths, downsample)
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
     x = keras.layers.Normalization(
         mean=CIFAR10_MEAN,
         variance=[s**2 for s in CIFAR10_STD],
         name="normalize",
     )(inputs)
-    for i, (width, stride, pool, _) in enumerate(plan, start=1):
-        x = keras.layers.Conv2D(
-            width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
-        )(x)
-        x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
-        x = keras.layers.BatchNormalization(
-            momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
-        )(x)
-        if pool:
-            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if stem == "plain":
+        for i, (width, stride, pool, _) in enumerate(plan, start=1):
+            x = keras.layers.Conv2D(
+                width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
+            )(x)
+            x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
+            x = keras.layers.BatchNormalization(
+                momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
+            )(x)
+            if pool:
+                x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    else:
+        for i, width in enumerate(plan, start=1):
+            x = conv_bn_gelu(x, width, bn_momentum, sync_bn, f"stage{i}_conv")
+            x = keras.layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)
+            y = conv_bn_gelu(x, width, bn_momentum, sync_bn, f"stage{i}_res1")
+            y = conv_bn_gelu(y, width, bn_momentum, sync_bn, f"stage{i}_res2")
+            x = keras.layers.Add(name=f"stage{i}_add")([x, y])
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
     for i in range(1, num_blocks + 1):
         x = UltimusLayer(
-            key_dim=key_dim, scale=scale, residual=residual, name=f"ultimus{i}"
+            key_dim=key_dim, scale=scale, residual=residual, attention=attention, name=f"ultimus{i}"
         )(x)
     # float32 logits under any policy, so the loss's softmax runs in float32.
     outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="ultimus")
+
+
+def conv_bn_gelu(x, width: int, bn_momentum: float, sync_bn: bool, name: str):
+    """A 3x3 "same" conv without bias, BatchNorm and GELU: the unit of a residual stage."""
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
+    return keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
 def trainable_params(
@@ -146,16 +196,23 @@ def trainable_params(
     bn_momentum: float = 0.9,
     num_classes: int = 10,
     sync_bn: bool = False,
+    attention: str = "sample",
+    pooling: str = "avg",
+    stem: str = "plain",
 ) -> int:
     """Trainable parameters of `build_model(...)` with the same arguments, without building it.
 
     Cheap enough to check a search's parameter budget before any weight exists.
     """
-    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes)
-    plan = stem_plan(conv_widths, downsample)
+    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
+    if stem == "plain":
+        widths, convs_per_width = [width for width, *_ in stem_plan(conv_widths, downsample)], 0
+    else:
+        widths, convs_per_width = resnet_plan(conv_widths, downsample), 2  # two more convs in the residual block
     total, channels = 0, 3
-    for width, *_ in plan:
+    for width in widths:
         total += 9 * channels * width + 2 * width  # conv kernel (no bias) + BN gamma and beta
+        total += convs_per_width * (9 * width * width + 2 * width)
         channels = width
     block = 3 * (channels * key_dim + key_dim) + key_dim * channels + channels
     return total + num_blocks * block + channels * num_classes + num_classes

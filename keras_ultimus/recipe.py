@@ -16,14 +16,18 @@ import pandas as pd
 import keras_ultimus
 from keras_ultimus import distribute
 from keras_ultimus.errors import UserError
+from keras_ultimus.evaluation import accuracies
 from keras_ultimus.loading import save_for_inference
 from keras_ultimus.model import build_model
 from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
+from keras_ultimus.losses import SmoothedSparseCrossentropy
 from keras_ultimus.provenance import git_state
+from keras_ultimus.recipe_options import RecipeOptions
 from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 from keras_ultimus.schedules import OneCycle
 
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn")
+MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn",
+              "attention", "pooling", "stem")
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
 JIT = {"auto": "auto", "on": True, "off": False}
 
@@ -110,22 +114,48 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return trainable_variables, new_variables
 
 
+def make_optimizer(
+    schedule: keras.optimizers.schedules.LearningRateSchedule, options: RecipeOptions
+) -> keras.optimizers.Optimizer:
+    """Adam (the reference), AdamW when weight decay is set, or Nesterov SGD; with an EMA of the weights if asked.
+
+    Weight decay skips BatchNorm's gamma and beta and every bias.
+    """
+    ema = {"use_ema": True, "ema_momentum": options.ema} if options.ema else {}
+    if options.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=options.momentum, nesterov=True, weight_decay=options.weight_decay or None, **ema
+        )
+    elif options.weight_decay:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay, **ema)
+    else:
+        optimizer = keras.optimizers.Adam(schedule, **ema)
+    if options.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
 def compile_model(
-    model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto"
+    model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto",
+    options: RecipeOptions = RecipeOptions(),
 ) -> None:
-    """Compile with Adam on the one-cycle schedule, sparse CE on logits, accuracy.
+    """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
 
     A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
     """
-    optimizer = keras.optimizers.Adam(OneCycle(max_lr, total_steps, pct_start))
+    optimizer = make_optimizer(OneCycle(max_lr, total_steps, pct_start), options)
     if model.dtype_policy.name == "mixed_float16":
         optimizer = LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=JIT[jit],
-    )
+    if options.label_smoothing:
+        loss = SmoothedSparseCrossentropy(options.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit])
+
+
+def recipe_callbacks(options: RecipeOptions) -> list[keras.callbacks.Callback]:
+    """The callbacks a recipe needs in `fit`: validation on the EMA weights when there is an EMA."""
+    return [keras.callbacks.SwapEMAWeights()] if options.ema else []
 
 
 def model_kwargs(config: dict) -> dict:
@@ -215,6 +245,10 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     if resume and run_info.get("data_fingerprint", digest) != digest:
         raise UserError(f"--data {config['data']}: not the data run {out} trained on")
     precision, jit = config.get("precision", "float32"), config.get("jit", "auto")
+    try:
+        options = RecipeOptions.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad recipe settings: {e}") from None
     pipeline = run_info.get("pipeline") or resolve(config.get("pipeline", "auto"))
     seed_everything(config["seed"], config.get("deterministic", False))
 
@@ -227,7 +261,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
     steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
-        compile_model(model, config["max_lr"], steps, config["pct_start"], jit)
+        compile_model(model, config["max_lr"], steps, config["pct_start"], jit, options)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -267,6 +301,7 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
             # TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
             callbacks=[
                 data_epoch,
+                *recipe_callbacks(options),
                 EpochStats(),
                 *tensorboard(out / "tensorboard"),
                 keras.callbacks.CSVLogger(csv_path, append=True),
@@ -280,5 +315,9 @@ def train(config: dict, out: Path, data: tuple, resume: bool = False, command: s
             save_for_inference(model, out / MODEL_NAME)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = pd.read_csv(csv_path).iloc[-1].to_dict()
+    if options.tta == "flip":  # val_accuracy stays the plain figure; the TTA one has its own key
+        tta = accuracies(model, x_test, y_test, batch)["test_accuracy_flip_tta"]
+        run_info["final"]["test_accuracy_flip_tta"] = tta
+        print(f"Test accuracy: {run_info['final']['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA")
     clock.update()
     return run_info

@@ -12,6 +12,7 @@ from pathlib import Path
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.flags import add_model_flags, check_model_flags
+from keras_ultimus.recipe_options import RecipeOptions, add_recipe_flags
 
 # Flags that --resume accepts: they don't change what the run computes.
 RESUME_FLAGS = {"resume", "data", "verbose"}
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_true", help="TF: BatchNormalization(synchronized=True) across replicas")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     add_model_flags(p)
+    add_recipe_flags(p)
     return p
 
 
@@ -119,6 +121,10 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"--max-lr must be a positive number or 'auto', got {args.max_lr}")
     if not 0 <= args.pct_start < 1:
         raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
+    try:
+        RecipeOptions.from_config(vars(args))
+    except ValueError as e:
+        raise UserError(f"recipe flags: {e}") from None
     if args.sync_bn and args.distribute != "mirrored":
         raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
 

@@ -138,3 +138,48 @@ def test_attention_softmax_runs_in_float32_under_mixed_precision(policy):
     scores = q[:, :, None] * k[:, None, :] / np.sqrt(layer.key_dim)
     e = np.exp(scores - scores.max(-1, keepdims=True))
     np.testing.assert_allclose(ops.convert_to_numpy(am), e / e.sum(-1, keepdims=True), atol=1e-5)
+
+
+def numpy_batch_and_elementwise(layer: UltimusLayer, x: np.ndarray) -> np.ndarray:
+    """Independent reference for the original code's two readings, written with explicit loops."""
+    w = {d.name: [ops.convert_to_numpy(v) for v in d.weights] for d in
+         (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)}
+    x = x.astype(np.float64)
+    q, k, v = (x @ w[n][0] + w[n][1] for n in ("query", "key", "value"))
+    d, n = layer.key_dim, len(x)
+    if layer.attention == "batch":
+        scores = np.array([[sum(q[b, i] * k[b, j] for b in range(n)) for j in range(d)] for i in range(d)])
+        e = np.exp(scores / np.sqrt(d) - (scores / np.sqrt(d)).max(1, keepdims=True))
+        am = e / e.sum(1, keepdims=True)
+        z = np.array([[sum(v[b, i] * am[i, j] for i in range(d)) for j in range(d)] for b in range(n)])
+    else:
+        scores = q * k / np.sqrt(d)
+        e = np.exp(scores - scores.max(1, keepdims=True))
+        z = v * e / e.sum(1, keepdims=True)
+    return z @ w["output"][0] + w["output"][1]
+
+
+@pytest.mark.parametrize("attention", ["batch", "elementwise"])
+def test_the_original_codes_two_attention_readings_match_numpy(attention):
+    x = np.random.default_rng(1).normal(size=(6, 48)).astype("float32") * 3.0
+    layer = UltimusLayer(attention=attention)
+    got = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(got, numpy_batch_and_elementwise(layer, x), rtol=1e-4, atol=1e-4)
+    assert layer.count_params() == 3 * (48 * 8 + 8) + 8 * 48 + 48
+
+
+def test_batch_attention_mixes_samples_and_the_others_do_not():
+    x = np.random.default_rng(2).normal(size=(4, 48)).astype("float32")
+    changed = x.copy()
+    changed[3] += 5.0
+    for attention, mixes in (("sample", False), ("elementwise", False), ("batch", True)):
+        layer = UltimusLayer(attention=attention)
+        first, second = (ops.convert_to_numpy(layer(a))[:3] for a in (x, changed))
+        assert (not np.allclose(first, second, atol=1e-6)) == mixes, attention
+
+
+def test_attention_round_trips_through_the_config_and_rejects_unknown_kinds():
+    layer = UltimusLayer(attention="elementwise")
+    assert UltimusLayer.from_config(layer.get_config()).attention == "elementwise"
+    with pytest.raises(ValueError, match="attention"):
+        UltimusLayer(attention="global")

@@ -133,3 +133,54 @@ def test_flag_parsers():
             parse_conv_widths(bad)
     with pytest.raises(ValueError, match="'max' is not one of none, pool, stride"):
         parse_downsample("none,max")
+
+
+def resnet_hand_count(widths: list[int], num_blocks: int = 4, key_dim: int = 8) -> int:
+    """Independent count for a residual stem: per stage, three 3x3 convs without bias and three BNs."""
+    total, c = 0, 3
+    for w in widths:
+        total += (c * w * 9 + 2 * w) + 2 * (w * w * 9 + 2 * w)
+        c = w
+    block = 3 * (c * key_dim + key_dim) + key_dim * c + c
+    return total + num_blocks * block + c * 10 + 10
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(conv_widths=(16, 32, 64), stem="resnet", num_blocks=1, key_dim=16),
+    dict(conv_widths=(8, 8, 8, 8, 8), stem="resnet", pooling="max", attention="elementwise"),
+])
+def test_a_resnet_stem_counts_and_shapes_as_planned(kwargs):
+    model = build_model(**kwargs)
+    assert trainable_count(model) == trainable_params(**kwargs) == resnet_hand_count(
+        list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8))
+    stages = len(kwargs["conv_widths"])
+    assert model.get_layer(f"stage{stages}_add").output.shape[1:3] == (32 >> stages, 32 >> stages)
+    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
+
+
+@pytest.mark.parametrize("attention", ["sample", "batch", "elementwise"])
+def test_the_reference_keeps_192778_parameters_with_every_attention_and_pooling(attention):
+    for pooling in ("avg", "max"):
+        assert trainable_count(build_model(attention=attention, pooling=pooling)) == 192_778
+
+
+def test_max_pooling_takes_the_largest_activation_of_each_channel():
+    model = build_model(conv_widths=(4,), num_blocks=1, pooling="max")
+    features = keras.Model(model.inputs, model.get_layer("gmp").output)
+    stem = keras.Model(model.inputs, model.get_layer("bn1").output)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    want = keras.ops.convert_to_numpy(stem(images)).max(axis=(1, 2))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(features(images)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stem="resnet", conv_widths=(8,) * 6), "at most 5 stages"),
+    (dict(stem="resnet", conv_widths=(8, 8), downsample=("pool",)), "downsample"),
+    (dict(stem="unet"), "stem"),
+    (dict(pooling="sum"), "pooling"),
+])
+def test_bad_stem_and_pooling_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainable_params(**kwargs)

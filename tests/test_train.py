@@ -134,7 +134,7 @@ BAD_INPUTS = [
     (["--config", "{tmp}/bool.json"], "--config key 'residual': expected true or false, got 'yes'"),
     (["--config", "{tmp}/choice.json"], "--config key 'scale': expected one of ['pre', 'post'], got 'mid'"),
     (["--config", "{tmp}/widths.json"], "model flags: `conv_widths` must be one or more positive integers"),
-    (["--config", "{tmp}/typo.json"], "unknown key(s) epoch, num_block; valid keys: augment, batch_size"),
+    (["--config", "{tmp}/typo.json"], "unknown key(s) epoch, num_block; valid keys: attention, augment, batch_size"),
     (["--resume", "{tmp}"], "not a run folder (no run.json)"),
     (["--sync-bn"], "--sync-bn needs --distribute mirrored (TensorFlow)"),
     (["--max-lr", "fast"], None),  # argparse's own type check, reported in one line by errors.ArgumentParser

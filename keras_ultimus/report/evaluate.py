@@ -11,8 +11,9 @@ from keras_ultimus.errors import UserError, one_line
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.loading import load_keras_model
 from keras_ultimus.model import CLASS_NAMES, build_model
-from keras_ultimus.recipe import CSV_NAME, model_kwargs
-from keras_ultimus.report.runs import INFO_NAME, MODEL_NAME, Run, read_info, read_log
+from keras_ultimus.recipe import model_kwargs
+from keras_ultimus.report.runs import Run, read_info, read_log
+from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
 
 BATCH_SIZE = 250
 
@@ -72,14 +73,14 @@ class Check:
 
 
 def attention_model(model: keras.Model) -> keras.Model:
-    """`model` with one more output per Ultimus block: its per-sample attention map.
+    """`model` with one more output per Ultimus block of per-sample (`"sample"`) attention: its attention map.
 
     Each block gets a twin holding a copy of its weights, called with `return_attention_scores=True`:
     a Keras functional graph can't hold a second call of the same layer whose
     outputs have another structure than its first call's.
     """
     scores = []
-    for block in (layer for layer in model.layers if isinstance(layer, UltimusLayer)):
+    for block in (layer for layer in model.layers if isinstance(layer, UltimusLayer) and layer.attention == "sample"):
         twin = UltimusLayer.from_config({**block.get_config(), "name": f"{block.name}_attention"})
         scores.append(twin(block.input, return_attention_scores=True)[1])
         twin.set_weights(block.get_weights())

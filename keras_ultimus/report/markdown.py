@@ -11,7 +11,8 @@ from keras_ultimus import model
 from keras_ultimus.errors import UserError
 from keras_ultimus.recipe import CSV_NAME, model_kwargs
 from keras_ultimus.report import charts
-from keras_ultimus.report.runs import INFO_NAME, MODEL_NAME, Run
+from keras_ultimus.report.runs import Run
+from keras_ultimus.run_folder import INFO_NAME, MODEL_NAME
 from keras_ultimus.report.tables import (
     duration,
     epoch_table,

@@ -11,21 +11,22 @@ import keras_tuner as kt
 import numpy as np
 
 from keras_ultimus import recipe
-from keras_ultimus.model import DOWNSAMPLE, build_model, trainable_params
+from keras_ultimus.model import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
 from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
+from keras_ultimus.recipe_options import RecipeOptions
 from keras_ultimus.run_folder import CSV_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 REFERENCE_WIDTHS = (32, 256, 48)
-# A trial's configuration as `keras_ultimus.train` flag dests: `best.json` is a `--config` file as it is.
-CONFIG = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "max_lr")
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample")
+# The search spaces: "reference" searches the model and peak LR around the reference; "wide" adds the
+# residual stem, max pooling and the recipe options (keras_ultimus.recipe_options).
+SPACES = ("reference", "wide")
 
 
-def declare_space(hp: kt.HyperParameters) -> None:
-    """Declare every searched axis; the defaults are the reference model and recipe."""
+def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
+    """Declare every searched axis of `space`; the defaults are the reference model and recipe."""
     hp.Int("num_blocks", 1, 8, default=4)
     hp.Choice("key_dim", [4, 8, 16], default=8)
     hp.Choice("scale", ["pre", "post"], default="pre")
@@ -40,14 +41,23 @@ def declare_space(hp: kt.HyperParameters) -> None:
             hp.Choice(f"conv{i}_width", list(WIDTHS), default=default)
             if i > 1:
                 hp.Choice(f"down{i - 1}", list(DOWNSAMPLE), default="none")
+    if space == "wide":
+        hp.Choice("stem", list(STEMS), default="plain")
+        hp.Choice("pooling", list(POOLING), default="avg")
+        hp.Choice("label_smoothing", [0.0, 0.1, 0.2], default=0.0)
+        hp.Choice("weight_decay", [0.0, 0.004, 0.04], default=0.0)
+        hp.Choice("ema", [0.0, 0.99], default=0.0)
 
 
 def trial_config(values: dict) -> dict:
-    """A trial's hyperparameter values as a train config (conv_widths and downsample as lists)."""
+    """A trial's hyperparameter values as a train config: `best.json` is a `train --config` file as it is."""
     n = int(values["num_convs"])
     config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
     config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
     config["downsample"] = [values[f"down{i}"] for i in range(1, n)]
+    config.update({k: values[k] for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema") if k in values})
+    if config.get("stem") == "resnet":
+        config["downsample"] = None  # every residual stage pools
     return config
 
 
@@ -55,7 +65,7 @@ def budget_reason(values: dict, max_params: int) -> str | None:
     """Why a trial's values must not be trained (an impossible stem, or over the parameter budget), else None."""
     config = trial_config(values)
     try:
-        params = trainable_params(**{k: config[k] for k in MODEL_ARGS})
+        params = trainable_params(**recipe.model_kwargs(config))
     except ValueError as e:
         return f"invalid: {e}"
     if params > max_params:
@@ -89,6 +99,7 @@ class UltimusHyperModel(kt.HyperModel):
         pipeline: str. `"auto"`, `"tfdata"` or `"numpy"`, as `train --pipeline`. Defaults to `"auto"`.
         plan: a `keras_ultimus.distribute.Plan` whose scope each trial builds,
             compiles and fits in. Defaults to `None` (one device).
+        space: str. `"reference"` or `"wide"` (see `SPACES`). Defaults to `"reference"`.
     """
 
     def __init__(
@@ -101,6 +112,7 @@ class UltimusHyperModel(kt.HyperModel):
         jit: str = "auto",
         pipeline: str = "auto",
         plan=None,
+        space: str = "reference",
         **kwargs,
     ):
         super().__init__(name="ultimus", **kwargs)
@@ -112,15 +124,16 @@ class UltimusHyperModel(kt.HyperModel):
         self.jit = jit
         self.pipeline = pipeline
         self.plan = plan
+        self.space = space
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """Build an uncompiled Ultimus model; `fit` compiles it once the step count is known."""
-        declare_space(hp)
+        declare_space(hp, self.space)
         config = trial_config(hp.values)
         recipe.seed_everything(self.seed)
         keras.config.set_dtype_policy(self.precision)  # this process builds trial models only
         with self._scope():
-            return build_model(**{k: config[k] for k in MODEL_ARGS})
+            return build_model(**recipe.model_kwargs(config))
 
     def _scope(self):
         return self.plan.scope() if self.plan is not None else nullcontext()
@@ -150,10 +163,11 @@ class UltimusHyperModel(kt.HyperModel):
         train_ds, data_epoch = train_data(x, y, self.batch_size, self.seed, self.augment, kind=pipeline)
         val_ds = eval_data(*validation_data, self.batch_size, kind=pipeline)
         steps = batches_per_epoch(len(x), self.batch_size) * epochs
-        with self._scope():
-            recipe.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit)
-        tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         config = trial_config(hp.values)
+        options = RecipeOptions.from_config(config)
+        with self._scope():
+            recipe.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit, options)
+        tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {config}")
         csv = keras.callbacks.CSVLogger(os.path.join(folder, CSV_NAME))
         with self._scope():
@@ -162,12 +176,12 @@ class UltimusHyperModel(kt.HyperModel):
                 validation_data=val_ds,
                 epochs=epochs,
                 shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-                callbacks=[data_epoch, recipe.EpochStats(), csv, *callbacks],
+                callbacks=[data_epoch, *recipe.recipe_callbacks(options), recipe.EpochStats(), csv, *callbacks],
                 verbose=verbose,
             )
         record = {
             "tuner_id": tuner_id,
-            "trainable_params": trainable_params(**{k: config[k] for k in MODEL_ARGS}),
+            "trainable_params": trainable_params(**recipe.model_kwargs(config)),
             "epochs_run": len(history.epoch),
             "schedule_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),

@@ -13,6 +13,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT = ("auto", "on", "off")
 PIPELINES = ("auto", "tfdata", "numpy")
 DISTRIBUTE = ("none", "mirrored", "data-parallel", "multi-worker")
+SPACES = ("reference", "wide")  # as keras_ultimus.tuner.hypermodel.SPACES (tested), without Keras
 
 
 def parser() -> ArgumentParser:
@@ -34,6 +35,8 @@ def parser() -> ArgumentParser:
                    "for the objective (default: 0.1, i.e. 45,000 / 5,000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
+                   "the reference; wide: also the residual stem, max pooling, label smoothing, weight decay, EMA")
     g = p.add_argument_group("how each trial trains (as keras_ultimus.train)")
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy")
     g.add_argument("--jit", choices=JIT, default="auto", help="XLA compilation (auto: Keras' default)")

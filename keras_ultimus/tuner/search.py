@@ -21,14 +21,15 @@ from keras_ultimus.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import UserError
 from keras_ultimus.pipelines import eval_data
 from keras_ultimus.run_folder import write_atomic
-from keras_ultimus.tuner.hypermodel import CONFIG, FIT_NAME, budget_reason, declare_space, trial_config
+from keras_ultimus.tuner.hypermodel import FIT_NAME, budget_reason, declare_space, trial_config
 
 OBJECTIVE = "val_accuracy"
 ALGORITHMS = ("hyperband", "bayesian", "random")
 MAX_PARAMS = 250_000
 # Flags that define a search; resuming with other values would mix two searches.
 # (--max-trials may change: a search can be resumed with a larger budget.)
-SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision")
+SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision",
+            "space")
 # The files of a search folder.
 LEADERBOARD_NAME, BEST_NAME, RESULT_NAME, SEARCH_NAME = "leaderboard.csv", "best.json", "result.json", "search.json"
 SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
@@ -122,7 +123,7 @@ class UltimusTuner(kt.Tuner):
         pooled after every conv). This is the override point it documents.
         """
         hp = self.oracle.get_space()
-        declare_space(hp)
+        declare_space(hp, getattr(self.hypermodel, "space", "reference"))
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
@@ -170,7 +171,7 @@ def make_tuner(
 def _config_columns(values: dict) -> dict:
     config = trial_config(values)
     config["conv_widths"] = ",".join(map(str, config["conv_widths"]))
-    config["downsample"] = ",".join(config["downsample"])
+    config["downsample"] = ",".join(config["downsample"] or [])
     return config
 
 
@@ -200,7 +201,8 @@ def leaderboard(tuner: kt.Tuner) -> pd.DataFrame:
                 "trainable_params": s.get("trainable_params")} for s in getattr(tuner.oracle, "skipped", [])]
     table = pd.concat([trained, pd.DataFrame(skipped)], ignore_index=True) if skipped else trained
     extra = sorted(c for c in table.columns if c.startswith("tuner/"))
-    return table.reindex(columns=["trial_id", "status", "reason", *CONFIG, *extra, *stats]).reset_index(drop=True)
+    config = [c for c in table.columns if c not in {"trial_id", "status", "reason", *extra, *stats}]
+    return table.reindex(columns=["trial_id", "status", "reason", *config, *extra, *stats]).reset_index(drop=True)
 
 
 def best_config(values: dict, batch_size: int) -> dict:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and mode != "worker":  # a worker never wipes the shared folder: the chief (or launcher) does
         shutil.rmtree(out, ignore_errors=True)
     hypermodel = UltimusHyperModel(args.batch_size, seed=args.seed, precision=args.precision, jit=args.jit,
-                                   pipeline=pipeline, plan=plan)
+                                   pipeline=pipeline, plan=plan, space=args.space)
     tuner = search.make_tuner(args.algorithm, out, hypermodel, args.epochs, args.max_trials, args.seed,
                               args.max_params, overwrite=False, strategy=plan.strategy)
     if mode != "worker":
