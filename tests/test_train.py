@@ -377,3 +377,34 @@ def test_trains_where_tensorflow_cannot_be_imported(tmp_path, fake_cifar_tarball
     assert info["backend"] == backend and info["pipeline"] == "numpy" and "tensorflow" not in info["versions"]
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0, 1]
     assert (out / "model.keras").is_file() and (out / "best.keras").is_file()
+
+
+@pytest.mark.multi_backend
+def test_recipe_options_and_model_options_train_and_are_recorded(tmp_path, fake_cifar_tarball):
+    out = tmp_path / "run"
+    options = ["--optimizer", "sgd", "--max-lr", "0.05", "--weight-decay", "0.0005", "--label-smoothing", "0.1",
+               "--ema", "0.9", "--tta", "flip", "--stem", "resnet", "--pooling", "max", "--attention", "elementwise"]
+    assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "1",
+                       "--conv-widths", "4,8", "--batch-size", "32", *options]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert {k: info["config"][k] for k in ("optimizer", "weight_decay", "label_smoothing", "ema", "tta", "stem",
+                                           "pooling", "attention")} == {
+        "optimizer": "sgd", "weight_decay": 0.0005, "label_smoothing": 0.1, "ema": 0.9, "tta": "flip",
+        "stem": "resnet", "pooling": "max", "attention": "elementwise"}
+    final = info["final"]
+    assert 0 <= final["test_accuracy_flip_tta"] <= 1 and "test_accuracy_flip_tta" not in pd.read_csv(out / "log.csv")
+    model = load_keras_model(out / "model.keras")
+    assert model.get_layer("ultimus1").attention == "elementwise" and model.get_layer("gmp")
+    assert train.main(["--config", str(out / "run.json"), "--out", str(tmp_path / "x")]) == 2  # not a flat config
+
+
+def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys):
+    for flags, match in ((["--ema", "1.5"], "ema"), (["--optimizer", "lion"], "invalid choice"),
+                         (["--weight-decay", "-1"], "weight_decay")):
+        try:
+            code = train.main(["--out", str(tmp_path / "run"), *flags])
+        except SystemExit as e:  # argparse's own checks exit; ours return
+            code = e.code
+        assert code == 2
+        assert match in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
