@@ -1,6 +1,7 @@
 """Keras 3 multi-backend Ultimus CIFAR-10 classifier.
 
-Importing the package registers `UltimusLayer` and `OneCycle` with Keras, so
+Importing the package registers its Keras serializables (`UltimusLayer`,
+`OneCycle`, the smoothed loss and the loss-scale optimizer) with Keras, so
 `keras.saving.load_model` finds them, as for any Keras extension. It does so
 without starting Keras itself: if Keras is already imported, they register at
 once; if not, they register the moment Keras is imported. A CLI can so set
@@ -16,9 +17,9 @@ import sys
 __version__ = "0.2.0"
 __all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
 
-_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules", "fit": "training.fit"}
+_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules", "fit": "training"}
 # The modules whose import registers a Keras serializable.
-_SERIALIZABLES = ("keras_ultimus.layers", "keras_ultimus.schedules")
+_SERIALIZABLES = ("keras_ultimus.layers", "keras_ultimus.schedules", "keras_ultimus.losses", "keras_ultimus.compiling")
 
 
 def __getattr__(name: str):

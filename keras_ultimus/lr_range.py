@@ -187,14 +187,15 @@ def find_lr(
     """Run the LR range test for the model and data of a run `config` into folder `out`; return lr_find.json.
 
     The model is built and compiled as `recipe.train` does it (`recipe.build` under
-    config["precision"], `recipe.compile_model` with config["jit"]), then given a
+    config["precision"], `compiling.compile_model` with config["jit"]), then given a
     float LR; the data are the training split of `data` (as `train()` takes it)
     through the same pipeline (config["pipeline"]), seeded by config["seed"].
     `steps` defaults to one epoch. The suggested peak LR is `result["suggested"]`.
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
-    from keras_ultimus.recipe import build, compile_model, environment, seed_everything
+    from keras_ultimus.compiling import compile_model
+    from keras_ultimus.recipe import build, environment, seed_everything
     from keras_ultimus.recipe_options import RecipeOptions
     from keras_ultimus.run_folder import write_atomic
 

@@ -174,7 +174,7 @@ def measure_backend(
     """
     from keras_ultimus import distribute, pipelines
     from keras_ultimus.model import build_model
-    from keras_ultimus.recipe import compile_model
+    from keras_ultimus.compiling import compile_model
 
     kind = pipelines.resolve(pipeline)
     if images is None:

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -10,134 +9,11 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.flags import add_model_flags, check_model_flags
-from keras_ultimus.recipe_options import RecipeOptions, add_recipe_flags
+from keras_ultimus.errors import UserError, cli
+from keras_ultimus.flags import check_model_flags
+from keras_ultimus.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
+from keras_ultimus.run_folder import check_new_folder
 
-# Flags that --resume accepts: they don't change what the run computes.
-RESUME_FLAGS = {"resume", "data", "verbose"}
-# Not part of a run's config.
-NOT_CONFIG = {"config", "resume", "out", "verbose"}
-
-
-def max_lr(text: str) -> float | str:
-    """A --max-lr value: a number, or "auto"."""
-    return text if text == "auto" else float(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Flags map one-to-one onto `build_model` and `fit` arguments."""
-    p = ArgumentParser(prog="python -m keras_ultimus.train",
-                       description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
-    p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
-    p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
-                   "(default: $CIFAR10_PATH, else TFDS)")
-    p.add_argument("--out", help="new run folder (default: runs/ultimus-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch")
-    p.add_argument("--epochs", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--max-lr", type=max_lr, default=0.003,
-                   help="one-cycle peak LR for Adam, or 'auto': run the LR range test first and use its suggestion")
-    p.add_argument("--pct-start", type=float, default=0.25, help="fraction of steps spent warming up")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, help="use only the first N test images")
-    p.add_argument("--deterministic", action="store_true",
-                   help="reruns with the same seed give identical logs and weights (TF op determinism)")
-    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
-                   help="Keras dtype policy; mixed_float16 adds dynamic loss scaling")
-    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
-                   help="XLA compilation of the train step (auto: Keras' default for the backend)")
-    p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
-                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy)")
-    p.add_argument("--distribute", choices=("none", "mirrored", "data-parallel", "multi-worker"), default="none",
-                   help="mirrored: TF MirroredStrategy; data-parallel: JAX keras.distribution.DataParallel "
-                   "(several processes via KERAS_DISTRIBUTION_* env vars); multi-worker: refused (keras#20585)")
-    p.add_argument("--devices", type=int, help="make N logical CPU devices (CPU-only machines, to try data parallelism)")
-    p.add_argument("--sync-bn", action="store_true", help="TF: BatchNormalization(synchronized=True) across replicas")
-    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
-    add_model_flags(p)
-    add_recipe_flags(p)
-    return p
-
-
-def config_value(action: argparse.Action, value: object) -> object:
-    """Check one --config value against its flag's type; return it, or raise UserError naming the key."""
-    key = action.dest
-    if action.nargs == 0:  # store_true / store_false
-        ok = isinstance(value, bool)
-    elif value is None:
-        ok = action.default is None
-    elif action.choices:
-        ok = value in action.choices
-    elif action.type is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif action.type in (float, max_lr):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-        if action.type is max_lr and value == "auto":
-            ok = True
-    elif key in ("conv_widths", "downsample"):
-        ok = isinstance(value, (str, list))
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        expected = (f"one of {list(action.choices)}" if action.choices else "true or false" if action.nargs == 0
-                    else "a number or 'auto'" if action.type is max_lr else getattr(action.type, "__name__", "str"))
-        raise UserError(f"--config key {key!r}: expected {expected}, got {value!r}")
-    return value
-
-
-def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
-    """Read a --config JSON file of flag dests; every key must be a flag and every value of its type."""
-    file = Path(path)
-    if file.is_dir():
-        raise UserError(f"--config {path}: is a folder, not a JSON file")
-    try:
-        values = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"--config {path}: cannot read ({type(e).__name__}: {e})") from None
-    except ValueError as e:
-        raise UserError(f"--config {path}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise UserError(f"--config {path}: expected a JSON object of flag values")
-    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_CONFIG | {"help"}}
-    unknown = sorted(set(values) - set(actions))
-    if unknown:
-        raise UserError(f"--config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(actions))}")
-    return {key: config_value(actions[key], value) for key, value in values.items()}
-
-
-def check(args: argparse.Namespace) -> None:
-    """Check flag values (raises UserError, one line)."""
-    for flag in ("epochs", "batch_size", "limit_train", "limit_test", "devices"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.max_lr != "auto" and not (math.isfinite(args.max_lr) and args.max_lr > 0):
-        raise UserError(f"--max-lr must be a positive number or 'auto', got {args.max_lr}")
-    if not 0 <= args.pct_start < 1:
-        raise UserError(f"--pct-start must be in [0, 1), got {args.pct_start}")
-    try:
-        RecipeOptions.from_config(vars(args))
-    except ValueError as e:
-        raise UserError(f"recipe flags: {e}") from None
-    if args.sync_bn and args.distribute != "mirrored":
-        raise UserError("--sync-bn needs --distribute mirrored (TensorFlow)")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags; --config values become defaults that flags override."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**read_config(parser, args.config))
-        args = parser.parse_args(argv)
-    check(args)
-    return args
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -185,17 +61,6 @@ def new_run(args: argparse.Namespace) -> tuple[Path, dict]:
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     config["data"] = args.data or os.environ.get("CIFAR10_PATH")
     return out, config
-
-
-def check_new_folder(out: Path) -> None:
-    """A new run folder must not exist yet (an empty folder is fine), nor sit below a file."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {out}: run folder exists; pick a new --out or --resume it")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"--out {out}: {parent} is a file, not a folder")
 
 
 @cli

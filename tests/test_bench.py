@@ -105,7 +105,7 @@ def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
 
 def test_train_speed_times_every_step_and_refuses_data_that_runs_out():
     from keras_ultimus import pipelines
-    from keras_ultimus.recipe import compile_model
+    from keras_ultimus.compiling import compile_model
 
     images, labels = speed.synthetic_cifar(8 * 2 * 3)
     model = build_model(conv_widths=(4, 8), num_blocks=1)

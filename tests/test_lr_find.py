@@ -17,7 +17,7 @@ from keras_ultimus.cifar10 import TEST_FILE, TRAIN_FILES
 from keras_ultimus.errors import UserError
 from keras_ultimus.lr_find import main
 from keras_ultimus.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
-from keras_ultimus.recipe import compile_model
+from keras_ultimus.compiling import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

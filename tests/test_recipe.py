@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_ultimus import recipe
+from keras_ultimus import callbacks, compiling, recipe
 from keras_ultimus.schedules import OneCycle
 
 pytestmark = pytest.mark.multi_backend
@@ -36,9 +36,9 @@ def lr(optimizer) -> float:
 
 def test_a_step_skipped_by_loss_scaling_still_moves_the_schedule():
     model = float16_model()
-    recipe.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
+    compiling.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
     optimizer = model.optimizer
-    assert isinstance(optimizer, recipe.LossScaleOptimizer)
+    assert isinstance(optimizer, compiling.LossScaleOptimizer)
     x, y = batches_with_an_overflow()
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     # The overflow halved the scale (the step was skipped) but every batch counts for the schedule.
@@ -49,7 +49,7 @@ def test_a_step_skipped_by_loss_scaling_still_moves_the_schedule():
 
 
 def test_keras_loss_scaling_alone_would_fall_behind():
-    """Why recipe.LossScaleOptimizer exists: Keras' own leaves `iterations` alone on a skipped step."""
+    """Why compiling.LossScaleOptimizer exists: Keras' own leaves `iterations` alone on a skipped step."""
     model = float16_model()
     model.compile(optimizer=keras.optimizers.Adam(OneCycle(0.01, 8)), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), jit_compile=False)
@@ -61,19 +61,19 @@ def test_keras_loss_scaling_alone_would_fall_behind():
 
 def test_loss_scale_optimizer_round_trips_through_a_keras_file(tmp_path):
     model = float16_model()
-    recipe.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
+    compiling.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
     x, y = batches_with_an_overflow()
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras")
-    assert isinstance(restored.optimizer, recipe.LossScaleOptimizer)
+    assert isinstance(restored.optimizer, compiling.LossScaleOptimizer)
     assert int(keras.ops.convert_to_numpy(restored.optimizer.iterations)) == 4
 
 
 def test_float32_and_bfloat16_models_get_no_loss_scaling():
     for policy in ("float32", "mixed_bfloat16"):
         model = recipe.build({"conv_widths": [4, 8], "num_blocks": 1}, policy)
-        recipe.compile_model(model, 0.01, 10)
+        compiling.compile_model(model, 0.01, 10)
         assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert model.get_layer("conv1").dtype_policy.name == policy
     assert keras.config.dtype_policy().name == "float32"  # build restores the global policy
@@ -82,7 +82,7 @@ def test_float32_and_bfloat16_models_get_no_loss_scaling():
 @pytest.mark.parametrize("jit, expected", [("on", True), ("off", False)])
 def test_jit_flag_reaches_compile(jit, expected):
     model = recipe.build({"conv_widths": [4, 8], "num_blocks": 1})
-    recipe.compile_model(model, 0.01, 10, jit=jit)
+    compiling.compile_model(model, 0.01, 10, jit=jit)
     assert model.jit_compile is expected
 
 
@@ -91,7 +91,7 @@ def test_trim_log_drops_epochs_that_run_again_and_restores_the_best(tmp_path):
     pd.DataFrame({"epoch": range(5), "val_accuracy": [0.1, 0.5, 0.3, 0.9, 0.2]}).to_csv(csv, index=False)
     best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
                                            save_best_only=True)
-    trim = recipe.TrimLog(csv, best)
+    trim = callbacks.TrimLog(csv, best)
     trim.on_epoch_begin(3)  # BackupAndRestore restored after epoch 2 (a skip-shifted step count can't fool it)
     trim.on_epoch_begin(4)  # only the first call trims
     assert pd.read_csv(csv)["epoch"].tolist() == [0, 1, 2] and best.best == 0.5
@@ -102,7 +102,7 @@ def test_trim_log_drops_epoch_0_when_a_kill_came_before_its_first_backup(tmp_pat
     pd.DataFrame({"epoch": [0], "val_accuracy": [0.4]}).to_csv(csv, index=False)
     best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
                                            save_best_only=True)
-    recipe.TrimLog(csv, best).on_epoch_begin(0)  # no backup yet: fit starts again at epoch 0
+    callbacks.TrimLog(csv, best).on_epoch_begin(0)  # no backup yet: fit starts again at epoch 0
     assert pd.read_csv(csv)["epoch"].tolist() == [] and "Resumed" not in capsys.readouterr().out
 
 
@@ -110,13 +110,13 @@ def test_trim_log_leaves_a_fresh_run_alone(tmp_path):
     csv = tmp_path / "log.csv"
     csv.touch()  # CSVLogger opens its file before the first epoch begins
     best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", save_best_only=True)
-    recipe.TrimLog(csv, best).on_epoch_begin(0)
+    callbacks.TrimLog(csv, best).on_epoch_begin(0)
     assert csv.read_text() == ""
 
 
 def test_run_clock_writes_every_segment_at_each_epoch_end(tmp_path):
     info = {"segments_seconds": [12.5]}  # a killed segment's time, written at its last epoch end
-    clock = recipe.RunClock(info, tmp_path / "run.json", start=0.0)
+    clock = callbacks.RunClock(info, tmp_path / "run.json", start=0.0)
     clock.on_epoch_end(0)
     written = json.loads((tmp_path / "run.json").read_text())
     assert len(written["segments_seconds"]) == 2 and written["segments_seconds"][1] > 0

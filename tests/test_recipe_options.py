@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus import recipe
+from keras_ultimus import callbacks, compiling
 from keras_ultimus.evaluation import accuracies
 from keras_ultimus.losses import SmoothedSparseCrossentropy
 from keras_ultimus.recipe_options import RecipeOptions, add_recipe_flags
@@ -35,23 +35,23 @@ def test_label_smoothing_loss_matches_numpy_and_round_trips():
 
 def test_the_default_options_compile_the_reference_recipe():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    recipe.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
+    compiling.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
     optimizer = model.optimizer
     assert isinstance(optimizer, keras.optimizers.Adam) and not isinstance(optimizer, keras.optimizers.AdamW)
     assert not optimizer.use_ema
     assert model.optimizer.weight_decay is None
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
-    assert recipe.recipe_callbacks(RecipeOptions()) == []
+    assert callbacks.recipe_callbacks(RecipeOptions()) == []
 
 
 def test_sgd_is_nesterov_with_the_given_momentum():
-    optimizer = recipe.make_optimizer(0.1, RecipeOptions(optimizer="sgd", momentum=0.85))
+    optimizer = compiling.make_optimizer(0.1, RecipeOptions(optimizer="sgd", momentum=0.85))
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov and optimizer.momentum == 0.85
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_weight_decay_shrinks_kernels_but_not_batchnorm_or_biases(name):
-    optimizer = recipe.make_optimizer(0.1, RecipeOptions(optimizer=name, weight_decay=0.5))
+    optimizer = compiling.make_optimizer(0.1, RecipeOptions(optimizer=name, weight_decay=0.5))
     if name == "adam":
         assert isinstance(optimizer, keras.optimizers.AdamW)
     weights = {n: keras.Variable(np.ones(3, "float32"), name=n) for n in ("kernel", "gamma", "beta", "bias")}
@@ -68,10 +68,10 @@ def test_ema_weights_are_validated_on_and_end_up_in_the_model():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     options = RecipeOptions(ema=0.9)
-    recipe.compile_model(model, max_lr=0.05, total_steps=8, jit="off", options=options)
+    compiling.compile_model(model, max_lr=0.05, total_steps=8, jit="off", options=options)
     start = [keras.ops.convert_to_numpy(w) for w in model.weights]
     history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), shuffle=False, verbose=0,
-                        callbacks=recipe.recipe_callbacks(options))
+                        callbacks=callbacks.recipe_callbacks(options))
     # The last validation ran on the EMA weights, and fit left the EMA weights in the model.
     assert model.evaluate(x, y, verbose=0)[0] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
     # An EMA of momentum 0.9 over 8 steps stays near the start: not the raw weights of the last step.

@@ -399,10 +399,10 @@ def test_recipe_options_and_model_options_train_and_are_recorded(tmp_path, fake_
 
 
 def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys):
-    for flags, match in ((["--ema", "1.5"], "ema"), (["--optimizer", "lion"], "invalid choice"),
+    for given, match in ((["--ema", "1.5"], "ema"), (["--optimizer", "lion"], "invalid choice"),
                          (["--weight-decay", "-1"], "weight_decay")):
         try:
-            code = train.main(["--out", str(tmp_path / "run"), *flags])
+            code = train.main(["--out", str(tmp_path / "run"), *given])
         except SystemExit as e:  # argparse's own checks exit; ours return
             code = e.code
         assert code == 2

@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.recipe import compile_model  # noqa: E402
+from keras_ultimus.compiling import compile_model  # noqa: E402
 from keras_ultimus.tfdata import train_dataset  # noqa: E402
 
 

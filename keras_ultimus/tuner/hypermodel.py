@@ -10,7 +10,8 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_ultimus import recipe
+from keras_ultimus import callbacks as callbacks_lib
+from keras_ultimus import compiling, recipe
 from keras_ultimus.model import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
 from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
 from keras_ultimus.recipe_options import RecipeOptions
@@ -85,7 +86,7 @@ class UltimusHyperModel(kt.HyperModel):
     The stem has 2-6 convs, each of a width from `WIDTHS`, with `"none"`,
     `"pool"` or `"stride"` between two convs (`keras_ultimus.model.build_model`).
     Each trial trains as `keras_ultimus.train` trains: the shared recipe
-    (`recipe.compile_model`: Adam on a one-cycle schedule over the trial's
+    (`compiling.compile_model`: Adam on a one-cycle schedule over the trial's
     own epochs), the shared input pipelines (`keras_ultimus.pipelines`), and
     the same per-epoch CSV log, written into the trial's folder.
 
@@ -166,7 +167,7 @@ class UltimusHyperModel(kt.HyperModel):
         config = trial_config(hp.values)
         options = RecipeOptions.from_config(config)
         with self._scope():
-            recipe.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit, options)
+            compiling.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit, options)
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {config}")
         csv = keras.callbacks.CSVLogger(os.path.join(folder, CSV_NAME))
@@ -176,7 +177,7 @@ class UltimusHyperModel(kt.HyperModel):
                 validation_data=val_ds,
                 epochs=epochs,
                 shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-                callbacks=[data_epoch, *recipe.recipe_callbacks(options), recipe.EpochStats(), csv, *callbacks],
+                callbacks=[data_epoch, *callbacks_lib.recipe_callbacks(options), callbacks_lib.EpochStats(), csv, *callbacks],
                 verbose=verbose,
             )
         record = {

@@ -1,0 +1,84 @@
+"""The callbacks of a training run: per-epoch stats, log trimming on resume, run.json's clock, EMA, TensorBoard."""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from keras_ultimus.recipe_options import RecipeOptions
+from keras_ultimus.run_folder import write_atomic
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Add the learning rate and the epoch's wall time to the logs for CSVLogger."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
+
+
+class TrimLog(keras.callbacks.Callback):
+    """On a resumed fit, drop CSV rows of epochs that will run again and restore the best score.
+
+    The first `on_epoch_begin` gets the epoch `BackupAndRestore` restored; it,
+    not `optimizer.iterations`, says what was done (a step skipped by loss
+    scaling would otherwise shift the count).
+    """
+
+    def __init__(self, csv_path: Path, checkpoint: keras.callbacks.ModelCheckpoint):
+        super().__init__()
+        self.csv_path, self.checkpoint, self._first = csv_path, checkpoint, True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first:
+            return
+        self._first = False
+        # Also at epoch 0: a kill between epoch 0's CSV row and its first backup resumes there.
+        if self.csv_path.exists() and self.csv_path.stat().st_size:
+            log = pd.read_csv(self.csv_path)
+            kept = log[log["epoch"] < epoch]
+            if len(kept) < len(log):
+                kept.to_csv(self.csv_path, index=False)
+            if len(kept):
+                self.checkpoint.best = float(kept["val_accuracy"].max())
+        if epoch:
+            print(f"Resumed after epoch {epoch}.")
+
+
+class RunClock(keras.callbacks.Callback):
+    """Write the run's wall time into run.json at every epoch end, so a killed segment still counts."""
+
+    def __init__(self, run_info: dict, path: Path, start: float):
+        super().__init__()
+        self.run_info, self.path, self.start = run_info, path, start
+        run_info.setdefault("segments_seconds", []).append(0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.update()
+
+    def update(self) -> None:
+        """Record the time since this segment started and rewrite run.json."""
+        self.run_info["segments_seconds"][-1] = round(time.perf_counter() - self.start, 1)
+        self.run_info["wall_seconds"] = round(sum(self.run_info["segments_seconds"]), 1)
+        write_atomic(self.path, json.dumps(self.run_info, indent=2))
+
+
+def recipe_callbacks(options: RecipeOptions) -> list[keras.callbacks.Callback]:
+    """The callbacks a recipe needs in `fit`: validation on the EMA weights when there is an EMA."""
+    return [keras.callbacks.SwapEMAWeights()] if options.ema else []
+
+
+def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
+    """Keras' TensorBoard callback when TensorFlow is importable, else none (and one line saying so)."""
+    try:
+        from keras_ultimus import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
+    except ImportError:
+        print("TensorBoard logs need TensorFlow; skipping")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]

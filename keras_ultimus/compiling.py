@@ -1,0 +1,73 @@
+"""Compile a model with the run's recipe: optimizer on the one-cycle schedule, loss, loss scaling, XLA."""
+
+import keras
+
+from keras_ultimus.losses import SmoothedSparseCrossentropy
+from keras_ultimus.recipe_options import RecipeOptions
+from keras_ultimus.schedules import OneCycle
+
+# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
+JIT = {"auto": "auto", "on": True, "off": False}
+
+
+@keras.saving.register_keras_serializable(package="keras_ultimus")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, except that a skipped step still counts in `iterations`.
+
+    Keras' `LossScaleOptimizer` skips the update when the scaled gradients
+    overflow and leaves `iterations` alone, so a schedule driven by
+    `iterations` (OneCycle) would fall one step behind per skip and never
+    reach its end. PyTorch's `GradScaler` + `OneCycleLR` step the schedule
+    anyway; so does this.
+    """
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        trainable_variables, new_variables = super()._stateless_handle_non_finite_grads(
+            optimizer_variables, trainable_variables
+        )
+        i = next(i for i, v in enumerate(self.variables) if v is self.inner_optimizer.iterations)
+        new_variables[i] = new_variables[i] + 1
+        return trainable_variables, new_variables
+
+
+def make_optimizer(
+    schedule: keras.optimizers.schedules.LearningRateSchedule, options: RecipeOptions
+) -> keras.optimizers.Optimizer:
+    """Adam (the reference), AdamW when weight decay is set, or Nesterov SGD; with an EMA of the weights if asked.
+
+    Weight decay skips BatchNorm's gamma and beta and every bias.
+    """
+    ema = {"use_ema": True, "ema_momentum": options.ema} if options.ema else {}
+    if options.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=options.momentum, nesterov=True, weight_decay=options.weight_decay or None, **ema
+        )
+    elif options.weight_decay:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay, **ema)
+    else:
+        optimizer = keras.optimizers.Adam(schedule, **ema)
+    if options.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def compile_model(
+    model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto",
+    options: RecipeOptions = RecipeOptions(),
+) -> None:
+    """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
+
+    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
+    """
+    optimizer = make_optimizer(OneCycle(max_lr, total_steps, pct_start), options)
+    if model.dtype_policy.name == "mixed_float16":
+        optimizer = LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
+    if options.label_smoothing:
+        loss = SmoothedSparseCrossentropy(options.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit])

@@ -1,0 +1,84 @@
+"""Train from Python: `model, history = keras_ultimus.fit(epochs=2)`, the notebook face of `python -m keras_ultimus.train`."""
+
+import argparse
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_ultimus.errors import UserError
+from keras_ultimus.flags import check_model_flags
+from keras_ultimus.run_config import check_settings, default_config
+from keras_ultimus.run_folder import check_new_folder
+
+Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def fit(
+    data: str | os.PathLike | Arrays | None = None,
+    out: str | os.PathLike | None = None,
+    verbose: str | int = "auto",
+    **settings,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Train the Ultimus model as `python -m keras_ultimus.train` does; return the model and its `History`.
+
+    Args:
+        data: the local CIFAR-10 copy (`cifar-10-binary.tar.gz` or
+            `cifar-10-batches-bin/`), or in-memory arrays
+            `((x_train, y_train), (x_test, y_test))` of uint8 NHWC images and
+            integer labels. Defaults to `$CIFAR10_PATH`, else TFDS.
+        out: a new run folder to write (log.csv, run.json, checkpoints,
+            model.keras), resumable with `python -m keras_ultimus.train
+            --resume`. Defaults to `None`: nothing is written.
+        verbose: `model.fit`'s verbosity. Defaults to `"auto"`.
+        **settings: any run-config key of `train` (its flag names with `_`:
+            `epochs=2`, `conv_widths=[16, 32]`, `label_smoothing=0.1`, ...),
+            checked as `--config` checks them.
+
+    Example:
+
+    ```python
+    import keras_ultimus
+
+    model, history = keras_ultimus.fit(epochs=2, limit_train=2000)
+    history.history["val_accuracy"]
+    ```
+    """
+    from keras_ultimus.recipe import fit_run
+
+    config = {**default_config(), **check_settings(settings, "keras_ultimus.fit")}
+    if config["max_lr"] == "auto":
+        raise UserError("keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number")
+    parsed = argparse.Namespace(**config)
+    check_model_flags(parsed)  # parses conv_widths and downsample strings, checks the model settings
+    config = vars(parsed)
+    arrays = check_arrays(data) if isinstance(data, tuple) else None
+    config["data"] = None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
+    if out is not None:
+        out = Path(out)
+        check_new_folder(out)
+    if arrays is None:
+        from keras_ultimus.cifar10 import load_cifar10
+
+        arrays = load_cifar10(config["data"])
+    model, history, _ = fit_run(config, arrays, out, command="keras_ultimus.fit", verbose=verbose)
+    return model, history
+
+
+def check_arrays(data: tuple) -> Arrays:
+    """Check in-memory CIFAR-10-shaped arrays: uint8 (N, 32, 32, 3) images and N integer labels per split."""
+    try:
+        (x_train, y_train), (x_test, y_test) = data
+    except (TypeError, ValueError):
+        raise UserError("keras_ultimus.fit: data must be a path or ((x_train, y_train), (x_test, y_test))") from None
+    checked = []
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y).reshape(-1)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise UserError(f"keras_ultimus.fit: x_{split} must be uint8 of shape (N, 32, 32, 3), got "
+                            f"{x.dtype} {x.shape}")
+        if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or len(y) and not 0 <= y.min() <= y.max() < 10:
+            raise UserError(f"keras_ultimus.fit: y_{split} must hold one integer label in 0-9 per image")
+        checked.append((x, y.astype(np.int32)))
+    return tuple(checked)
