@@ -250,8 +250,23 @@ def portable_batchnorm(model: keras.Model) -> Iterator[None]:
 
 
 class PortableCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint whose files load on every backend, also for a --sync-bn model."""
+    """ModelCheckpoint whose files load on every backend, also for a --sync-bn model, and are whole or absent.
+
+    Each save goes to a partial file beside the checkpoint, which replaces it only once written: a kill or a full
+    disk in the middle of a save leaves the previous checkpoint as it was.
+    """
 
     def _save_model(self, epoch, batch, logs):
-        with portable_batchnorm(self.model):
-            super()._save_model(epoch, batch, logs)
+        final = Path(self.filepath)
+        partial = final.with_name(f".{final.stem}.partial{final.suffix}")
+        self.filepath = str(partial)
+        try:
+            with portable_batchnorm(self.model):
+                super()._save_model(epoch, batch, logs)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror, str(final)) from e
+        finally:
+            self.filepath = str(final)
+        if partial.exists():  # save_best_only skips epochs that are no better
+            partial.replace(final)

@@ -6,12 +6,16 @@ code 2, so no user ever sees a traceback for their own mistake.
 """
 
 import argparse
+import errno
 import functools
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 Main = Callable[[list[str] | None], int]
+# A write failed for want of space (a full disk, a quota, the file-size limit): these errnos, this exit code.
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+EXIT_NO_SPACE = 3
 
 
 class UserError(Exception):
@@ -32,7 +36,7 @@ def one_line(message: object) -> str:
 
 
 def cli(main: Main) -> Main:
-    """Wrap a CLI `main(argv) -> int`: UserError exits 2 with one line, Ctrl-C exits 130."""
+    """Wrap a CLI `main(argv) -> int`: UserError exits 2 and a full disk 3, each with one line; Ctrl-C exits 130."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -44,5 +48,11 @@ def cli(main: Main) -> Main:
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            print(f"error: {e.filename or 'a file'}: write failed ({e.strerror}); free space and run it again",
+                  file=sys.stderr)
+            return EXIT_NO_SPACE
 
     return wrapper

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_value(action: argparse.Action, value: object) -> object:
+def config_value(action: argparse.Action, value: object, source: str = "--config") -> object:
     """Check one --config value against its flag's type; return it, or raise UserError naming the key."""
     key = action.dest
     if action.nargs == 0:  # store_true / store_false
@@ -85,7 +85,7 @@ def config_value(action: argparse.Action, value: object) -> object:
     if not ok:
         expected = (f"one of {list(action.choices)}" if action.choices else "true or false" if action.nargs == 0
                     else "a number or 'auto'" if action.type is max_lr else getattr(action.type, "__name__", "str"))
-        raise UserError(f"--config key {key!r}: expected {expected}, got {value!r}")
+        raise UserError(f"{source} key {key!r}: expected {expected}, got {value!r}")
     return value
 
 
@@ -141,11 +141,11 @@ def default_config() -> dict:
     return {k: v for k, v in vars(build_parser().parse_args([])).items() if k not in NOT_CONFIG}
 
 
-def check_settings(settings: dict, source: str = "setting") -> dict:
+def check_settings(settings: dict, source: str = "setting", key_source: str = "--config") -> dict:
     """Check run-config keys and values as `--config` checks them; return them, each of its flag's type."""
     parser = build_parser()
     actions = {a.dest: a for a in parser._actions if a.dest not in NOT_CONFIG | {"help"}}
     unknown = sorted(set(settings) - set(actions))
     if unknown:
         raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(actions))}")
-    return {key: config_value(actions[key], value) for key, value in settings.items()}
+    return {key: config_value(actions[key], value, key_source) for key, value in settings.items()}

@@ -9,10 +9,12 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import UserError, cli
+from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
 from keras_ultimus.flags import check_model_flags
-from keras_ultimus.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
-from keras_ultimus.run_folder import check_new_folder
+from keras_ultimus.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, check_settings, default_config, parse_args
+from keras_ultimus.run_folder import (
+    CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
+)
 
 
 
@@ -25,17 +27,21 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 
 def read_run(folder: str) -> dict:
-    """The run.json of an unfinished run folder, for --resume."""
+    """The run.json of an unfinished run folder, for --resume; its config checked as a --config file is."""
     out = Path(folder)
-    if not (out / "run.json").is_file():
+    path = out / INFO_NAME
+    if not path.is_file():
         raise UserError(f"{out}: not a run folder (no run.json)")
     try:
-        info = json.loads((out / "run.json").read_text())
-        if "finished" in info:
-            raise UserError(f"{out}: run already finished at {info['finished']}")
-        info["config"]["seed"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{out / 'run.json'}: unreadable run record ({type(e).__name__}: {e})") from None
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable run record ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise UserError(f"{path}: not a run record (no \"config\" object)")
+    if "finished" in info:
+        raise UserError(f"{out}: run already finished at {info['finished']}")
+    # Keys a run predates take their defaults, which are what it ran with.
+    info["config"] = {**default_config(), **check_settings(info["config"], str(path), str(path))}
     return info
 
 
@@ -78,13 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ultimus import distribute
 
     plan = distribute.setup(config.get("distribute", "none"), config.get("devices"), config["batch_size"])
-    if not previous and plan.is_chief:
-        check_new_folder(out)
+    if not plan.is_chief:
+        return run(config, out, previous, plan, argv)
+    check_folder_path(out)
+    with FolderLock(out):  # a second command on this folder is refused, naming this process
+        if previous:
+            drop_partial_last_line(out / CSV_NAME)
+            check_log(out / CSV_NAME)
+        else:
+            check_new_folder(out)
+        return run(config, out, previous, plan, argv)
 
+
+def run(config: dict, out: Path, previous: dict | None, plan, argv: list[str] | None) -> int:
+    """Load the data, run the LR range test if asked, and train into `out`; return the exit code."""
     from keras_ultimus.cifar10 import load_cifar10
     from keras_ultimus.recipe import train
 
-    data = load_cifar10(config["data"])  # before the run folder exists
+    data = load_cifar10(config["data"])  # before anything but the lock is written
     command = shlex.join(["python", "-m", "keras_ultimus.train", *(sys.argv[1:] if argv is None else argv)])
     extra = {}
     if config["max_lr"] == "auto":
@@ -100,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with python -m keras_ultimus.train --resume {out}", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print(f"\nerror: {e.filename or out}: write failed ({e.strerror}); {out} keeps its last whole epoch: "
+              f"free space, then python -m keras_ultimus.train --resume {out}", file=sys.stderr)
+        return EXIT_NO_SPACE
     if plan.is_chief:
         print(f"Run folder: {out}  final: {info['final']}")
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 from keras_ultimus.errors import UserError
 from keras_ultimus.flags import check_model_flags
 from keras_ultimus.run_config import check_settings, default_config
-from keras_ultimus.run_folder import check_new_folder
+from keras_ultimus.run_folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -47,7 +47,7 @@ def fit(
     """
     from keras_ultimus.recipe import fit_run
 
-    config = {**default_config(), **check_settings(settings, "keras_ultimus.fit")}
+    config = {**default_config(), **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit")}
     if config["max_lr"] == "auto":
         raise UserError("keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number")
     parsed = argparse.Namespace(**config)
@@ -55,15 +55,17 @@ def fit(
     config = vars(parsed)
     arrays = check_arrays(data) if isinstance(data, tuple) else None
     config["data"] = None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
-    if out is not None:
-        out = Path(out)
-        check_new_folder(out)
     if arrays is None:
         from keras_ultimus.cifar10 import load_cifar10
 
         arrays = load_cifar10(config["data"])
-    model, history, _ = fit_run(config, arrays, out, command="keras_ultimus.fit", verbose=verbose)
-    return model, history
+    if out is None:
+        return fit_run(config, arrays, command="keras_ultimus.fit", verbose=verbose)[:2]
+    out = Path(out)
+    check_folder_path(out)
+    with FolderLock(out):
+        check_new_folder(out)
+        return fit_run(config, arrays, out, command="keras_ultimus.fit", verbose=verbose)[:2]
 
 
 def check_arrays(data: tuple) -> Arrays:
