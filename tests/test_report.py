@@ -433,7 +433,7 @@ def test_evaluate_recomputes_the_logged_final_test_accuracy(trained_run, capsys)
     # val_accuracy times 18 rounds back to a whole count). No tolerance needed on one backend.
     run, data = trained_run
     assert main(["--evaluate", str(run), "--data", str(data)]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line, tta_line = capsys.readouterr().out.strip().splitlines()[-2:]
     logged = pd.read_csv(run / "log.csv")["val_accuracy"].iloc[-1]
     assert f"log.csv's final val_accuracy {100 * logged:.2f}% (epoch 1): agree" in line
     model = keras.saving.load_model(run / "model.keras", compile=False)
@@ -441,6 +441,17 @@ def test_evaluate_recomputes_the_logged_final_test_accuracy(trained_run, capsys)
     correct = int((model.predict(x_test[:18].astype("float32"), verbose=0).argmax(1) == y_test[:18]).sum())
     assert correct == round(logged * 18)
     assert f"({correct:,} of 18 test images)" in line
+    mirrored = model.predict(x_test[:18, :, ::-1].astype("float32"), verbose=0)
+    plain = model.predict(x_test[:18].astype("float32"), verbose=0)
+    tta_correct = int((((plain + mirrored) / 2).argmax(1) == y_test[:18]).sum())
+    assert f"with flip TTA {100 * tta_correct / 18:.2f}% ({tta_correct} of 18)" in tta_line
+
+
+def test_evaluate_reads_the_data_path_run_json_recorded(trained_run, capsys, monkeypatch):
+    run, data = trained_run
+    monkeypatch.delenv("CIFAR10_PATH", raising=False)
+    assert main(["--evaluate", str(run)]) == 0
+    assert ": agree" in capsys.readouterr().out
 
 
 def test_evaluate_exits_1_when_the_log_disagrees_beyond_the_tolerance(trained_run, tmp_path, capsys):

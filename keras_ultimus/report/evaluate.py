@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_ultimus.cifar10 import load_cifar10
 from keras_ultimus.errors import UserError, one_line
+from keras_ultimus import evaluation
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.loading import load_keras_model
 from keras_ultimus.model import CLASS_NAMES, build_model
@@ -60,11 +61,17 @@ class Check:
     logged: float  # the log's final val_accuracy
     epoch: int  # 1-based
     log_name: str  # the log file it was checked against: log.csv, or NAME-log.csv in a multi-run report
+    tta_correct: int = 0  # with flip test-time augmentation: a separate figure, never the one checked against the log
 
     @property
     def accuracy(self) -> float:
         """The re-measured test accuracy."""
         return self.correct / self.images
+
+    @property
+    def tta_accuracy(self) -> float:
+        """The test accuracy with flip TTA (the mean of the logits of each image and its mirror image)."""
+        return self.tta_correct / self.images
 
     @property
     def logged_correct(self) -> int:
@@ -143,11 +150,18 @@ def check_saved_model(path: Path, data: str | None) -> Check:
     prefix = path.name[: -len(MODEL_NAME)] if path.is_file() and path.name.endswith(f"-{MODEL_NAME}") else ""
     log, info = read_log(folder / f"{prefix}{CSV_NAME}"), read_info(folder / f"{prefix}{INFO_NAME}")
     model = load_keras_model(path)
-    x_test, y_test = load_test_split(data)
+    x_test, y_test = load_test_split(data or recorded_data(info))
     limit, batch_size = info["config"].get("limit_test"), info["config"].get("batch_size", BATCH_SIZE)
     x_test, y_test = x_test[:limit], y_test[:limit]
-    logits = model.predict(x_test.astype("float32"), batch_size=batch_size, verbose=0)
-    correct = int(np.sum(np.argmax(logits, axis=-1) == y_test))
+    plain = evaluation.logits(model, x_test, batch_size)
+    tta = (plain + evaluation.logits(model, x_test, batch_size, mirrored=True)) / 2
+    correct, tta_correct = (int(np.sum(np.argmax(x, axis=-1) == y_test)) for x in (plain, tta))
     model_path = path / MODEL_NAME if path.is_dir() else path
     return Check(model_path, len(y_test), correct, float(log["val_accuracy"].iloc[-1]), int(log["epoch"].iloc[-1]),
-                 f"{prefix}{CSV_NAME}")
+                 f"{prefix}{CSV_NAME}", tta_correct)
+
+
+def recorded_data(info: dict) -> str | None:
+    """The data path a run recorded in run.json, if it is there on this machine; else None ($CIFAR10_PATH, TFDS)."""
+    data = info.get("config", {}).get("data")
+    return data if isinstance(data, str) and Path(data).exists() else None
