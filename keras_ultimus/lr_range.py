@@ -20,7 +20,8 @@ import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render with Agg
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.pipelines import batches_per_epoch, resolve, train_data
+from keras_ultimus.batching import batches_per_epoch
+from keras_ultimus.pipelines import resolve, train_data
 from keras_ultimus.plotting import save_png
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"

@@ -16,11 +16,6 @@ from keras_ultimus.errors import UserError
 KINDS = ("auto", "tfdata", "numpy")
 
 
-def batches_per_epoch(num_images: int, batch_size: int) -> int:
-    """Batches in one pass over `num_images`; the last one may be smaller (both pipelines keep it)."""
-    return -(-num_images // batch_size)
-
-
 def tensorflow_importable() -> bool:
     """Whether `import tensorflow` succeeds in this process (a stub that raises counts as absent)."""
     try:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import keras
 import numpy as np
 
-from keras_ultimus.pipelines import batches_per_epoch
+from keras_ultimus.batching import batches_per_epoch
 
 PAD = 4
 _ORDER, _AUGMENT = 0, 1  # stream tags: never let two streams share a key

@@ -21,7 +21,8 @@ from keras_ultimus.errors import UserError
 from keras_ultimus.evaluation import accuracies
 from keras_ultimus.loading import save_for_inference
 from keras_ultimus.model import build_model
-from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
+from keras_ultimus.batching import batches_per_epoch
+from keras_ultimus.pipelines import eval_data, resolve, train_data
 from keras_ultimus.provenance import git_state
 from keras_ultimus.recipe_options import RecipeOptions
 from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME

@@ -123,29 +123,24 @@ def eval_speed(model: keras.Model, dataset, steps: int, repeats: int, batch_size
 
 
 def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, batch_size: int) -> list[float]:
-    """Input-pipeline img/s alone: whole epochs fetched as `fit` fetches them (PyDataset workers included)."""
-    if hasattr(dataset, "element_spec"):  # tf.data
-        def batches(epoch):
-            data_epoch.on_epoch_begin(epoch)
+    """Input-pipeline img/s alone: whole epochs of batches, each epoch set up as `fit` sets it up.
+
+    tf.data runs as `fit` runs it; a `PyDataset` is read batch by batch through its public `__getitem__`, in this
+    thread without its prefetching workers, so its figure is a lower bound of what `fit` gets.
+    """
+    def batches(epoch):
+        data_epoch.on_epoch_begin(epoch)
+        if hasattr(dataset, "element_spec"):  # tf.data
             return iter(dataset)
-    else:
-        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
-        adapter = PyDatasetAdapter(dataset)
-
-        def batches(epoch):
-            data_epoch.on_epoch_begin(epoch)
-            adapter.on_epoch_begin()
-            return adapter.get_numpy_iterator()
+        dataset.on_epoch_begin()
+        return (dataset[i] for i in range(dataset.num_batches))
 
     speeds = []
     for epoch in range(repeats + 1):
         start = time.perf_counter()
         count = sum(len(x) for x, _ in batches(epoch))
-        if epoch:  # the first pass starts the workers
+        if epoch:  # the first pass warms up
             speeds.append(count / (time.perf_counter() - start))
-        if not hasattr(dataset, "element_spec"):
-            adapter.on_epoch_end()
     return speeds
 
 

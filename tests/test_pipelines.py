@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus import pipelines
+from keras_ultimus import batching, pipelines
 from keras_ultimus.errors import UserError
 from keras_ultimus.pydataset import ArrayBatches, reflect
 
@@ -224,4 +224,4 @@ def test_batches_computed_ahead_for_one_epoch_are_never_served_in_another():
 
 @pytest.mark.parametrize("n, batch, want", [(1, 8, 1), (8, 8, 1), (9, 8, 2), (50_000, 512, 98)])
 def test_batches_per_epoch_keeps_the_smaller_last_batch(n, batch, want):
-    assert pipelines.batches_per_epoch(n, batch) == want == int(np.ceil(n / batch))
+    assert batching.batches_per_epoch(n, batch) == want == int(np.ceil(n / batch))

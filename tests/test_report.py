@@ -17,7 +17,8 @@ from keras_ultimus.cifar10 import load_local
 from keras_ultimus.model import CLASS_NAMES, build_model
 from keras_ultimus.report import charts
 from keras_ultimus.report.cli import main
-from keras_ultimus.report.evaluate import Evaluation, evaluate
+from keras_ultimus.report.evaluate import evaluate
+from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.markdown import shown_path
 
 LOG = {

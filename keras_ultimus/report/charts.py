@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from keras_ultimus.model import CLASS_NAMES
 from keras_ultimus.plotting import save_png
-from keras_ultimus.report.evaluate import Evaluation
+from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run
 
 GALLERY_SIZE = 24

@@ -6,49 +6,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_ultimus import evaluation
 from keras_ultimus.cifar10 import load_cifar10
 from keras_ultimus.errors import UserError, one_line
-from keras_ultimus import evaluation
 from keras_ultimus.layers import UltimusLayer
 from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.model import build_model
 from keras_ultimus.recipe import model_kwargs
+from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run, read_info, read_log
 from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
 
 BATCH_SIZE = 250
-
-
-@dataclass
-class Evaluation:
-    """A saved model's predictions on the test split."""
-
-    images: np.ndarray  # uint8 NHWC
-    labels: np.ndarray
-    probs: np.ndarray
-    attention: list[np.ndarray]  # mean (key_dim, key_dim) map per Ultimus block
-
-    @property
-    def predicted(self) -> np.ndarray:
-        """The predicted class of each image."""
-        return self.probs.argmax(axis=1)
-
-    @property
-    def accuracy(self) -> float:
-        """The fraction of images predicted right."""
-        return float(np.mean(self.predicted == self.labels))
-
-    def confusion(self) -> np.ndarray:
-        """Counts: row = true class, column = predicted class."""
-        counts = np.zeros((len(CLASS_NAMES),) * 2, int)
-        np.add.at(counts, (self.labels, self.predicted), 1)
-        return counts
-
-    def class_accuracy(self) -> np.ndarray:
-        """Test accuracy of each class (NaN for a class with no test images)."""
-        counts = self.confusion()
-        with np.errstate(invalid="ignore"):
-            return np.diag(counts) / counts.sum(axis=1)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from keras_ultimus.run_folder import CSV_NAME, INFO_NAME
 if TYPE_CHECKING:
     import keras
 
-    from keras_ultimus.report.evaluate import Evaluation
+    from keras_ultimus.report.predictions import Evaluation
 
 REQUIRED_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 OPTIONAL_COLUMNS = ("learning_rate", "epoch_seconds")

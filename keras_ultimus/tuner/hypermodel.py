@@ -13,7 +13,8 @@ import numpy as np
 from keras_ultimus import callbacks as callbacks_lib
 from keras_ultimus import compiling, recipe
 from keras_ultimus.model import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
-from keras_ultimus.pipelines import batches_per_epoch, eval_data, resolve, train_data
+from keras_ultimus.batching import batches_per_epoch
+from keras_ultimus.pipelines import eval_data, resolve, train_data
 from keras_ultimus.recipe_options import RecipeOptions
 from keras_ultimus.run_folder import CSV_NAME
 
