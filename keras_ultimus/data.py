@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
     parser.add_argument("--data", help="local CIFAR-10 copy (default: $CIFAR10_PATH, else TFDS)")
     parser.add_argument("--pipeline", choices=("auto", "tfdata", "numpy", "both"), default="auto")
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="pipeline passes to time (default 2)")
     parser.add_argument("--workers", type=int, default=None, help="NumPy pipeline threads (default: pipelines.default_workers())")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N training images")

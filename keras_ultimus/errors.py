@@ -22,8 +22,23 @@ class UserError(Exception):
     """Bad input from the user; the message is one line, printed as `error: ...`."""
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` lines end with the flag's default, unless it is unset, off, or the help text already gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        default = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {default})".strip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line, `error: ...` with exit code 2, without the usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -17,7 +17,6 @@ from keras_ultimus.run_folder import (
 )
 
 
-
 def given_flags(argv: list[str] | None) -> set[str]:
     """The dests of the flags named on the command line (not defaults)."""
     parser = build_parser()

@@ -34,7 +34,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out "
                    "for the objective (default: 0.1, i.e. 45,000 / 5,000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="images per optimizer step")
     p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
                    "the reference; wide: also the residual stem, max pooling, label smoothing, weight decay, EMA")
     g = p.add_argument_group("how each trial trains (as keras_ultimus.train)")
