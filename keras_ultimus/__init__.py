@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
 __version__ = "0.2.0"
 __all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
@@ -29,26 +30,38 @@ def __getattr__(name: str):
 
 
 def _register() -> None:
-    """Import the modules that register the package's serializables with Keras."""
+    """Import the modules that register the package's serializables with Keras.
+
+    A module already importing (it may be what imported Keras) registers itself when it finishes.
+    """
     for module in _SERIALIZABLES:
-        importlib.import_module(module)
+        if module not in sys.modules:
+            importlib.import_module(module)
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Registers the serializables right after the first `import keras` in this process finishes."""
+    """Registers the serializables right after `import keras` finishes executing Keras, whoever imports it.
+
+    Only an executed import counts: `importlib.util.find_spec("keras")` (TensorFlow calls it) leaves it waiting.
+    """
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "keras":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
-        if spec is None or spec.loader is None:
+        spec = next((found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
+                     and (found := finder.find_spec(fullname, path, target)) is not None), None)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
             exec_module(module)
-            _register()
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            try:
+                _register()
+            except Exception as e:  # noqa: BLE001  registration must never break `import keras`
+                warnings.warn(f"keras_ultimus could not register its Keras objects: {e}", stacklevel=2)
 
         spec.loader.exec_module = exec_then_register
         return spec

@@ -1,6 +1,7 @@
 """The callbacks of a training run: per-epoch stats, log trimming on resume, run.json's clock, EMA, TensorBoard."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,9 @@ class TrimLog(keras.callbacks.Callback):
             log = pd.read_csv(self.csv_path)
             kept = log[log["epoch"] < epoch]
             if len(kept) < len(log):
-                kept.to_csv(self.csv_path, index=False)
+                # One truncate, in place: CSVLogger already holds the file open, and the kept rows are its prefix.
+                lines = self.csv_path.read_bytes().splitlines(keepends=True)
+                os.truncate(self.csv_path, sum(map(len, lines[: 1 + len(kept)])))
             if len(kept):
                 self.checkpoint.best = float(kept["val_accuracy"].max())
         if epoch:

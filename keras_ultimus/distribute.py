@@ -259,14 +259,33 @@ class PortableCheckpoint(keras.callbacks.ModelCheckpoint):
     def _save_model(self, epoch, batch, logs):
         final = Path(self.filepath)
         partial = final.with_name(f".{final.stem}.partial{final.suffix}")
+        partial.unlink(missing_ok=True)  # a leftover of a killed save must never replace the checkpoint
         self.filepath = str(partial)
         try:
-            with portable_batchnorm(self.model):
+            with portable_batchnorm(self.model), ema_weights(self.model):
                 super()._save_model(epoch, batch, logs)
-        except OSError as e:
+        except BaseException as e:
             partial.unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror, str(final)) from e
+            if isinstance(e, OSError):
+                raise OSError(e.errno, e.strerror, str(final)) from e
+            raise
         finally:
             self.filepath = str(final)
         if partial.exists():  # save_best_only skips epochs that are no better
             partial.replace(final)
+
+
+@contextlib.contextmanager
+def ema_weights(model: keras.Model) -> Iterator[None]:
+    """Put the optimizer's EMA weights in the model for a save, as validation saw them (`--ema`), then restore."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        yield
+        return
+    raw = [keras.ops.copy(v.value) for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, raw):
+            variable.assign(value)

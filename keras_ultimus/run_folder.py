@@ -86,14 +86,19 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+")
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            owner = file.read().strip() or "unknown"
-            file.close()
-            raise UserError(f"{self.folder}: in use by another process (pid {owner}); wait for it or stop it") from None
+        while True:
+            file = open(self.path, "a+")
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                owner = file.read().strip() or "unknown"
+                file.close()
+                raise UserError(f"{self.folder}: in use by another process (pid {owner}); wait for it or stop it") \
+                    from None
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino:
+                break
+            file.close()  # the owner removed this file as we locked it: lock the new one
         file.seek(0)
         file.truncate()
         file.write(str(os.getpid()))

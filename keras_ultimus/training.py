@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_ultimus.errors import UserError
 from keras_ultimus.flags import check_model_flags
-from keras_ultimus.run_config import check_settings, default_config
+from keras_ultimus.run_config import check, check_settings, default_config
 from keras_ultimus.run_folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -50,7 +50,10 @@ def fit(
     config = {**default_config(), **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit")}
     if config["max_lr"] == "auto":
         raise UserError("keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number")
+    if config["distribute"] != "none" or config["devices"]:
+        raise UserError("keras_ultimus.fit trains on one device; spread a run with the train command's --distribute")
     parsed = argparse.Namespace(**config)
+    check(parsed)  # the ranges train checks: epochs, batch size, peak LR, recipe options...
     check_model_flags(parsed)  # parses conv_widths and downsample strings, checks the model settings
     config = vars(parsed)
     arrays = check_arrays(data) if isinstance(data, tuple) else None

@@ -52,13 +52,13 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
 def test_a_second_train_on_a_live_run_folder_is_refused_in_one_line(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", "--data", str(fake_cifar_tarball),
-                              "--out", str(out), "--epochs", "50", *TINY],
+                              "--out", str(out), "--epochs", "5000", *TINY],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not (out / "log.csv").exists() and time.time() < deadline:
             time.sleep(0.1)
-        for args in (["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "50", *TINY],
+        for args in (["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "5000", *TINY],
                      ["--resume", str(out)]):
             second = subprocess.run([sys.executable, "-m", "keras_ultimus.train", *args],
                                     capture_output=True, text=True, timeout=120)

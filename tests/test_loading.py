@@ -74,7 +74,12 @@ print("loaded", len(sys.argv) - 2)
 
 
 @pytest.mark.multi_backend
-@pytest.mark.parametrize("imports", ["import keras_ultimus\nimport keras", "import keras\nimport keras_ultimus"])
+@pytest.mark.parametrize("imports", [
+    "import keras_ultimus\nimport keras",
+    "import keras\nimport keras_ultimus",
+    "import keras_ultimus.losses\nimport keras",  # Keras first imported from inside a registering module
+    "import keras_ultimus, importlib.util\nimportlib.util.find_spec('keras')\nimport keras",  # as TensorFlow does
+])
 def test_every_committed_model_loads_with_keras_after_importing_the_package(imports):
     assert COMMITTED_MODELS, "no committed .keras files found"
     backend = keras.backend.backend()
