@@ -15,6 +15,8 @@ from keras_ultimus import run_folder, train
 from keras_ultimus.errors import UserError
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
+# The commands' own quiet logging, whatever TF_CPP_MIN_LOG_LEVEL an earlier in-process test left behind.
+ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
 def one_error_line(err: str) -> str:
@@ -53,7 +55,7 @@ def test_a_second_train_on_a_live_run_folder_is_refused_in_one_line(tmp_path, fa
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", "--data", str(fake_cifar_tarball),
                               "--out", str(out), "--epochs", "5000", *TINY],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         deadline = time.time() + 120
         while not (out / "log.csv").exists() and time.time() < deadline:
@@ -61,7 +63,7 @@ def test_a_second_train_on_a_live_run_folder_is_refused_in_one_line(tmp_path, fa
         for args in (["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "5000", *TINY],
                      ["--resume", str(out)]):
             second = subprocess.run([sys.executable, "-m", "keras_ultimus.train", *args],
-                                    capture_output=True, text=True, timeout=120)
+                                    capture_output=True, text=True, timeout=120, env=ENV)
             assert second.returncode == 2
             assert f"in use by another process (pid {first.pid})" in one_error_line(second.stderr)
     finally:
@@ -102,14 +104,14 @@ def test_a_full_disk_ends_train_in_one_line_and_the_run_resumes_once_space_is_ba
     out, straight = tmp_path / "run", tmp_path / "straight"
     common = ["--data", str(fake_cifar_tarball), "--epochs", "3", "--deterministic", *TINY]
     full = subprocess.run([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(out)],
-                          capture_output=True, text=True,
-                          timeout=300, preexec_fn=file_size_limit(40_000))
+                          capture_output=True, text=True, timeout=300, env=ENV,
+                          preexec_fn=file_size_limit(40_000))
     assert full.returncode == 3, full.stderr[-2000:]
     line = one_error_line(full.stderr)
     assert "write failed (File too large)" in line and f"--resume {out}" in line
     assert not list(out.glob(".*partial*")) and not (out / "best.keras").exists()  # no half-written checkpoint
     resumed = subprocess.run([sys.executable, "-m", "keras_ultimus.train", "--resume", str(out)],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     subprocess.run([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
                    capture_output=True, timeout=300, check=True)

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import venv
 import zipfile
@@ -54,8 +55,16 @@ def copy_sources(dest: Path) -> Path:
 
 
 def make_venv(path: Path) -> Path:
-    """A venv that sees this environment's packages, so installing needs no downloads; returns its bin folder."""
-    venv.create(path, system_site_packages=True, with_pip=False)
+    """A venv that sees this environment's packages, so installing needs no downloads; returns its bin folder.
+
+    A `.pth` file puts this environment's site-packages after the venv's own: when this environment is itself a
+    venv, `system_site_packages` would show the base interpreter's instead. Its `.pth` files (this checkout's
+    editable install among them) are not read there, so the venv sees only what it installs of keras-ultimus.
+    """
+    venv.create(path, with_pip=False)
+    (site,) = (path / "lib").glob("python*/site-packages")
+    paths = sysconfig.get_paths()
+    (site / "_this_environment.pth").write_text("\n".join(dict.fromkeys([paths["purelib"], paths["platlib"]])) + "\n")
     return path / "bin"
 
 
