@@ -56,3 +56,12 @@ def test_keras_ultimus_modules_import_each_other_in_no_circle():
 def test_no_module_imports_keras_private_api():
     for path in PACKAGE.rglob("*.py"):
         assert "keras.src" not in path.read_text(), path.relative_to(PACKAGE.parent)
+
+
+def test_the_keras_free_copies_of_choice_tuples_equal_their_keras_side_originals():
+    from keras_ultimus import flags, layers, model
+    from keras_ultimus.tuner import hypermodel, options
+
+    assert flags.ATTENTION == layers.ATTENTION
+    assert (flags.STEMS, flags.POOLING) == (model.STEMS, model.POOLING)
+    assert options.SPACES == hypermodel.SPACES
