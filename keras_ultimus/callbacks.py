@@ -2,14 +2,17 @@
 
 import json
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import keras
 import pandas as pd
 
+from keras_ultimus.errors import UserError
 from keras_ultimus.recipe_options import RecipeOptions
-from keras_ultimus.run_folder import write_atomic
+from keras_ultimus.run_folder import fsync_tree, write_atomic
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -52,6 +55,59 @@ class TrimLog(keras.callbacks.Callback):
                 self.checkpoint.best = float(kept["val_accuracy"].max())
         if epoch:
             print(f"Resumed after epoch {epoch}.")
+
+
+class WholeBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose state is whole or absent, so a kill at any moment resumes from the last whole epoch.
+
+    Keras' own callback rewrites the weights and then the epoch count in place, in two files: a kill inside or
+    between the writes resumes from a torn or mismatched state. Here each epoch's two files go into a new folder,
+    `epoch-N`, which is synced and then renamed into place; the older folders are removed after.
+    """
+
+    FOLDER = re.compile(r"epoch-(\d+)")
+
+    def __init__(self, backup_dir: Path):
+        super().__init__(str(backup_dir))
+        self.folder = Path(backup_dir)
+
+    def newest(self) -> Path | None:
+        """The newest whole epoch folder, or None."""
+        epochs = {int(m[1]): p for p in self.folder.glob("epoch-*") if (m := self.FOLDER.fullmatch(p.name))}
+        return epochs[max(epochs)] if epochs else None
+
+    def _point_at(self, folder: Path) -> None:
+        self._weights_path = str(folder / "latest.weights.h5")
+        self._training_metadata_path = str(folder / "training_metadata.json")
+
+    def _load_model(self):
+        for partial in self.folder.glob(".partial-*"):
+            shutil.rmtree(partial)
+        newest = self.newest()
+        if newest is None:
+            return super()._load_model()  # no backup yet, or one written by Keras' own callback
+        self._point_at(newest)
+        try:
+            super()._load_model()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{newest}: unreadable backup ({type(e).__name__}); restore it or start a new run") \
+                from None
+
+    def _save_model(self):
+        partial = self.folder / f".partial-epoch-{self._current_epoch}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        self._point_at(partial)
+        super()._save_model()
+        fsync_tree(partial)
+        final = partial.with_name(f"epoch-{self._current_epoch}")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in self.folder.iterdir():
+            if old != final and old.is_dir() and self.FOLDER.fullmatch(old.name):
+                shutil.rmtree(old)
+        for legacy in ("latest.weights.h5", "training_metadata.json"):
+            (self.folder / legacy).unlink(missing_ok=True)
 
 
 class RunClock(keras.callbacks.Callback):

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
+from keras_ultimus.errors import NO_SPACE, ArgumentParser, UserError, cli, one_line
+from keras_ultimus.run_folder import FolderLock
 
 if TYPE_CHECKING:
     import keras
@@ -94,17 +95,18 @@ def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
     archive.track(model)
     archive.add_endpoint("serving_default", serving_fn(model), input_signature=[image_spec()])
     make_folder(base)
-    version = next_version(base)
-    # Write beside the final name and rename, so a failure leaves no version folder
-    # and TF Serving (which only loads integer folders) never sees a partial one.
-    partial = base / f".partial-{version}"
-    try:
-        archive.write_out(partial, verbose=False)
-        partial.rename(base / str(version))
-    except OSError as e:  # a full disk or a read-only folder: say where, in one line
-        raise UserError(f"{base}: cannot write the export ({one_line(e.strerror or e)})") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    with FolderLock(base):  # two exports to one base would pick the same version
+        version = next_version(base)
+        # Write beside the final name and rename, so a failure leaves no version folder
+        # and TF Serving (which only loads integer folders) never sees a partial one.
+        partial = base / f".partial-{version}"
+        try:
+            archive.write_out(partial, verbose=False)
+            partial.rename(base / str(version))
+        except OSError as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
+            raise write_error(e, base) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return base / str(version)
 
 
@@ -150,32 +152,44 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
     output_names = dict(zip((t.name for t in frozen.outputs), sorted(concrete.structured_outputs)))
     make_folder(path.parent)
     partial = path.with_name(f".partial-{path.name}")
-    tf_logger, level = tf.get_logger(), tf.get_logger().level
-    tf_logger.setLevel("ERROR")  # tf2onnx calls TF1 graph tools that print deprecation notices
-    try:
-        tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(),
-            name="ultimus",
-            input_names=["images:0"],
-            output_names=list(output_names),
-            tensors_to_rename={"images:0": "images", **output_names},
-            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
-            output_path=str(partial),
-        )
-        images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
-        want = serve(images)["probabilities"].numpy()
+    with FolderLock(path.parent, name=f".{path.name}.lock"):  # one export to one file at a time
+        if path.exists():
+            raise UserError(f"{path}: already exists; exports never overwrite")
+        tf_logger, level = tf.get_logger(), tf.get_logger().level
+        tf_logger.setLevel("ERROR")  # tf2onnx calls TF1 graph tools that print deprecation notices
         try:
-            session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
-            got = session.run(["probabilities"], {"images": images})[0]
-        except Exception as e:
-            raise UserError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
-        if not np.allclose(got, want, atol=1e-4):
-            raise UserError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
-        partial.rename(path)
-    finally:
-        tf_logger.setLevel(level)
-        partial.unlink(missing_ok=True)
+            tf2onnx.convert.from_graph_def(
+                frozen.graph.as_graph_def(),
+                name="ultimus",
+                input_names=["images:0"],
+                output_names=list(output_names),
+                tensors_to_rename={"images:0": "images", **output_names},
+                custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+                output_path=str(partial),
+            )
+            images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+            want = serve(images)["probabilities"].numpy()
+            try:
+                session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
+                got = session.run(["probabilities"], {"images": images})[0]
+            except Exception as e:
+                raise UserError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
+            if not np.allclose(got, want, atol=1e-4):
+                raise UserError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
+            partial.rename(path)
+        except OSError as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
+            raise write_error(e, path) from None
+        finally:
+            tf_logger.setLevel(level)
+            partial.unlink(missing_ok=True)
     return path
+
+
+def write_error(error: OSError, path: Path) -> Exception:
+    """The error to raise for a failed export write: a full disk stays an OSError (exit 3), the rest a UserError."""
+    if error.errno in NO_SPACE:
+        return OSError(error.errno, error.strerror, str(path))
+    return UserError(f"{path}: cannot write the export ({one_line(error.strerror or error)})")
 
 
 def make_folder(folder: Path) -> None:

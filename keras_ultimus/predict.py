@@ -4,17 +4,19 @@ MODEL is an exported SavedModel version folder, its base folder (the latest
 version is used), an exported `.onnx` file, a `.keras` file or a run folder.
 Only a SavedModel needs TensorFlow: a `.keras` file runs on any Keras backend
 and an `.onnx` file on onnxruntime. IMAGE is an image file of any size, mode
-and format Pillow reads (resized to 32x32 RGB) or a `.npy` uint8 batch of shape
-(N, 32, 32, 3). Every readable image is classified; every unreadable input is
-named in one line on stderr, and then the exit code is 2.
+and format Pillow reads (resized to 32x32 RGB), a `.npy` uint8 batch of shape
+(N, 32, 32, 3), or a folder of them. Images stream through in batches, so memory
+stays about one batch for any number of them. Every readable image is classified;
+every unreadable input is named in one line on stderr, and then the exit code is 2.
 """
 
 import argparse
 import json
 import os
 import sys
+import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: str | os.PathLike) -> np.ndarray:
     """Pixels (32, 32, 3) uint8 of one image file, resized with Pillow's antialiasing bilinear filter."""
     with warnings.catch_warnings():
         # Pillow warns above MAX_IMAGE_PIXELS and refuses (DecompressionBombError) above twice that.
@@ -54,33 +56,91 @@ def read_image(path: Path) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
-def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Names and uint8 pixels (N, 32, 32, 3) of one image file or `.npy` batch."""
-    path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image (pass the files in it, e.g. {path}/*.png)")
-    if path.is_file() and path.stat().st_size == 0:
+def open_npy(path: str) -> np.ndarray:
+    """A `.npy` uint8 batch (N, 32, 32, 3), memory-mapped: its images are read from disk only as they are used."""
+    batch = np.load(path, mmap_mode="r", allow_pickle=False)
+    batch = batch[None] if batch.ndim == 3 else batch
+    if batch.dtype != np.uint8 or batch.shape[1:] != (32, 32, 3):
+        raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {batch.dtype} {batch.shape}")
+    return batch
+
+
+def read_units(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(names, uint8 pixels) of one image file, or of a `.npy` batch in slices of at most BATCH_SIZE."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise ImageError(f"{path}: empty file, not an image")
     try:
-        if path.suffix == ".npy":
-            batch = np.load(path, allow_pickle=False)
-            batch = batch[None] if batch.ndim == 3 else batch
-            if batch.dtype != np.uint8 or batch.shape[1:] != (32, 32, 3):
-                raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {batch.dtype} {batch.shape}")
-            return [f"{path}[{i}]" for i in range(len(batch))], batch
-        return [str(path)], read_image(path)[None]
+        if path.endswith(".npy"):
+            batch = open_npy(path)
+            for i in range(0, len(batch), BATCH_SIZE):
+                part = batch[i : i + BATCH_SIZE]  # still on disk: read when copied
+                yield [f"{path}[{j}]" for j in range(i, i + len(part))], part
+            return
+        pixels = read_image(path)[None]
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: too large to decode safely ({one_line(e)})") from None
     except Exception as e:  # a decoder fed arbitrary bytes can raise almost any type
         raise ImageError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or one_line(e)})") from None
+    yield [path], pixels
+
+
+def input_files(path: str) -> Iterator[str]:
+    """`path` itself, or the files of folder `path` in name order (not its subfolders).
+
+    Plain strings, not `Path`s: pathlib interns every name it parses, which grows with the number of files.
+    """
+    if not os.path.isdir(path):
+        return iter([path])
+    with os.scandir(path) as entries:
+        names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+    if not names:
+        raise ImageError(f"{path}: a folder with no files to classify")
+    return (os.path.join(path, name) for name in names)
+
+
+def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Names and uint8 pixels (N, 32, 32, 3) of one image file, `.npy` batch or folder of them, all in memory."""
+    units = [unit for file in input_files(os.fspath(path)) for unit in read_units(file)]
+    names = [name for unit_names, _ in units for name in unit_names]
+    return names, np.concatenate([pixels for _, pixels in units]) if units else np.zeros((0, 32, 32, 3), np.uint8)
+
+
+def batches(paths: Iterable[str | os.PathLike], on_error: Callable[[ImageError], None],
+            size: int = BATCH_SIZE) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(names, pixels) batches of `size` images over every readable input, read only as they are needed.
+
+    A `.npy` is memory-mapped and a folder is listed, not loaded: memory stays about one batch, however many
+    images there are. Each unreadable input goes to `on_error` and is skipped.
+    """
+    names, buffer, count = [], np.empty((size, 32, 32, 3), np.uint8), 0
+    for path in map(os.fspath, paths):
+        try:
+            for file in input_files(path):
+                try:
+                    for unit_names, unit in read_units(file):
+                        start = 0
+                        while start < len(unit):
+                            take = min(size - count, len(unit) - start)
+                            buffer[count : count + take] = unit[start : start + take]
+                            names += unit_names[start : start + take]
+                            count, start = count + take, start + take
+                            if count == size:
+                                yield names, buffer
+                                names, buffer, count = [], np.empty_like(buffer), 0
+                except ImageError as e:
+                    on_error(e)
+        except ImageError as e:
+            on_error(e)
+    if count:
+        yield names, buffer[:count]
 
 
 def predict(predictor: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     """Probabilities for `images`, in batches of BATCH_SIZE."""
-    batches = [predictor(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
-    return np.concatenate(batches) if batches else np.zeros((0, 10), np.float32)
+    parts = [predictor(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+    return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
 
 
 def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
@@ -101,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Classify images with a trained (.keras, run folder) or exported (SavedModel, .onnx) model.",
     )
     p.add_argument("model", metavar="MODEL", help="SavedModel (version or base folder), .onnx, .keras or run folder")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image file (PNG, JPEG, ...) or .npy uint8 (N, 32, 32, 3)")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image file (PNG, JPEG, ...), .npy uint8 (N, 32, 32, 3), or a folder of them")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p.parse_args(argv)
@@ -115,23 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ultimus.loading import load_predictor
 
     predictor = load_predictor(args.model)
-    names, pixels, failed = [], [], 0
-    for path in args.images:
-        try:
-            batch_names, batch = read_images(path)
-        except ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        names += batch_names
-        pixels.append(batch)
-    images = np.concatenate(pixels) if pixels else np.zeros((0, 32, 32, 3), np.uint8)
-    results = [{"image": n, "top": top} for n, top in zip(names, top_classes(predict(predictor, images)))]
+    failed = []
+
+    def report(error: ImageError) -> None:
+        print(f"error: {error}", file=sys.stderr)
+        failed.append(error)
+
+    first = True
+    for names, pixels in batches(args.images, report):
+        for name, top in zip(names, top_classes(predictor(pixels))):
+            result = {"image": name, "top": top}
+            if args.json:  # the same text as json.dumps(results, indent=2), written as it comes
+                print(("[\n" if first else ",\n") + textwrap.indent(json.dumps(result, indent=2), "  "), end="")
+            else:
+                print(f"{name}: " + ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in top))
+            first = False
     if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(f"{r['image']}: " + ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top"]))
+        print("[]" if first else "\n]")
     return 2 if failed else 0
 
 

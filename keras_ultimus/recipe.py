@@ -15,7 +15,7 @@ import pandas as pd
 
 import keras_ultimus
 from keras_ultimus import distribute
-from keras_ultimus.callbacks import EpochStats, RunClock, TrimLog, recipe_callbacks, tensorboard
+from keras_ultimus.callbacks import EpochStats, RunClock, TrimLog, WholeBackup, recipe_callbacks, tensorboard
 from keras_ultimus.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.evaluation import accuracies
@@ -25,7 +25,7 @@ from keras_ultimus.batching import batches_per_epoch
 from keras_ultimus.pipelines import eval_data, resolve, train_data
 from keras_ultimus.provenance import git_state
 from keras_ultimus.recipe_options import RecipeOptions
-from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
+from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 
 MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn",
               "attention", "pooling", "stem")
@@ -183,20 +183,20 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
-    if not resume:
-        with open(out / "summary.txt", "w") as f:
-            model.summary(print_fn=lambda line, **_: f.write(line + "\n"))
-        model.summary()
     clock = RunClock(run_info, out / INFO_NAME, start)
-    clock.update()
+    clock.update()  # first: a folder with a run.json is one that --resume can take up
+    if not resume:
+        lines = []
+        model.summary(print_fn=lambda line, **_: lines.append(line + "\n"))
+        write_atomic(out / "summary.txt", "".join(lines))
+        model.summary()
     csv_path = out / CSV_NAME
     best = distribute.PortableCheckpoint(out / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True)
     return [
         *tensorboard(out / "tensorboard"),
         keras.callbacks.CSVLogger(csv_path, append=True),
         best,
-        # double_checkpoint keeps the previous backup, in case a kill lands mid-write.
-        keras.callbacks.BackupAndRestore(out / "backup", double_checkpoint=True),
+        WholeBackup(out / "backup"),
         TrimLog(csv_path, best),
         clock,
     ]

@@ -3,6 +3,7 @@
 import csv
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from keras_ultimus.errors import UserError
@@ -29,6 +30,16 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from e
     tmp.replace(path)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file in `folder`, and the folder itself, to disk before it is renamed into place."""
+    for path in [*folder.iterdir(), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def drop_partial_last_line(path: Path) -> None:
@@ -72,16 +83,27 @@ def check_log(path: Path) -> None:
 
 
 
-class FolderLock:
-    """An exclusive lock on a run folder, held by one live process: a second command on the folder is refused.
+def clear_folder(folder: Path) -> None:
+    """Remove everything in `folder` but its lock, for a fresh start under that lock."""
+    for path in folder.iterdir():
+        if path.name == LOCK_NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
-    The lock is an `flock` on `FOLDER/.lock`, which holds the owner's pid. The
+
+class FolderLock:
+    """An exclusive lock on a run, search or export folder, held by one live process: a second one is refused.
+
+    The lock is an `flock` on `FOLDER/.lock` (or another `name`), which holds the owner's pid. The
     kernel drops it when its process dies, however it dies, so a lock left by
     a dead process is simply taken over.
     """
 
-    def __init__(self, folder: Path):
-        self.folder, self.path, self._file, self._made_folder = Path(folder), Path(folder) / LOCK_NAME, None, False
+    def __init__(self, folder: Path, name: str = LOCK_NAME):
+        self.folder, self.path, self._file, self._made_folder = Path(folder), Path(folder) / name, None, False
 
     def __enter__(self) -> "FolderLock":
         self._made_folder = not self.folder.exists()

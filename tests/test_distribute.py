@@ -118,7 +118,7 @@ def launch(n: int, run: Path, *flags: str, logs: Path, env: dict | None = None) 
 
 def backed_up(run: Path) -> bool:
     """The first epoch's backup is written (after its log row): a kill now resumes from epoch 1 or later."""
-    return (run / "backup" / "training_metadata.json").exists()
+    return any(run.glob("backup/epoch-*/training_metadata.json"))
 
 
 def epochs_logged(run: Path) -> int:

@@ -1,5 +1,6 @@
 """Tests for keras_ultimus.export: SavedModel for TF Serving, ONNX, and the CLI."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -57,13 +58,20 @@ def test_versions_count_up_and_never_overwrite(residual_model, tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]
 
 
-def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError("read-only"), OSError(errno.ENOSPC, "No space left on device")])
+def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkeypatch, error):
     def fail(*args, **kwargs):
-        raise OSError("disk full")
+        raise error
 
     monkeypatch.setattr(tf.saved_model, "save", fail)
-    with pytest.raises(export.UserError, match="cannot write the export \\(disk full\\)"):
+    if error.errno is None:  # exit 2 through the CLI
+        expected = pytest.raises(export.UserError, match="ultimus: cannot write the export \\(read-only\\)")
+    else:  # a full disk: an OSError naming the target, which the CLI reports in one line with exit 3
+        expected = pytest.raises(OSError, match="No space left on device")
+    with expected as caught:
         export.export_saved_model(residual_model, tmp_path / "ultimus")
+    if error.errno is not None:
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "ultimus")
     assert list((tmp_path / "ultimus").iterdir()) == []
 
 

@@ -71,10 +71,37 @@ def test_a_second_train_on_a_live_run_folder_is_refused_in_one_line(tmp_path, fa
         first.wait()
 
 
-def fake_unfinished_run(path, log_epochs):
+@pytest.mark.parametrize("command", ["tune", "launch"])
+def test_a_search_folder_in_use_is_refused_naming_the_pid(tmp_path, capsys, fake_cifar_tarball, command):
+    from keras_ultimus.tuner import launch, tune
+
+    out = tmp_path / "search"
+    args = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+            "--val-fraction", "0.2"]
+    with run_folder.FolderLock(out):
+        assert {"tune": tune, "launch": launch}[command].main(args) == 2
+        assert f"in use by another process (pid {os.getpid()})" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["savedmodel", "onnx"])
+def test_an_export_target_in_use_is_refused_naming_the_pid(tmp_path, residual_model, kind):
+    from keras_ultimus import export
+
+    if kind == "onnx":
+        pytest.importorskip("tf2onnx")
+    target = tmp_path / ("model.onnx" if kind == "onnx" else "ultimus")
+    holder = run_folder.FolderLock(tmp_path, name=".model.onnx.lock") if kind == "onnx" else \
+        run_folder.FolderLock(target)
+    with holder, pytest.raises(UserError, match=rf"in use by another process \(pid {os.getpid()}\)"):
+        (export.export_onnx if kind == "onnx" else export.export_saved_model)(residual_model, target)
+    assert not target.exists()
+
+
+def fake_unfinished_run(path, log_epochs, **config):
     path.mkdir()
-    config = {k: v for k, v in vars(train.parse_args([])).items() if k not in train.NOT_CONFIG}
-    (path / "run.json").write_text(json.dumps({"config": {**config, "conv_widths": [4, 8, 8]}}))
+    defaults = {k: v for k, v in vars(train.parse_args([])).items() if k not in train.NOT_CONFIG}
+    (path / "run.json").write_text(json.dumps({"config": {**defaults, "conv_widths": [4, 8, 8], **config}}))
     pd.DataFrame({"epoch": log_epochs, "accuracy": 0.1, "val_accuracy": 0.1}).to_csv(path / "log.csv", index=False)
     return path
 
@@ -92,6 +119,27 @@ def test_resume_refuses_an_edited_run_json_naming_it(tmp_path, capsys, text):
     (tmp_path / "run.json").write_text(text)
     assert train.main(["--resume", str(tmp_path)]) == 2
     assert "run.json" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_resume_refuses_a_damaged_backup_naming_it(tmp_path, capsys, fake_cifar_tarball, damage):
+    import h5py
+    import numpy as np
+
+    run = fake_unfinished_run(tmp_path / "run", [0], data=str(fake_cifar_tarball), epochs=2)
+    state = run / "backup" / "epoch-1"
+    state.mkdir(parents=True)
+    (state / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    weights = state / "latest.weights.h5"
+    if damage == "garbage":
+        weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        with h5py.File(weights, "w") as f:
+            f["weights"] = np.zeros(10_000)
+        weights.write_bytes(weights.read_bytes()[:3000])
+    assert train.main(["--resume", str(run)]) == 2
+    assert f"{state}: unreadable backup" in one_error_line(capsys.readouterr().err)
+    assert pd.read_csv(run / "log.csv")["epoch"].tolist() == [0]  # nothing was trained or trimmed
 
 
 def file_size_limit(limit: int):
@@ -128,3 +176,106 @@ def test_a_half_written_last_log_line_is_dropped_before_resume(tmp_path):
     run_folder.drop_partial_last_line(log)
     assert log.read_text() == "epoch,accuracy\n0,0.1\n1,0.2\n"
     run_folder.check_log(log)
+
+
+# The child of the kill loop: `train` with every write into the run folder paused half-way, so that
+# random kills land inside writes. Each pause is marked in a side file, to count the kills that did.
+SLOW_WRITES = """
+import builtins, os, sys, time
+import h5py
+from keras_ultimus import train
+
+run, marks, pause = sys.argv[1], open(sys.argv[2], "a"), float(sys.argv[3])
+
+def mark(what, path):
+    marks.write(f"{what} {path}\\n")
+    marks.flush()
+
+def paused(path):
+    mark("begin", path)
+    time.sleep(pause)
+    mark("end", path)
+
+class SlowFile:
+    def __init__(self, file, path):
+        self._file, self._path, self._pauses = file, path, 2
+    def write(self, data):
+        if self._pauses and len(data) > 1:
+            self._pauses -= 1
+            self._file.write(data[: len(data) // 2])
+            self._file.flush()
+            paused(self._path)
+            return self._file.write(data[len(data) // 2:]) + len(data) // 2
+        return self._file.write(data)
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
+    def __iter__(self):
+        return iter(self._file)
+
+real_open = builtins.open
+def slow_open(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    writes = any(c in mode for c in "wax+") and isinstance(file, str | os.PathLike)
+    return SlowFile(f, str(file)) if writes and str(file).startswith(run) else f
+builtins.open = slow_open
+
+real_close = h5py.File.close
+def slow_close(self):
+    if self.id.valid and self.mode == "r+" and run in self.filename:
+        paused(self.filename)
+    real_close(self)
+h5py.File.close = slow_close
+
+mark("ready", run)
+sys.exit(train.main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_path, fake_cifar_tarball):
+    import random
+
+    import keras
+    import numpy as np
+
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    common = ["--data", str(fake_cifar_tarball), "--epochs", "8", "--deterministic", *TINY]
+    reference = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    rng, kills, inside, finished = random.Random(0), 0, [], False
+    for attempt in range(40):
+        args = ["--resume", str(out)] if (out / "run.json").exists() else [*common, "--out", str(out)]
+        marks = tmp_path / f"marks{attempt}.txt"
+        child = subprocess.Popen([sys.executable, "-c", SLOW_WRITES, str(out), str(marks), "0.15", *args],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+        if kills < 12:  # kill after a random number of writes began, a random moment later: inside or between
+            writes, delay = rng.randint(1, 7), rng.uniform(0.0, 0.3)
+            while child.poll() is None and (not marks.exists() or marks.read_text().count("begin ") < writes):
+                time.sleep(0.01)
+            time.sleep(delay)
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+                kills += 1
+                last = marks.read_text().splitlines()[-1]
+                if last.startswith("begin "):
+                    inside.append(os.path.relpath(last.split(" ", 1)[1], out))
+                continue
+        assert child.wait(timeout=300) == 0, child.stderr.read()[-2000:]
+        finished = True
+        break
+    assert finished and kills >= 10
+    assert len(inside) >= 3 and any("backup" in p for p in inside), inside  # kills half-way through a write
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
+    columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
+    log, want = pd.read_csv(out / "log.csv")[columns], pd.read_csv(straight / "log.csv")[columns]
+    exact = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+    pd.testing.assert_frame_equal(log, want, check_exact=exact, rtol=1e-3, atol=1e-4)
+    got, expected = (keras.saving.load_model(p / "model.keras").get_weights() for p in (out, straight))
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0 if exact else 1e-3, atol=0 if exact else 1e-4)
+    assert not list(out.rglob("*partial*")) and not (out / "backup").exists()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
@@ -232,7 +233,7 @@ def bad_inputs(draw):
         text = "not an image: " + draw(st.text(max_size=200))
         return draw(st.sampled_from([".png", ".jpg", ".txt"])), lambda path: path.write_text(text), "not a readable image", None
     if kind == "folder":
-        return "", lambda path: path.mkdir(), "is a folder, not an image", None
+        return "", lambda path: path.mkdir(), "a folder with no files to classify", None
     if kind == "truncated":
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8))
         keep = draw(st.integers(0, 200))
@@ -319,6 +320,49 @@ def check_predict(inputs: list) -> None:
             assert (path in got_names) != (path in named)
             row += path in got_names
     assert row == len(results)
+
+
+@pytest.mark.parametrize("kind, n", [("npy", 100_000), ("png-folder", 10_000)])
+def test_big_inputs_stream_in_about_one_batch_of_memory(tmp_path, kind, n):
+    """A 100,000-image .npy or a folder of 10,000 PNGs: traced peak memory under 2 float32 batches (the model's input)."""
+    labels = np.arange(n) % 10
+    if kind == "npy":
+        path = tmp_path / "big.npy"
+        images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, 32, 32, 3))
+        for i in range(0, n, 10_000):
+            images[i : i + 10_000] = labels[i : i + 10_000, None, None, None]
+        images.flush()
+        del images
+    else:
+        path = tmp_path / "pngs"
+        path.mkdir()
+        for i, label in enumerate(labels):
+            Image.new("RGB", (32, 32), (int(label),) * 3).save(path / f"{i:05d}.png")
+    seen = []
+
+    def predictor(images):
+        pixels = images.astype("float32")  # what a model's input costs
+        seen.append(len(images))
+        return np.eye(10, dtype=np.float32)[pixels[:, 0, 0, 0].astype(int) % 10]
+
+    out, warm = tmp_path / "out.txt", tmp_path / "warm-up.png"
+    Image.new("RGB", (32, 32)).save(warm)
+    with mock.patch("keras_ultimus.loading.load_predictor", lambda model: predictor):
+        with open(out, "w") as file, contextlib.redirect_stdout(file):
+            assert predict.main(["model.keras", str(warm)]) == 0  # one-time imports and caches: not measured
+        seen.clear()
+        tracemalloc.start()
+        try:
+            with open(out, "w") as file, contextlib.redirect_stdout(file):
+                assert predict.main(["model.keras", str(path)]) == 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert sum(seen) == n and max(seen) == predict.BATCH_SIZE
+    assert peak < 2 * predict.BATCH_SIZE * 32 * 32 * 3 * 4, f"{peak / 2**20:.1f} MiB"
+    lines = out.read_text().splitlines()
+    assert len(lines) == n
+    assert all(lines[i].split(": ")[1].startswith(CLASS_NAMES[i % 10]) for i in range(0, n, 997))
 
 
 def test_huge_image_at_default_limit_is_classified(tmp_path, capsys):

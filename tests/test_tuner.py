@@ -317,6 +317,37 @@ def test_a_child_that_dies_stops_the_others(fake_cifar_tarball, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_restarted_and_the_search_ends_whole(fake_cifar_tarball, tmp_path):
+    out = tmp_path / "s"
+    flags = ["--workers", "2", "--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "random",
+             "--max-trials", "3", "--epochs", "3", *TINY]
+    launcher, pids = start_launcher(tmp_path, flags)
+    log = out / "logs" / "tuner0.log"
+    deadline = time.monotonic() + 120
+    while "tuner0: trial trial_" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    trial = log.read_text().split("tuner0: trial trial_")[1].split()[0]
+    os.kill(pids["tuner0"], signal.SIGKILL)
+    assert launcher.wait(300) == 0
+    assert "tuner0 was killed by SIGKILL; starting it again (1 of 3)" in launcher.stdout.read()
+    records = oracle_records(out)
+    assert len(records) == 3 and {r["status"] for r in records.values()} == {"COMPLETED"}
+    assert json.loads((out / "oracle.json").read_text())["ongoing_trials"] == {}
+    attempts = json.loads((out / f"trial_{trial}" / search.ATTEMPTS_NAME).read_text())
+    assert [a["tuner_id"] for a in attempts] == ["tuner0", "tuner0"] and attempts[0]["pid"] == pids["tuner0"]
+    assert_leaderboard_matches_oracle(out)
+
+
+def test_a_trial_that_killed_its_workers_twice_fails_with_its_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
+    for _ in range(search.MAX_ATTEMPTS):
+        search.record_attempt(tmp_path)
+    with pytest.raises(kt.errors.FailedTrialError, match=rf"2 processes died running this trial \(last: tuner1, "
+                       rf"pid {os.getpid()}\); not started again"):
+        search.record_attempt(tmp_path)
+
+
+@pytest.mark.slow
 def test_launcher_runs_each_trial_once_over_two_workers(fake_cifar_tarball, tmp_path):
     out = tmp_path / "dist"
     argv = [*LAUNCH, "--workers", "2", "--data", str(fake_cifar_tarball), "--out", str(out),

@@ -10,22 +10,24 @@ gets SIGTERM if the launcher itself is killed.
 import ctypes
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.run_folder import FolderLock, clear_folder
 from keras_ultimus.tuner import options
 
 PROG = "python -m keras_ultimus.tuner.launch"
 # After the chief is done, a worker that is still alive has no trial and waits
 # on a server that is gone (KerasTuner's client waits up to an hour).
 WORKER_GRACE_S = 60
+MAX_RESTARTS = 3  # per worker killed by a signal
 STOP_TIMEOUT_S = 10
 
 
@@ -74,31 +76,51 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
             p.wait()
 
 
-def start(workers: int, host: str, port: int, tune_args: list[str], logs: Path) -> dict[str, subprocess.Popen]:
+def start_child(tuner_id: str, env: dict, tune_args: list[str], logs: Path, mode: str = "w") -> subprocess.Popen:
+    """Start the chief or one worker, logging to `logs/<tuner_id>.log` (appending after a restart)."""
+    with open(logs / f"{tuner_id}.log", mode) as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "keras_ultimus.tuner.tune", *tune_args],
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id}, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    print(f"{tuner_id}: pid {child.pid}")
+    return child
+
+
+def child_env(host: str, port: int) -> dict:
+    """The environment that makes `tune` a KerasTuner chief or worker of the oracle at `host:port`."""
+    return {**os.environ, "KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+
+
+def start(workers: int, env: dict, tune_args: list[str], logs: Path) -> dict[str, subprocess.Popen]:
     """Start the chief and the workers, each logging to its own file."""
-    base = {**os.environ, "KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": str(port),
-            "PYTHONUNBUFFERED": "1"}
-    procs = {}
-    for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]:
-        with open(logs / f"{tuner_id}.log", "w") as log:
-            procs[tuner_id] = subprocess.Popen(
-                [sys.executable, "-m", "keras_ultimus.tuner.tune", *tune_args],
-                env={**base, "KERASTUNER_TUNER_ID": tuner_id}, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        print(f"{tuner_id}: pid {procs[tuner_id].pid}")
-    return procs
+    return {tuner_id: start_child(tuner_id, env, tune_args, logs)
+            for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]}
 
 
-def watch(procs: dict[str, subprocess.Popen], logs: Path, out: Path) -> int:
-    """Report progress until every child exits; stop the rest when one fails or the chief is long done."""
-    started, chief_done, shown, codes = time.monotonic(), None, -1, {}
+def watch(procs: dict[str, subprocess.Popen], logs: Path, out: Path,
+          restart: Callable[[str], subprocess.Popen]) -> int:
+    """Report progress until every child exits; stop the rest when one fails or the chief is long done.
+
+    A worker killed by a signal (the OOM killer, a SIGKILL) is started again under its own tuner id, up to
+    `MAX_RESTARTS` times: the oracle hands it back its unfinished trial, which then runs again or, after
+    `search.MAX_ATTEMPTS` starts, ends as FAILED with its reason. Without that, the chief would wait forever.
+    """
+    started, chief_done, shown, codes, restarts = time.monotonic(), None, -1, {}, {}
     while len(codes) < len(procs):
         time.sleep(1)
         for name, p in procs.items():
             if name not in codes and p.poll() is not None:
                 codes[name] = p.returncode
                 print(f"{name} exited with code {p.returncode} after {time.monotonic() - started:.0f} s")
+        for name, code in list(codes.items()):
+            if name != "chief" and code < 0 and restarts.get(name, 0) < MAX_RESTARTS and "chief" not in codes:
+                restarts[name] = restarts.get(name, 0) + 1
+                print(f"{name} was killed by {signal.Signals(-code).name}; starting it again "
+                      f"({restarts[name]} of {MAX_RESTARTS})")
+                procs[name] = restart(name)
+                del codes[name]
         failed = next((n for n, c in codes.items() if c), None)
         if failed:
             lines = (logs / f"{failed}.log").read_text(errors="replace").strip().splitlines() or [""]
@@ -143,19 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     prepare(verbose=search.verbose)  # a bad backend too, before any child starts
     out = Path(search.out)
     options.check_out(out)
-    if search.fresh:
-        # The launcher wipes the folder itself, before any process can write into it.
-        shutil.rmtree(out, ignore_errors=True)
-        tune_args = [a for a in tune_args if a != "--fresh"]
+    with FolderLock(out):  # refused here, in one line, if another search holds it; the chief takes it after
+        if search.fresh:
+            # The launcher wipes the folder itself, before any process can write into it.
+            clear_folder(out)
+            tune_args = [a for a in tune_args if a != "--fresh"]
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = args.port or free_port(args.host)
     handlers = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     procs = {}
     try:
-        procs = start(args.workers, args.host, port, tune_args, logs)
+        env = child_env(args.host, port)
+        procs = start(args.workers, env, tune_args, logs)
         print(f"chief and {args.workers} workers on {args.host}:{port}; logs in {logs}/")
-        return watch(procs, logs, out)
+        return watch(procs, logs, out, lambda name: start_child(name, env, tune_args, logs, "a"))
     except (KeyboardInterrupt, Terminated) as e:
         print(f"\n{type(e).__name__ if isinstance(e, KeyboardInterrupt) else e}: stopping the search; "
               f"run the same command again to resume {out}", file=sys.stderr)

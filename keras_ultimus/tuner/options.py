@@ -5,6 +5,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from keras_ultimus.errors import ArgumentParser, UserError
+from keras_ultimus.run_folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
 ALGORITHMS = ("hyperband", "bayesian", "random")
@@ -78,5 +79,6 @@ def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a search folder")
     markers = ("oracle.json", "search.json", "logs")  # logs/: the launcher made it for its children
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+    contents = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
+    if contents and not any((out / m).exists() for m in markers):
         raise UserError(f"--out {out}: a folder that is not a search folder; pick a new --out")

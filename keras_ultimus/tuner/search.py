@@ -34,6 +34,8 @@ SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch
 LEADERBOARD_NAME, BEST_NAME, RESULT_NAME, SEARCH_NAME = "leaderboard.csv", "best.json", "result.json", "search.json"
 SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
 MAX_DRAWS = 1000  # rejected samples per request before the oracle gives up on the space
+ATTEMPTS_NAME = "attempts.json"  # per trial: the processes that started it
+MAX_ATTEMPTS = 2  # starts of one trial (a killed worker's trial runs once more) before it fails
 
 
 class BudgetOracle:
@@ -127,6 +129,8 @@ class UltimusTuner(kt.Tuner):
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
+        if role() == "worker":  # a single search stopped by the user resumes its trial as often as asked
+            record_attempt(Path(self.get_trial_dir(trial.trial_id)))
         if "tuner/epochs" in trial.hyperparameters.values:
             kwargs["epochs"] = trial.hyperparameters.values["tuner/epochs"]
         return super().run_trial(trial, *args, **kwargs)
@@ -135,6 +139,22 @@ class UltimusTuner(kt.Tuner):
         """Pause a worker: while a round finishes the oracle answers IDLE, and KerasTuner asks again at once."""
         if role() == "worker":
             time.sleep(1)
+
+
+def record_attempt(folder: Path) -> None:
+    """Note this process as starting the trial in `folder`; fail the trial once `MAX_ATTEMPTS` starts died in it.
+
+    A trial is started again only when the process that ran it died (a worker restarted under its tuner id
+    gets its unfinished trial back), so earlier entries are processes that never finished it.
+    """
+    path = folder / ATTEMPTS_NAME
+    attempts = json.loads(path.read_text()) if path.exists() else []
+    if len(attempts) >= MAX_ATTEMPTS:
+        last = attempts[-1]
+        raise kt.errors.FailedTrialError(f"{len(attempts)} processes died running this trial (last: "
+                                         f"{last['tuner_id']}, pid {last['pid']}); not started again")
+    attempts.append({"tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"), "pid": os.getpid()})
+    write_atomic(path, json.dumps(attempts))
 
 
 def make_tuner(

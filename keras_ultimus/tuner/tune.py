@@ -8,16 +8,18 @@ KERASTUNER_ORACLE_PORT set it runs as KerasTuner's chief (a tuner id
 containing "chief") or as a worker; `keras_ultimus.tuner.launch` sets them.
 """
 
+import contextlib
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import UserError, cli
+from keras_ultimus.run_folder import FolderLock, clear_folder, write_atomic
 from keras_ultimus.tuner.options import check_out, parse_args, settings
+
 
 @cli
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     check_out(out)
     from keras_ultimus import distribute
     from keras_ultimus.pipelines import resolve
-    from keras_ultimus.run_folder import write_atomic
     from keras_ultimus.tuner import search
     from keras_ultimus.tuner.hypermodel import UltimusHyperModel
 
@@ -44,28 +45,31 @@ def main(argv: list[str] | None = None) -> int:
     (x_fit, y_fit), val, test = search.search_data(args.data, args.limit_train, args.val_fraction, args.seed,
                                                    args.batch_size)
     print(f"{mode}: {len(x_fit)} training, {len(val[0])} validation images; search folder {out}")
-    if args.fresh and mode != "worker":  # a worker never wipes the shared folder: the chief (or launcher) does
-        shutil.rmtree(out, ignore_errors=True)
-    hypermodel = UltimusHyperModel(args.batch_size, seed=args.seed, precision=args.precision, jit=args.jit,
-                                   pipeline=pipeline, plan=plan, space=args.space)
-    tuner = search.make_tuner(args.algorithm, out, hypermodel, args.epochs, args.max_trials, args.seed,
-                              args.max_params, overwrite=False, strategy=plan.strategy)
-    if mode != "worker":
-        command = shlex.join(["python", "-m", "keras_ultimus.tuner.tune", *(sys.argv[1:] if argv is None else argv)])
-        write_atomic(out / search.SEARCH_NAME, json.dumps({**chosen, "command": command}))
-    try:
-        tuner.search(x_fit, y_fit, validation_data=val, epochs=args.epochs)
-        if mode == "worker":
-            print(f"{os.environ['KERASTUNER_TUNER_ID']}: no trials left, exiting")
-            return 0
-        result = search.finish(tuner, out, chosen, test, pipeline)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
-        return 130
-    except RuntimeError as e:  # KerasTuner gives up after repeated failed trials
-        print(f"error: {str(e).splitlines()[0]} (the trials' messages are in {out}/trial_*/trial.json)",
-              file=sys.stderr)
-        return 1
+    # Workers share the chief's folder: the chief (or a single search) holds its lock, and only it wipes it.
+    with contextlib.nullcontext() if mode == "worker" else FolderLock(out):
+        if args.fresh and mode != "worker":
+            clear_folder(out)
+        hypermodel = UltimusHyperModel(args.batch_size, seed=args.seed, precision=args.precision, jit=args.jit,
+                                       pipeline=pipeline, plan=plan, space=args.space)
+        tuner = search.make_tuner(args.algorithm, out, hypermodel, args.epochs, args.max_trials, args.seed,
+                                  args.max_params, overwrite=False, strategy=plan.strategy)
+        if mode != "worker":
+            argv = sys.argv[1:] if argv is None else argv
+            command = shlex.join(["python", "-m", "keras_ultimus.tuner.tune", *argv])
+            write_atomic(out / search.SEARCH_NAME, json.dumps({**chosen, "command": command}))
+        try:
+            tuner.search(x_fit, y_fit, validation_data=val, epochs=args.epochs)
+            if mode == "worker":
+                print(f"{os.environ['KERASTUNER_TUNER_ID']}: no trials left, exiting")
+                return 0
+            result = search.finish(tuner, out, chosen, test, pipeline)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
+            return 130
+        except RuntimeError as e:  # KerasTuner gives up after repeated failed trials
+            print(f"error: {str(e).splitlines()[0]} (the trials' messages are in {out}/trial_*/trial.json)",
+                  file=sys.stderr)
+            return 1
     print(f"best trial {result['best_trial']}: val_accuracy {result['val_accuracy']:.4f}, "
           f"test_accuracy {result['test_accuracy']:.4f} on {result['test_images']} test images")
     print(f"wrote {out / search.LEADERBOARD_NAME}; train it in full with:\n"
