@@ -56,13 +56,39 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
-def open_npy(path: str) -> np.ndarray:
-    """A `.npy` uint8 batch (N, 32, 32, 3), memory-mapped: its images are read from disk only as they are used."""
-    batch = np.load(path, mmap_mode="r", allow_pickle=False)
-    batch = batch[None] if batch.ndim == 3 else batch
-    if batch.dtype != np.uint8 or batch.shape[1:] != (32, 32, 3):
-        raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {batch.dtype} {batch.shape}")
-    return batch
+class NpyImages:
+    """The images of a `.npy` uint8 (N, 32, 32, 3) file, read from disk one slice at a time.
+
+    Not memory-mapped: the pages of a mapped file count as the process's memory once read, all N of them.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            if major not in (1, 2):
+                raise ValueError(f".npy format version {major} (re-save it with numpy.save)")
+            reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = reader(f)
+            self.offset = f.tell()
+        shape = (1, *shape) if len(shape) == 3 else shape
+        if dtype != np.uint8 or tuple(shape[1:]) != (32, 32, 3) or fortran_order:
+            order = " (Fortran order)" if fortran_order else ""
+            raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {dtype} {tuple(shape)}{order}")
+        self.shape = tuple(shape)
+        if os.path.getsize(path) < self.offset + np.prod(self.shape):
+            raise ValueError("the file is shorter than its header says")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self))
+        size = 32 * 32 * 3
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * size)
+            data = f.read(max(0, stop - start) * size)
+        return np.frombuffer(data, np.uint8).reshape(-1, 32, 32, 3)
 
 
 def read_units(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -71,9 +97,9 @@ def read_units(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
         raise ImageError(f"{path}: empty file, not an image")
     try:
         if path.endswith(".npy"):
-            batch = open_npy(path)
+            batch = NpyImages(path)
             for i in range(0, len(batch), BATCH_SIZE):
-                part = batch[i : i + BATCH_SIZE]  # still on disk: read when copied
+                part = batch[i : i + BATCH_SIZE]
                 yield [f"{path}[{j}]" for j in range(i, i + len(part))], part
             return
         pixels = read_image(path)[None]
@@ -111,7 +137,7 @@ def batches(paths: Iterable[str | os.PathLike], on_error: Callable[[ImageError],
             size: int = BATCH_SIZE) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names, pixels) batches of `size` images over every readable input, read only as they are needed.
 
-    A `.npy` is memory-mapped and a folder is listed, not loaded: memory stays about one batch, however many
+    A `.npy` is read a slice at a time and a folder is listed, not loaded: memory stays about one batch, however many
     images there are. Each unreadable input goes to `on_error` and is skipped.
     """
     names, buffer, count = [], np.empty((size, 32, 32, 3), np.uint8), 0
