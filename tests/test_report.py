@@ -1,5 +1,6 @@
 """report: tables carry the CSV's numbers, charts are written, saved models re-check, bad input exits 2 in one line."""
 
+import errno
 import json
 import os
 import re
@@ -234,6 +235,22 @@ def test_missing_run_folder_or_a_file_given_as_one_exits_2(tmp_path, capsys, mak
     assert main([str(make_run(tmp_path)), "--out", str(out), "--no-model"]) == 2
     assert_one_line_error(capsys, *expected)
     assert not out.exists()
+
+
+def test_a_full_disk_ends_in_one_line_exit_3_and_leaves_the_old_report(tmp_path, capsys, monkeypatch):
+    run, out = write_run(tmp_path / "run"), tmp_path / "out"
+    assert main([str(run), "--out", str(out), "--no-model"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")  # as a write past RLIMIT_FSIZE fails: no file name
+
+    monkeypatch.setattr(charts, "save_png", full)
+    capsys.readouterr()
+    assert main([str(run), "--out", str(out), "--no-model"]) == 3
+    assert_one_line_error(capsys, f"{out}: write failed (File too large)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # no scratch folder left
 
 
 def test_out_naming_a_file_exits_2_and_leaves_it_alone(tmp_path, capsys):

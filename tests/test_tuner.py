@@ -1,5 +1,6 @@
 """Tests for keras_ultimus/tuner/: the search space, the parameter budget, trial schedules, the CLIs, the launcher."""
 
+import errno
 import json
 import os
 import signal
@@ -336,6 +337,22 @@ def test_a_worker_killed_mid_trial_is_restarted_and_the_search_ends_whole(fake_c
     attempts = json.loads((out / f"trial_{trial}" / search.ATTEMPTS_NAME).read_text())
     assert [a["tuner_id"] for a in attempts] == ["tuner0", "tuner0"] and attempts[0]["pid"] == pids["tuner0"]
     assert_leaderboard_matches_oracle(out)
+
+
+def test_a_full_disk_in_a_trial_ends_the_search_in_one_line_with_exit_3(fake_cifar_tarball, tmp_path, capsys,
+                                                                        monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a checkpoint or log write would
+
+    monkeypatch.setattr(UltimusHyperModel, "fit", full)
+    out = tmp_path / "s"
+    argv = ["--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "random", "--max-trials", "2",
+            "--epochs", "1", *TINY]
+    assert tune.main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert f"{out}/trial_0: write failed (No space left on device)" in err
+    assert not (out / ".lock").exists()
 
 
 def test_a_trial_that_killed_its_workers_twice_fails_with_its_reason(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import NO_SPACE, ArgumentParser, UserError, cli
 
 DESCRIPTION = (
     "Report on training runs or a KerasTuner search: Markdown with PNG charts, from each run's log.csv, "
@@ -59,6 +59,10 @@ def write_folder(out: Path, write: Callable[[Path], None]) -> None:
         out.mkdir(exist_ok=True)
         for f in scratch.iterdir():
             os.replace(f, out / f.name)
+    except OSError as e:
+        if e.errno in NO_SPACE:  # the report, not its scratch file, is what the user asked for
+            raise OSError(e.errno, e.strerror, str(out)) from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus.cifar10 import load_cifar10, split_validation
-from keras_ultimus.errors import UserError
+from keras_ultimus.errors import NO_SPACE, UserError
 from keras_ultimus.pipelines import eval_data
 from keras_ultimus.run_folder import write_atomic
 from keras_ultimus.tuner.hypermodel import FIT_NAME, budget_reason, declare_space, trial_config
@@ -36,6 +36,10 @@ SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did 
 MAX_DRAWS = 1000  # rejected samples per request before the oracle gives up on the space
 ATTEMPTS_NAME = "attempts.json"  # per trial: the processes that started it
 MAX_ATTEMPTS = 2  # starts of one trial (a killed worker's trial runs once more) before it fails
+
+
+class NoSpace(OSError, kt.errors.FatalError):
+    """A trial's write failed for want of space: fatal to the search (KerasTuner would fail trial after trial)."""
 
 
 class BudgetOracle:
@@ -133,7 +137,12 @@ class UltimusTuner(kt.Tuner):
             record_attempt(Path(self.get_trial_dir(trial.trial_id)))
         if "tuner/epochs" in trial.hyperparameters.values:
             kwargs["epochs"] = trial.hyperparameters.values["tuner/epochs"]
-        return super().run_trial(trial, *args, **kwargs)
+        try:
+            return super().run_trial(trial, *args, **kwargs)
+        except OSError as e:
+            if e.errno in NO_SPACE:  # the command ends in one line, exit 3 (errors.cli); a rerun resumes
+                raise NoSpace(e.errno, e.strerror, e.filename or self.get_trial_dir(trial.trial_id)) from None
+            raise
 
     def pre_create_trial(self):
         """Pause a worker: while a round finishes the oracle answers IDLE, and KerasTuner asks again at once."""
