@@ -187,9 +187,9 @@ def paused(path):
     time.sleep(pause)
     mark("end", path)
 
-class SlowFile:
-    def __init__(self, file, path):
-        self._file, self._path, self._pauses = file, path, 2
+class SlowFile:  # a log (opened to append) pauses in every write; any other file in its first two
+    def __init__(self, file, path, appends):
+        self._file, self._path, self._pauses = file, path, float("inf") if appends else 2
     def write(self, data):
         if self._pauses and len(data) > 1:
             self._pauses -= 1
@@ -211,7 +211,7 @@ real_open = builtins.open
 def slow_open(file, mode="r", *args, **kwargs):
     f = real_open(file, mode, *args, **kwargs)
     writes = any(c in mode for c in "wax+") and isinstance(file, str | os.PathLike)
-    return SlowFile(f, str(file)) if writes and str(file).startswith(run) else f
+    return SlowFile(f, str(file), "a" in mode) if writes and str(file).startswith(run) else f
 builtins.open = slow_open
 
 real_close = h5py.File.close
@@ -238,13 +238,17 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_pa
     reference = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     rng, kills, inside, finished = random.Random(0), 0, [], False
+    order = rng.sample(range(1, 8), 7)
     for attempt in range(40):
         args = ["--resume", str(out)] if (out / "run.json").exists() else [*common, "--out", str(out)]
         marks = tmp_path / f"marks{attempt}.txt"
         child = subprocess.Popen([sys.executable, "-c", SLOW_WRITES, str(out), str(marks), "0.15", *args],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-        if kills < 12:  # kill after a random number of writes began, a random moment later: inside or between
-            writes, delay = rng.randint(1, 7), rng.uniform(0.0, 0.3)
+        if kills < 14:
+            # The first 7 kills land inside the n-th write of a process, n = 1..7 in a random order (a lock,
+            # run.json, the log row, best.keras, the backup's weights and epoch); the next 7 a moment after one.
+            writes = order[kills % 7]
+            delay = rng.uniform(0.0, 0.1) if kills < 7 else rng.uniform(0.15, 0.5)
             while child.poll() is None and (not marks.exists() or marks.read_text().count("begin ") < writes):
                 time.sleep(0.01)
             time.sleep(delay)
@@ -260,7 +264,9 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_pa
         finished = True
         break
     assert finished and kills >= 10
-    assert len(inside) >= 3 and any("backup" in p for p in inside), inside  # kills half-way through a write
+    # Kills half-way through a write of each kind a resume reads: the backup's weights and epoch, the log, run.json.
+    hit = {os.path.basename(p) for p in inside}
+    assert {"latest.weights.h5", "training_metadata.json", "log.csv", ".run.json.tmp"} <= hit, inside
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
     columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
     log, want = pd.read_csv(out / "log.csv")[columns], pd.read_csv(straight / "log.csv")[columns]
