@@ -1,7 +1,11 @@
-"""Where a result came from: the keras-ultimus checkout's git commit, for run.json and bench.json (no Keras)."""
+"""Where a result came from: the checkout's git commit (run.json, bench.json) and the library versions (no Keras)."""
 
+import importlib
+import platform
 import subprocess
 from pathlib import Path
+
+PACKAGES = ("keras", "keras_tuner", "torch", "jax", "numpy", "pandas", "matplotlib", "tensorflow")
 
 
 def git_state(folder: Path | None = None) -> dict:
@@ -19,3 +23,22 @@ def git_state(folder: Path | None = None) -> dict:
         return {"commit": head.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+def versions(packages: tuple[str, ...] = PACKAGES) -> list[str]:
+    """'name version' lines: Python, each package as this process imports it (or why not), and torch's CUDA device."""
+    lines = [f"python {platform.python_version()} {platform.machine()}"]
+    for name in packages:
+        try:
+            lines.append(f"{name} {getattr(importlib.import_module(name), '__version__', '?')}")
+        except Exception as e:  # a missing or broken package is what this is for
+            first = str(e).splitlines()[0] if str(e) else ""
+            lines.append(f"{name} missing: {type(e).__name__} {first}".rstrip())
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        lines.append(f"cuda {cuda} {torch.cuda.get_device_name(0) if cuda else ''}".rstrip())
+    except Exception:
+        pass
+    return lines

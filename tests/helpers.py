@@ -3,43 +3,15 @@
 Fixtures live in conftest.py; test modules import these helpers with `from tests.helpers import ...`.
 """
 
-import io
-import tarfile
-from pathlib import Path
-
 import numpy as np
 
-# The official binary release's file names, written out here rather than taken from the code under test.
-CIFAR10_FILES = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
-RECORD_BYTES = 1 + 32 * 32 * 3
-
-
-def fake_batch(n: int, seed: int) -> bytes:
-    """`n` random records: 1 label byte + 3072 pixel bytes (R, G, B planes)."""
-    rng = np.random.default_rng(seed)
-    records = rng.integers(0, 256, size=(n, RECORD_BYTES), dtype=np.uint8)
-    records[:, 0] = np.arange(n) % 10
-    return records.tobytes()
-
-
-def write_fake_folder(root: Path, per_file: int = 20) -> Path:
-    """Write a fake `cifar-10-batches-bin/` folder and return it."""
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    for i, name in enumerate(CIFAR10_FILES):
-        (folder / name).write_bytes(fake_batch(per_file, seed=i))
-    return folder
-
-
-def write_fake_tarball(path: Path, per_file: int = 20) -> Path:
-    """Write a fake `cifar-10-binary.tar.gz` in the official layout and return it."""
-    with tarfile.open(path, "w:gz") as tar:
-        for i, name in enumerate(CIFAR10_FILES):
-            raw = fake_batch(per_file, seed=i)
-            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    return path
+from keras_ultimus.fake_data import (  # noqa: F401  (tests import them from here)
+    CIFAR10_FILES,
+    RECORD_BYTES,
+    fake_batch,
+    write_fake_folder,
+    write_fake_tarball,
+)
 
 
 def smooth_images(n: int, seed: int = 0) -> np.ndarray:

@@ -177,6 +177,18 @@ def plot_search_depth(board: pd.DataFrame, best_trial: str | None, path: Path) -
     save(fig, path)
 
 
+def plot_test_depth(blocks: list[int], accuracies: list[float], epochs: int, path: Path) -> None:
+    """Test accuracy of one configuration trained at several depths (all else held)."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(blocks, [100 * a for a in accuracies], "o-")
+    ax.set(xlabel="number of Ultimus blocks (all else at the best configuration)", ylabel="test accuracy (%)",
+           title=f"Test accuracy vs depth, {epochs} epochs, seed 0")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
 def plot_search_curves(board: pd.DataFrame, logs: dict[str, pd.DataFrame], best_trial: str | None,
                        path: Path) -> None:
     """Validation accuracy per epoch of every trial, overlaid (Hyperband continuations start later)."""
