@@ -76,7 +76,8 @@ class Session:
         self.failed: list[str] = []
         self.running: set[subprocess.Popen] = set()
         self.stopping = False
-        os.environ.setdefault("KERAS_BACKEND", "torch")  # the GPU machine has no TensorFlow; nor has the dry run
+        if os.environ.get("KERAS_BACKEND") not in ("torch", "jax"):  # no TensorFlow on the GPU machine or dry run
+            os.environ["KERAS_BACKEND"] = "torch"
         paths = [str(NO_TENSORFLOW)] * self.dry_run + [str(ROOT), os.environ.get("PYTHONPATH", "")]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         for folder in (self.out, self.work / "logs", self.work / "summary"):

@@ -1,10 +1,11 @@
-"""The callbacks of a training run: per-epoch stats, log trimming on resume, run.json's clock, EMA, TensorBoard."""
+"""The callbacks of a training run: per-epoch stats, log trimming, atomic backups, run.json's clock, EMA, TensorBoard."""
 
 import json
 import os
 import re
 import shutil
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import keras
@@ -133,11 +134,45 @@ def recipe_callbacks(options: RecipeOptions) -> list[keras.callbacks.Callback]:
     return [keras.callbacks.SwapEMAWeights()] if options.ema else []
 
 
+class EventScalars(keras.callbacks.Callback):
+    """Each epoch's logs as TensorBoard scalars, written by the `tensorboard` package alone (no TensorFlow).
+
+    Where TensorFlow is missing, Keras' TensorBoard callback can't run; this writes what it would per epoch, in its
+    layout: `train/` and `validation/` event files with `epoch_<name>` tags.
+    """
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir, self._writers = Path(log_dir), {}
+
+    def on_train_begin(self, logs=None):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writers = {split: EventFileWriter(str(self.log_dir / split)) for split in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        for name, value in (logs or {}).items():
+            split, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=f"epoch_{tag}",
+                                                                           simple_value=float(value))])
+            self._writers[split].add_event(event_pb2.Event(wall_time=time.time(), step=epoch, summary=summary))
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+
+
 def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
-    """Keras' TensorBoard callback when TensorFlow is importable, else none (and one line saying so)."""
+    """Keras' TensorBoard callback where TensorFlow is importable, else the `tensorboard` package's own writer."""
     try:
         from keras_ultimus import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
     except ImportError:
-        print("TensorBoard logs need TensorFlow; skipping")
-        return []
+        if find_spec("tensorboard") is None:
+            print("TensorBoard logs need TensorFlow or the tensorboard package; skipping")
+            return []
+        return [EventScalars(log_dir)]
     return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]

@@ -227,6 +227,7 @@ sys.exit(train.main(sys.argv[4:]))
 
 
 @pytest.mark.slow
+@pytest.mark.multi_backend
 def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_path, fake_cifar_tarball):
     """10 kills, 7 of them inside a write; every resume reads a moved copy of the data. Same log and weights."""
     import random

@@ -3,11 +3,8 @@
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -255,74 +252,8 @@ def test_resume_refuses_a_finished_run(tmp_path, capsys):
     assert "already finished" in one_error_line(capsys.readouterr().err)
 
 
-def run_until_killed(args, log_path, epochs_done, env=None):
-    """Start a training subprocess and SIGKILL it once `epochs_done` rows are in its log."""
-    proc = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if log_path.exists() and len(log_path.read_text().splitlines()) >= 1 + epochs_done:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def weights(path):
     return [np.asarray(w) for w in load_keras_model(path).get_weights()]
-
-
-def evaluate_accuracy(model_path, fake_cifar_tarball) -> float:
-    from keras_ultimus.cifar10 import load_cifar10
-
-    _, (x_test, y_test) = load_cifar10(fake_cifar_tarball)
-    logits = keras.ops.convert_to_numpy(load_keras_model(model_path).predict(x_test.astype("float32"), verbose=0))
-    return float(np.mean(logits.argmax(-1) == y_test))
-
-
-@pytest.mark.slow
-@pytest.mark.multi_backend
-def test_killed_run_resumes_like_an_uninterrupted_one(tmp_path, fake_cifar_tarball):
-    """SIGKILL after epoch k, resume from a moved copy of the data: same log, weights and best.keras."""
-    if BACKEND == "tensorflow":
-        pytest.skip("on TensorFlow test_faults.py's kill loop checks this and more (10 kills, bit for bit)")
-    epochs, k = 6, 3
-    common = ["--epochs", str(epochs), "--deterministic", "--max-lr", "0.05", *TINY]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    result = run_cli("--data", str(fake_cifar_tarball), "--out", str(straight), *common)
-    assert result.returncode == 0, result.stderr[-2000:]
-
-    run_until_killed(["--data", str(fake_cifar_tarball), "--out", str(killed), *common], killed / "log.csv", k)
-    done = len(pd.read_csv(killed / "log.csv"))
-    assert k <= done < epochs, "the run was not killed mid-way"
-    assert not (killed / "model.keras").exists()
-    info = json.loads((killed / "run.json").read_text())
-    assert len(info["segments_seconds"]) == 1 and info["wall_seconds"] > 0  # the killed segment's time is kept
-
-    moved = shutil.copy(fake_cifar_tarball, tmp_path / "moved.tar.gz")
-    result = run_cli("--resume", str(killed), "--data", str(moved))
-    assert result.returncode == 0, result.stderr[-2000:]
-    log, reference = pd.read_csv(killed / "log.csv"), pd.read_csv(straight / "log.csv")
-    assert log["epoch"].tolist() == list(range(epochs))
-    schedule = OneCycle(0.05, 4 * epochs)
-    expected = [float(keras.ops.convert_to_numpy(schedule(4 * (e + 1)))) for e in range(epochs)]
-    np.testing.assert_allclose(log["learning_rate"], expected, rtol=1e-4, atol=1e-9)
-    info = json.loads((killed / "run.json").read_text())
-    assert len(info["segments_seconds"]) == 2 and info["wall_seconds"] == pytest.approx(
-        sum(info["segments_seconds"]), abs=0.2)
-    assert info["config"]["data"] == str(moved)
-
-    # best.keras holds the best val_accuracy epoch's weights, across the resume too.
-    assert evaluate_accuracy(killed / "best.keras", fake_cifar_tarball) == pytest.approx(log["val_accuracy"].max())
-    columns = [c for c in COLUMNS if c != "epoch_seconds"]
-    if BACKEND == "tensorflow":  # op determinism: bit for bit
-        pd.testing.assert_frame_equal(log[columns], reference[columns], check_exact=True)
-        for a, b in zip(weights(killed / "model.keras"), weights(straight / "model.keras")):
-            np.testing.assert_array_equal(a, b)
-        for a, b in zip(weights(killed / "best.keras"), weights(straight / "best.keras")):
-            np.testing.assert_array_equal(a, b)
-    else:  # same data per epoch; the kernels' own run-to-run noise is all that differs
-        pd.testing.assert_frame_equal(log[columns], reference[columns], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -374,7 +305,9 @@ def test_trains_where_tensorflow_cannot_be_imported(tmp_path, fake_cifar_tarball
     result = run_cli("--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2",
                      "--limit-train", "64", "--limit-test", "32", *TINY, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "TensorBoard logs need TensorFlow" in result.stdout + result.stderr
+    # Written by the tensorboard package alone, read back here with TensorFlow's own event parser.
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tensorboard_scalars(out / "tensorboard" / "train")
+    assert {"epoch_loss", "epoch_accuracy"} <= tensorboard_scalars(out / "tensorboard" / "validation")
     info = json.loads((out / "run.json").read_text())
     assert info["backend"] == backend and info["pipeline"] == "numpy" and "tensorflow" not in info["versions"]
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0, 1]
