@@ -37,8 +37,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gpu.py`
     sys.path.insert(0, str(ROOT))
 
 from keras_ultimus.errors import ArgumentParser, UserError, cli  # noqa: E402
-from keras_ultimus.fake_data import write_fake_tarball  # noqa: E402
-from keras_ultimus.run_folder import INFO_NAME  # noqa: E402
+from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
+from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
 
 STAGES = ("bench", "train", "bf16", "seeds", "search", "confirm")
 GRACE = 30  # no run starts this close to the time limit; an interrupted one gets this long to stop
@@ -323,7 +323,7 @@ def top_configs(search: Path, n: int = 3) -> list[dict]:
     chosen = [best]
     for row in rows:
         trial = json.loads((search / f"trial_{row['trial_id']}" / "trial.json").read_text())
-        config = best_config(trial["hyperparameters"]["values"], best["batch_size"])
+        config = best_config(trial["hyperparameters"]["values"], best)  # best.json: the search's settings too
         if config not in chosen:
             chosen.append(config)
     return chosen[:n]
@@ -346,8 +346,8 @@ def stage_confirm(s: Session) -> None:
              for d in s.depths if d != best_blocks}  # the best's own depth is confirm-1
     in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in runs.items()])
 
-    from keras_ultimus.model import trainable_params
-    from keras_ultimus.recipe import model_kwargs
+    from keras_ultimus.models.ultimus import trainable_params
+    from keras_ultimus.training.recipe import model_kwargs
     from keras_ultimus.report.charts import plot_test_depth
 
     def described(run: Path) -> str | None:

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.compiling import compile_model  # noqa: E402
+from keras_ultimus.models.ultimus import build_model  # noqa: E402
+from keras_ultimus.training.compiling import compile_model  # noqa: E402
 
 # Events of the trace that wrap whole steps rather than kernels.
 WRAPPERS = ("Process", "Run")

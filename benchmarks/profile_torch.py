@@ -19,8 +19,8 @@ os.environ["KERAS_BACKEND"] = "torch"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.compiling import compile_model  # noqa: E402
+from keras_ultimus.models.ultimus import build_model  # noqa: E402
+from keras_ultimus.training.compiling import compile_model  # noqa: E402
 
 # aten ops that only move data between layouts: what NCHW throughout would not need.
 LAYOUT_OPS = ("aten::copy_", "aten::permute", "aten::contiguous", "aten::clone", "aten::transpose")

@@ -18,9 +18,11 @@ import warnings
 __version__ = "0.2.0"
 __all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
 
-_PUBLIC = {"UltimusLayer": "layers", "build_model": "model", "OneCycle": "schedules", "fit": "training"}
+_PUBLIC = {"UltimusLayer": "models.layers", "build_model": "models.ultimus", "OneCycle": "training.schedules",
+           "fit": "training.fit"}
 # The modules whose import registers a Keras serializable.
-_SERIALIZABLES = ("keras_ultimus.layers", "keras_ultimus.schedules", "keras_ultimus.losses", "keras_ultimus.compiling")
+_SERIALIZABLES = ("keras_ultimus.models.layers", "keras_ultimus.training.schedules", "keras_ultimus.training.losses",
+                  "keras_ultimus.training.compiling")
 
 
 def __getattr__(name: str):

@@ -117,7 +117,7 @@ def prepare(verbose: bool = False, devices: int | None = None) -> str:
     Call it first in every CLI, after parsing flags and before importing Keras
     or any module that imports it. TensorFlow's C++ log lines are hidden unless
     `verbose` or the user set `TF_CPP_MIN_LOG_LEVEL`. `devices` makes that many
-    logical CPU devices for JAX (TensorFlow's are made by `keras_ultimus.distribute`).
+    logical CPU devices for JAX (TensorFlow's are made by `keras_ultimus.training.distribute`).
     Under torch or jax, an installed TensorFlow is imported here with its GPUs hidden.
     Returns the backend name.
     """

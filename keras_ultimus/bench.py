@@ -11,26 +11,22 @@ throughput. Writes bench.csv, bench.md, bench.png and bench.json to `--out`.
 """
 
 import argparse
-import csv
 import importlib.util
 import json
 import os
 import platform
 import shlex
-import statistics
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import INSTALL, prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
 from keras_ultimus.provenance import git_state
+from keras_ultimus.training.run_config import PRECISIONS, add_run_flags
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
-CSV_FIELDS = ("backend", "precision", "measure", "img_s", "repeats", "gflop_per_img", "peak_gflops",
-              "fraction_of_peak", "vs_plain_torch")
 
 
 def installed_backends() -> list[str]:
@@ -72,15 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive, default=5, help="training steps per timed repeat (default: 5)")
     p.add_argument("--repeats", type=positive, default=3, help="timed repeats per figure; the median is reported (default: 3)")
     p.add_argument("--batch-size", type=positive, default=512)
-    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
-                   help="jit_compile: auto is Keras' choice (XLA for jax; off for torch and for TF on CPU)")
+    add_run_flags(p, "jit")
     p.add_argument("--steps-per-execution", type=positive, default=1)
     p.add_argument("--mirrored", type=positive, metavar="N",
                    help="also time TensorFlow under MirroredStrategy over N devices (the GPUs, else N logical CPUs "
                         "with a share of the cores each), with synchronized BatchNorm: the math of one batch")
     p.add_argument("--matmul-size", type=positive, default=2048, help="n of the n×n matmuls timed for the peak (default: 2048)")
-    p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
-                   help="input pipeline (auto: tf.data where TensorFlow imports)")
+    add_run_flags(p, "pipeline")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped images (the default)")
     data.add_argument("--data", help="time on a local CIFAR-10 copy instead of random images")
@@ -98,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 def worker(args: argparse.Namespace) -> int:
     """Measure the current backend in this process and write the figures as JSON to `args.worker`."""
     prepare(verbose=args.verbose)
-    from keras_ultimus import distribute, speed
+    from keras_ultimus.training import distribute
+    from keras_ultimus.benchmark import speed
 
     plan = distribute.setup("mirrored", args.mirrored) if args.mirrored else None  # before any tensor exists
     images = labels = None
     if args.data:
-        from keras_ultimus.cifar10 import load_cifar10
+        from keras_ultimus.datasets.cifar10 import load_cifar10
 
         (images, labels), _ = load_cifar10(args.data)
     result = speed.measure_backend(
@@ -113,96 +108,6 @@ def worker(args: argparse.Namespace) -> int:
     result["versions"] = versions()
     Path(args.worker).write_text(json.dumps(result, indent=1))
     return 0
-
-
-def versions() -> dict:
-    """Versions of the libraries loaded in this process."""
-    found = {"python": platform.python_version()}
-    import keras
-
-    for name in ("keras", keras.backend.backend(), "numpy"):
-        if name in sys.modules:
-            found[name] = getattr(sys.modules[name], "__version__", "?")
-    return found
-
-
-def run_child(command: list[str], env: dict, out: Path, name: str) -> dict:
-    """Run one measuring subprocess, its log in `out/<name>.log`; return its JSON, or raise UserError."""
-    log = out / f"{name}.log"
-    result = out / f"{name}.json"
-    with open(log, "w") as f:
-        code = subprocess.run(command + ["--json" if name == "plain_torch" else "--worker", str(result)],
-                              env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code or not result.exists():
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        raise UserError(f"{name} bench failed (exit {code}): {lines[-1] if lines else 'no output'}; see {log}")
-    return json.loads(result.read_text())
-
-
-def rows(results: dict, plain: dict | None) -> list[dict]:
-    """One CSV row per (backend, precision, measure), medians, with the fraction of the peak and the torch ratio."""
-    from keras_ultimus.speed import COMPUTE_DTYPE
-
-    out = []
-    plain_fp32 = statistics.median(plain["train_img_s"]) if plain else None
-    for backend, r in results.items():
-        from_peak = r["peak_gflops"]
-        out.append(dict(backend=backend, precision=r.get("pipeline", "-"), measure="pipeline", img_s=statistics.median(r["pipeline_img_s"]),
-                        repeats=len(r["pipeline_img_s"])))
-        for precision, p in r["precisions"].items():
-            dtype = COMPUTE_DTYPE[precision]
-            gflop = p["training_flops"] / 1e9
-            train = statistics.median(p["train_img_s"])
-            out.append(dict(backend=backend, precision=precision, measure="train", img_s=train,
-                            repeats=len(p["train_img_s"]), gflop_per_img=gflop, peak_gflops=from_peak[dtype],
-                            fraction_of_peak=train * gflop / from_peak[dtype],
-                            vs_plain_torch=train / plain_fp32 if plain_fp32 and precision == "float32" else None))
-            out.append(dict(backend=backend, precision=precision, measure="eval",
-                            img_s=statistics.median(p["eval_img_s"]), repeats=len(p["eval_img_s"])))
-    if plain:
-        gflop = plain["training_flops"] / 1e9
-        out.append(dict(backend="plain_torch", precision="float32", measure="train", img_s=plain_fp32,
-                        repeats=len(plain["train_img_s"]), gflop_per_img=gflop))
-    return out
-
-
-def markdown(table: list[dict], serving: dict, header: str) -> str:
-    """The bench table (and the serving table) as Markdown."""
-    def num(value, fmt):
-        return "" if value is None else format(value, fmt)
-
-    lines = [header, "", "| backend | precision (pipeline) | measure | img/s (median) | GFLOP/img | peak GFLOP/s | of peak | × plain PyTorch |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in table:
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['measure']} | {r['img_s']:,.0f} | "
-                     f"{num(r.get('gflop_per_img'), '.3f')} | {num(r.get('peak_gflops'), ',.0f')} | "
-                     f"{num(r.get('fraction_of_peak'), '.0%')} | {num(r.get('vs_plain_torch'), '.2f')} |")
-    if serving:
-        lines += ["", "| model | batch-1 median ms | batch-1 p90 ms | batch-256 img/s |", "|---|---:|---:|---:|"]
-        for model, s in serving.items():
-            lines.append(f"| {model} | {s['latency_ms_median']:.2f} | {s['latency_ms_p90']:.2f} | {s['throughput_img_s']:,.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def chart(table: list[dict], path: Path) -> None:
-    """A bar chart of training and evaluation img/s per backend and precision."""
-    from matplotlib.figure import Figure
-
-    from keras_ultimus.plotting import save_png
-
-    bars = [r for r in table if r["measure"] in ("train", "eval")]
-    fig = Figure(figsize=(max(6, 0.9 * len(bars)), 4), layout="constrained")
-    ax = fig.add_subplot()
-    colors = {"train": "tab:blue", "eval": "tab:orange"}
-    labels = [f"{r['backend']}\n{r['precision'].replace('mixed_', '')}\n{r['measure']}" for r in bars]
-    ax.bar(range(len(bars)), [r["img_s"] for r in bars], color=[colors[r["measure"]] for r in bars])
-    for i, r in enumerate(bars):
-        note = f"{r['img_s']:,.0f}" + (f"\n{r['fraction_of_peak']:.0%} peak" if r.get("fraction_of_peak") else "")
-        ax.annotate(note, (i, r["img_s"]), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(bars)), labels, fontsize=7)
-    ax.set_ylabel("images per second (median)")
-    ax.set_title("Ultimus training (blue) and evaluation (orange) speed")
-    save_png(fig, path, dpi=120)
 
 
 @cli
@@ -257,17 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 
     serving = {}
     if args.serve:
-        from keras_ultimus import speed
-        from keras_ultimus.loading import load_predictor
+        from keras_ultimus.benchmark import speed
+        from keras_ultimus.serving.loading import load_predictor
 
         for model in args.serve:
             serving[model] = speed.serving_speed(load_predictor(model), args.calls, args.batches)
 
     table = rows(results, plain)
-    with open(out / "bench.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(table, out / "bench.csv")
     command = "python -m keras_ultimus.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": command, "started": started, "finished": datetime.now().isoformat(timespec="seconds"),
             "load_average_start": load_start, "load_average_end": os.getloadavg(),

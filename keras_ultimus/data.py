@@ -8,6 +8,7 @@ import time
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, cli
+from keras_ultimus.training.run_config import PIPELINES, add_run_flags
 
 
 def passes(dataset, epochs: int, data_epoch) -> None:
@@ -26,8 +27,8 @@ def passes(dataset, epochs: int, data_epoch) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
     parser = ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
-    parser.add_argument("--data", help="local CIFAR-10 copy (default: $CIFAR10_PATH, else TFDS)")
-    parser.add_argument("--pipeline", choices=("auto", "tfdata", "numpy", "both"), default="auto")
+    add_run_flags(parser, "data")
+    parser.add_argument("--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy")
     parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="pipeline passes to time (default 2)")
     parser.add_argument("--workers", type=int, default=None, help="NumPy pipeline threads (default: pipelines.default_workers())")
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from keras_ultimus import pipelines
-    from keras_ultimus.cifar10 import load_cifar10
+    from keras_ultimus.datasets import pipelines
+    from keras_ultimus.datasets.cifar10 import load_cifar10
 
     kinds = ["tfdata", "numpy"] if args.pipeline == "both" else [pipelines.resolve(args.pipeline)]
     for kind in kinds:

@@ -23,11 +23,12 @@ class UserError(Exception):
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """`--help` lines end with the flag's default, unless it is unset, off, or the help text already gives it."""
+    """`--help` lines end with the flag's default, unless it is unset, off, a switch (its flag says what it does), or the help text gives it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings or action.nargs == 0):
             return text
         default = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
         return f"{text} (default: {default})".strip()

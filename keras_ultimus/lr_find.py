@@ -13,8 +13,8 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.flags import add_model_flags, check_model_flags
-from keras_ultimus.recipe_options import add_recipe_flags
+from keras_ultimus.training.flags import add_model_flags, check_model_flags
+from keras_ultimus.training.recipe_options import add_recipe_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pick a new --out")
 
-    from keras_ultimus.cifar10 import load_cifar10
-    from keras_ultimus.lr_range import find_lr
+    from keras_ultimus.datasets.cifar10 import load_cifar10
+    from keras_ultimus.training.lr_range import find_lr
 
     sweep_flags = ("out", "verbose", "min_lr", "max_lr", "steps", "smoothing")
     config = {k: v for k, v in vars(args).items() if k not in sweep_flags}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
-from keras_ultimus.flags import check_model_flags
-from keras_ultimus.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, check_settings, default_config, parse_args
-from keras_ultimus.run_folder import (
+from keras_ultimus.training.flags import check_model_flags
+from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, check_settings, default_config, parse_args
+from keras_ultimus.training.run_folder import (
     CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
 )
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.get("deterministic") and backend == "jax":  # read when JAX starts its backends, not at import
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
 
-    from keras_ultimus import distribute
+    from keras_ultimus.training import distribute
 
     plan = distribute.setup(config.get("distribute", "none"), config.get("devices"), config["batch_size"])
     if not plan.is_chief:
@@ -97,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: dict, out: Path, previous: dict | None, plan, argv: list[str] | None) -> int:
     """Load the data, run the LR range test if asked, and train into `out`; return the exit code."""
-    from keras_ultimus.cifar10 import load_cifar10
-    from keras_ultimus.recipe import train
+    from keras_ultimus.datasets.cifar10 import load_cifar10
+    from keras_ultimus.training.recipe import train
 
     data = load_cifar10(config["data"])  # before anything but the lock is written
     command = shlex.join(["python", "-m", "keras_ultimus.train", *(sys.argv[1:] if argv is None else argv)])
     extra = {}
     if config["max_lr"] == "auto":
-        from keras_ultimus.lr_range import find_lr
+        from keras_ultimus.training.lr_range import find_lr
 
         found = find_lr(config, data, out / "lr_find", command=command)
         config["max_lr"] = found["suggested"]

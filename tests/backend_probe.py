@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ultimus.model import build_model
+from keras_ultimus.models.ultimus import build_model
 
 BACKENDS = ("tensorflow", "torch", "jax")
 MODELS = {

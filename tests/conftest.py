@@ -45,7 +45,7 @@ def residual_model():
     """
     import keras
 
-    from keras_ultimus.model import build_model
+    from keras_ultimus.models.ultimus import build_model
 
     keras.utils.set_random_seed(0)
     return build_model(residual=True)

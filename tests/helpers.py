@@ -5,7 +5,7 @@ Fixtures live in conftest.py; test modules import these helpers with `from tests
 
 import numpy as np
 
-from keras_ultimus.fake_data import (  # noqa: F401  (tests import them from here)
+from keras_ultimus.datasets.fake_data import (  # noqa: F401  (tests import them from here)
     CIFAR10_FILES,
     RECORD_BYTES,
     fake_batch,

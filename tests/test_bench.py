@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_ultimus import bench, speed
-from keras_ultimus.model import build_model
+from keras_ultimus import bench
+
+from keras_ultimus.benchmark import results, speed
+from keras_ultimus.models.ultimus import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +93,7 @@ def fake_results() -> tuple[dict, dict]:
 
 
 def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
-    table = {(r["backend"], r["precision"], r["measure"]): r for r in bench.rows(*fake_results())}
+    table = {(r["backend"], r["precision"], r["measure"]): r for r in results.rows(*fake_results())}
     fp32 = table["tensorflow", "float32", "train"]
     assert fp32["img_s"] == 290.0 and fp32["repeats"] == 3
     assert fp32["fraction_of_peak"] == pytest.approx(290 * 0.8 / 400)
@@ -104,26 +106,23 @@ def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
 
 
 def test_train_speed_times_every_step_and_refuses_data_that_runs_out():
-    from keras_ultimus import pipelines
-    from keras_ultimus.compiling import compile_model
+    from keras_ultimus.training.compiling import compile_model
 
     images, labels = speed.synthetic_cifar(8 * 2 * 3)
     model = build_model(conv_widths=(4, 8), num_blocks=1)
     compile_model(model, 1e-3, total_steps=6)
-    dataset, data_epoch = pipelines.train_data(images, labels, 8, seed=0, kind="numpy")
-    assert len(speed.train_speed(model, dataset, data_epoch, steps=2, repeats=2, batch_size=8)) == 2
-    short, data_epoch = pipelines.train_data(images[:40], labels[:40], 8, seed=0, kind="numpy")  # 5 of 6 batches
+    assert len(speed.train_speed(model, images, labels, steps=2, repeats=2, batch_size=8, pipeline="numpy")) == 2
     compile_model(model, 1e-3, total_steps=6)
-    with pytest.raises(RuntimeError, match="expected 6"):
-        speed.train_speed(model, short, data_epoch, steps=2, repeats=2, batch_size=8)
+    with pytest.raises(RuntimeError, match="expected 6"):  # 5 of the 6 batches
+        speed.train_speed(model, images[:40], labels[:40], steps=2, repeats=2, batch_size=8, pipeline="numpy")
 
 
 def test_markdown_and_chart_show_every_row(tmp_path):
-    table = bench.rows(*fake_results())
-    text = bench.markdown(table, {"m.onnx": {"latency_ms_median": 0.5, "latency_ms_p90": 0.7, "throughput_img_s": 2000}}, "H")
+    table = results.rows(*fake_results())
+    text = results.markdown(table, {"m.onnx": {"latency_ms_median": 0.5, "latency_ms_p90": 0.7, "throughput_img_s": 2000}}, "H")
     assert "| tensorflow | float32 | train | 290 | 0.800 | 400 | 58% | 2.42 |" in text
     assert "| m.onnx | 0.50 | 0.70 | 2,000 |" in text
-    bench.chart(table, tmp_path / "bench.png")
+    results.chart(table, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keras_ultimus import cifar10
-from keras_ultimus.cifar10 import RECORD_BYTES, TEST_FILE, TRAIN_FILES, decode_batch, load_local
+from keras_ultimus.datasets import cifar10
+from keras_ultimus.datasets.cifar10 import RECORD_BYTES, TEST_FILE, TRAIN_FILES, decode_batch, load_local
 from keras_ultimus.errors import UserError
 from tests.helpers import fake_batch, write_fake_tarball
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_ultimus import data, pipelines
+from keras_ultimus import data
+
+from keras_ultimus.datasets import pipelines
 
 
 def run_data_cli(args: list[str], backend: str, no_tensorflow: bool) -> subprocess.CompletedProcess:

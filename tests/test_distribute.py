@@ -28,7 +28,7 @@ HEARTBEAT = 10  # seconds; JAX's default heartbeat timeout is 100
 def test_every_refusal_is_one_user_error(monkeypatch):
     import keras
 
-    from keras_ultimus import distribute
+    from keras_ultimus.training import distribute
     from keras_ultimus.errors import UserError
 
     def refusal(backend, *args):
@@ -60,7 +60,7 @@ def test_every_refusal_is_one_user_error(monkeypatch):
 
 
 def test_processes_get_disjoint_equal_shards_that_cover_the_split():
-    from keras_ultimus.distribute import Plan
+    from keras_ultimus.training.distribute import Plan
 
     x, y = np.arange(103 * 2).reshape(103, 2), np.arange(103)
     plans = [Plan("data-parallel", replicas=4, processes=2, process_id=i) for i in range(2)]
@@ -281,7 +281,7 @@ def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def small_model(sync_bn: bool = False):
     import keras
 
-    from keras_ultimus.model import build_model
+    from keras_ultimus.models.ultimus import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(conv_widths=(4, 8, 8), residual=True)
@@ -305,7 +305,7 @@ def probe_equivalence(out: str, backend: str) -> None:
     import keras
     import tensorflow as tf
 
-    from keras_ultimus import distribute
+    from keras_ultimus.training import distribute
 
     out = Path(out)
     mode = {"tensorflow": "mirrored", "jax": "data-parallel"}[backend]
@@ -342,7 +342,7 @@ def probe_load(path: str) -> None:
     """Print a saved model's logits on the probe images as JSON."""
     import keras
 
-    import keras_ultimus.layers  # noqa: F401  registers UltimusLayer
+    import keras_ultimus.models.layers  # noqa: F401  registers UltimusLayer
 
     model = keras.saving.load_model(path)
     print(json.dumps(keras.ops.convert_to_numpy(model(data(8, 0)[0], training=False)).tolist()))

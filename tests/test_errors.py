@@ -49,7 +49,7 @@ def test_argument_parser_reports_a_bad_flag_in_one_line(argv, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("(see ultimus-x --help)")
 
 
-def test_help_lines_end_with_the_default_unless_unset_off_or_already_given():
+def test_help_lines_end_with_the_default_unless_unset_off_a_switch_or_already_given():
     from keras_ultimus.errors import ArgumentParser
 
     parser = ArgumentParser(prog="p")
@@ -57,8 +57,10 @@ def test_help_lines_end_with_the_default_unless_unset_off_or_already_given():
     parser.add_argument("--widths", default=[32, 256, 48], help="conv widths")
     parser.add_argument("--out", help="folder")
     parser.add_argument("--flag", action="store_true", help="a switch")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation")
     parser.add_argument("--lr", default=0.1, help="peak LR (default: 0.1, or 'auto')")
     text = " ".join(parser.format_help().split())
     assert "passes (default: 24)" in text and "conv widths (default: 32,256,48)" in text
     assert "folder (default" not in text and "a switch (default" not in text
+    assert "no augmentation (default" not in text  # a store_false switch defaults to True: saying so would mislead
     assert text.count("default: 0.1") == 1

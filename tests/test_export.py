@@ -14,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from keras_ultimus import export
-from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.errors import UserError
+from keras_ultimus.serving import export as serving_export
+from keras_ultimus.serving.loading import load_keras_model
+from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,18 +44,18 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def exported(residual_model, tmp_path_factory):
-    return export.export_saved_model(residual_model, tmp_path_factory.mktemp("export") / "ultimus")
+    return serving_export.export_saved_model(residual_model, tmp_path_factory.mktemp("export") / "ultimus")
 
 
 def test_versions_count_up_and_never_overwrite(residual_model, tmp_path):
     base = tmp_path / "ultimus"
-    first = export.export_saved_model(residual_model, base)
+    first = serving_export.export_saved_model(residual_model, base)
     assert first == base / "1"
     assert (first / "saved_model.pb").is_file() and (first / "variables").is_dir()
     before = (first / "saved_model.pb").stat().st_mtime_ns
     (base / "7").mkdir()
     (base / "notes").mkdir()
-    assert export.export_saved_model(residual_model, base) == base / "8"
+    assert serving_export.export_saved_model(residual_model, base) == base / "8"
     assert (first / "saved_model.pb").stat().st_mtime_ns == before
     assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]
 
@@ -65,11 +67,11 @@ def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkey
 
     monkeypatch.setattr(tf.saved_model, "save", fail)
     if error.errno is None:  # exit 2 through the CLI
-        expected = pytest.raises(export.UserError, match="ultimus: cannot write the export \\(read-only\\)")
+        expected = pytest.raises(UserError, match="ultimus: cannot write the export \\(read-only\\)")
     else:  # a full disk: an OSError naming the target, which the CLI reports in one line with exit 3
         expected = pytest.raises(OSError, match="No space left on device")
     with expected as caught:
-        export.export_saved_model(residual_model, tmp_path / "ultimus")
+        serving_export.export_saved_model(residual_model, tmp_path / "ultimus")
     if error.errno is not None:
         assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "ultimus")
     assert list((tmp_path / "ultimus").iterdir()) == []
@@ -157,7 +159,7 @@ def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
         import sys
         import keras
         import numpy as np
-        from keras_ultimus.model import build_model
+        from keras_ultimus.models.ultimus import build_model
 
         assert keras.backend.backend() == sys.argv[1]
         keras.utils.set_random_seed(0)
@@ -173,7 +175,7 @@ def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
     result = run([sys.executable, "-c", save, backend], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
 
-    version = export.export_saved_model(load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
+    version = serving_export.export_saved_model(load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
     out = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(images))
     want = softmax(np.load(tmp_path / "logits.npy").astype(np.float64))
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
@@ -193,15 +195,15 @@ def test_cli_started_under_torch_restarts_on_tensorflow(residual_model, tmp_path
 
 def test_export_refuses_other_backends(residual_model, tmp_path, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(export.UserError, match="needs the TensorFlow backend"):
-        export.export_saved_model(residual_model, tmp_path / "ultimus")
+    with pytest.raises(UserError, match="needs the TensorFlow backend"):
+        serving_export.export_saved_model(residual_model, tmp_path / "ultimus")
     assert not (tmp_path / "ultimus").exists()
 
 
 def test_onnx_matches_keras_and_keeps_the_signature(residual_model, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnxruntime)")
     pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
-    path = export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
+    path = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [("images", "tensor(uint8)", [32, 32, 3])]
     assert {o.name: o.type for o in session.get_outputs()} == {
@@ -214,8 +216,8 @@ def test_onnx_matches_keras_and_keeps_the_signature(residual_model, tmp_path):
     assert_classes_match(class_id, class_name, want, 1e-4)
     with pytest.raises(Exception, match="tensor\\(float\\)"):
         session.run(None, {"images": images.astype(np.float32)})
-    with pytest.raises(export.UserError, match="already exists"):
-        export.export_onnx(residual_model, path)
+    with pytest.raises(UserError, match="already exists"):
+        serving_export.export_onnx(residual_model, path)
 
 
 def test_cli_exports_run_folder(residual_model, tmp_path, capsys):

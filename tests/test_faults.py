@@ -11,7 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from keras_ultimus import run_folder, train
+from keras_ultimus import train
+
+from keras_ultimus.training import run_folder
 from keras_ultimus.errors import UserError
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
@@ -37,7 +39,7 @@ def test_a_held_folder_lock_refuses_a_second_holder_naming_the_pid(tmp_path):
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from keras_ultimus.run_folder import FolderLock\n"
+        "import sys, time; from pathlib import Path; from keras_ultimus.training.run_folder import FolderLock\n"
         f"lock = FolderLock(Path({str(folder)!r})).__enter__(); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -77,7 +79,7 @@ def test_a_search_folder_in_use_is_refused_naming_the_pid(tmp_path, capsys, fake
 
 @pytest.mark.parametrize("kind", ["savedmodel", "onnx"])
 def test_an_export_target_in_use_is_refused_naming_the_pid(tmp_path, residual_model, kind):
-    from keras_ultimus import export
+    from keras_ultimus.serving import export as serving_export
 
     if kind == "onnx":
         pytest.importorskip("tf2onnx")
@@ -85,7 +87,7 @@ def test_an_export_target_in_use_is_refused_naming_the_pid(tmp_path, residual_mo
     holder = run_folder.FolderLock(tmp_path, name=".model.onnx.lock") if kind == "onnx" else \
         run_folder.FolderLock(target)
     with holder, pytest.raises(UserError, match=rf"in use by another process \(pid {os.getpid()}\)"):
-        (export.export_onnx if kind == "onnx" else export.export_saved_model)(residual_model, target)
+        (serving_export.export_onnx if kind == "onnx" else serving_export.export_saved_model)(residual_model, target)
     assert not target.exists()
 
 

@@ -62,10 +62,10 @@ def test_top_configs_are_best_json_then_distinct_completed_trials_by_score(tmp_p
         (tmp_path / f"trial_{trial_id}" / "trial.json").write_text(json.dumps({"hyperparameters": {"values": values}}))
         rows.append(f"{trial_id},{status},{score}")
     (tmp_path / "leaderboard.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "best.json").write_text(json.dumps(best_config(trials["0001"][0], 64)))
+    (tmp_path / "best.json").write_text(json.dumps(best_config(trials["0001"][0], {"batch_size": 64})))
     top = gpu.top_configs(tmp_path)
     assert [c["num_blocks"] for c in top] == [3, 2, 4]
-    assert top[1] == {**best_config(trials["0000"][0], 64)} and top[1]["conv_widths"] == [16, 32]
+    assert top[1] == {**best_config(trials["0000"][0], {"batch_size": 64})} and top[1]["conv_widths"] == [16, 32]
     assert all(c["batch_size"] == 64 for c in top)
 
 

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 from keras.src import testing
 
-from keras_ultimus.layers import UltimusLayer
+from keras_ultimus.models.layers import UltimusLayer
 
 pytestmark = pytest.mark.multi_backend
 

@@ -8,6 +8,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_ultimus"
 COMMANDS = {"keras_ultimus.train", "keras_ultimus.lr_find", "keras_ultimus.export", "keras_ultimus.predict",
             "keras_ultimus.bench", "keras_ultimus.data", "keras_ultimus.tuner.tune", "keras_ultimus.tuner.launch",
             "keras_ultimus.report.cli", "keras_ultimus.report.__main__"}
+# Top-level library modules every kind uses; everything else lives in the subpackage of its kind.
+SHARED = {"keras_ultimus", "keras_ultimus.backend", "keras_ultimus.errors", "keras_ultimus.provenance",
+          "keras_ultimus.plotting"}
+KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner"}
+MAX_LINES = 300
 
 
 def module_name(path: Path) -> str:
@@ -53,15 +58,33 @@ def test_keras_ultimus_modules_import_each_other_in_no_circle():
         visit(module)
 
 
+def test_library_modules_are_grouped_by_kind_and_top_level_modules_are_commands_or_shared():
+    misplaced = [m for m in imports() if m not in COMMANDS | SHARED and m.split(".")[1] not in KINDS]
+    assert not misplaced
+    top_level = {module_name(p) for p in PACKAGE.glob("*.py")}
+    assert top_level <= COMMANDS | SHARED
+
+
+def test_no_module_is_over_300_lines():
+    long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long
+
+
 def test_no_module_imports_keras_private_api():
     for path in PACKAGE.rglob("*.py"):
         assert "keras.src" not in path.read_text(), path.relative_to(PACKAGE.parent)
 
 
 def test_the_keras_free_copies_of_choice_tuples_equal_their_keras_side_originals():
-    from keras_ultimus import flags, layers, model
+    from keras_ultimus.training import flags
+    from keras_ultimus.models import layers
+    from keras_ultimus.models import ultimus as model
     from keras_ultimus.tuner import hypermodel, options
 
     assert flags.ATTENTION == layers.ATTENTION
     assert (flags.STEMS, flags.POOLING) == (model.STEMS, model.POOLING)
     assert options.SPACES == hypermodel.SPACES
+    from keras_ultimus.datasets import pipelines
+    from keras_ultimus.training import distribute, run_config
+
+    assert (run_config.PIPELINES, run_config.DISTRIBUTE_MODES) == (pipelines.KINDS, distribute.MODES)

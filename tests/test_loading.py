@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.loading import float32_copy, load_keras_model, save_for_inference
-from keras_ultimus.model import build_model
+from keras_ultimus.serving.loading import float32_copy, load_keras_model, save_for_inference
+from keras_ultimus.models.ultimus import build_model
 from tests.helpers import smooth_images
 
 
@@ -92,7 +92,7 @@ def test_every_committed_model_loads_with_keras_after_importing_the_package():
 
 @pytest.mark.parametrize("imports", [
     "import keras\nimport keras_ultimus",
-    "import keras_ultimus.losses\nimport keras",  # Keras first imported from inside a registering module
+    "import keras_ultimus.training.losses\nimport keras",  # Keras first imported from inside a registering module
     "import keras_ultimus, importlib.util\nimportlib.util.find_spec('keras')\nimport keras",  # as TensorFlow does
 ])
 def test_a_committed_model_loads_whatever_the_import_order(imports):

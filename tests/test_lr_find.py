@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ultimus.cifar10 import TEST_FILE, TRAIN_FILES
+from keras_ultimus.datasets.cifar10 import TEST_FILE, TRAIN_FILES
 from keras_ultimus.errors import UserError
 from keras_ultimus.lr_find import main
-from keras_ultimus.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
-from keras_ultimus.compiling import compile_model
+from keras_ultimus.training.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
+from keras_ultimus.training.compiling import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,11 @@ def test_suggestion_refuses_a_loss_that_never_falls():
         suggest_lr(lrs, np.linspace(1, 3, 50))
 
 
+def fit_on(model, data):
+    """A `sweep` fit over ready batches."""
+    return lambda epochs, callbacks: model.fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
+
+
 @pytest.mark.multi_backend
 def test_sweep_sets_each_steps_lr_and_records_each_batchs_own_loss():
     # Plain SGD on MSE: NumPy redoes every step. 100 samples in batches of 32 (the last has 4), over 2 epochs.
@@ -86,7 +91,7 @@ def test_sweep_sets_each_steps_lr_and_records_each_batchs_own_loss():
     w0 = np.random.default_rng(2).normal(size=(8, 1))
     model = linear_model(keras.optimizers.SGD(1e-3), w0)
     sizes = [32, 32, 32, 4]
-    table, stopped = sweep(model, batches(x, y, 32), 1e-3, 0.1, 8, 4, sizes)
+    table, stopped = sweep(fit_on(model, batches(x, y, 32)), 1e-3, 0.1, 8, 4, sizes)
 
     lrs = np.geomspace(1e-3, 0.1, 8)
     w, expected = w0.astype(np.float64), []
@@ -111,7 +116,7 @@ def test_sharper_loss_moves_the_suggestion_down_by_k():
     suggestions = {}
     for k in (1.0, 10.0, 100.0):
         model = linear_model(keras.optimizers.Adam(1e-5), np.zeros((8, 1)))
-        table, _ = sweep(model, batches(x * k, y, 256), 1e-5, 10.0, 64, 1)
+        table, _ = sweep(fit_on(model, batches(x * k, y, 256)), 1e-5, 10.0, 64, 1)
         suggestions[k] = suggest_lr(table["lr"], table["smoothed"], skip_start=5)
     assert 10 / 1.5 < suggestions[1.0] / suggestions[10.0] < 10 * 1.5, suggestions
     assert 10 / 1.5 < suggestions[10.0] / suggestions[100.0] < 10 * 1.5, suggestions
@@ -121,7 +126,7 @@ def test_sharper_loss_moves_the_suggestion_down_by_k():
 def test_sweep_stops_once_the_loss_diverges():
     x, y = regression(512)
     model = linear_model(keras.optimizers.SGD(1e-4), np.zeros((8, 1)))
-    table, stopped = sweep(model, batches(x, y, 32), 1e-4, 100.0, 64, 16, diverge=4.0)
+    table, stopped = sweep(fit_on(model, batches(x, y, 32)), 1e-4, 100.0, 64, 16, diverge=4.0)
     assert stopped and "4x its best" in stopped
     assert len(table) < 64
     assert table["smoothed"].iloc[-1] > 4 * table["smoothed"].min()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import keras
-from keras_ultimus.layers import UltimusLayer
-from keras_ultimus.model import build_model, parse_conv_widths, parse_downsample, stem_plan, trainable_params
+from keras_ultimus.models.layers import UltimusLayer
+from keras_ultimus.models.ultimus import build_model, parse_conv_widths, parse_downsample, stem_plan, trainable_params
 
 pytestmark = pytest.mark.multi_backend
 

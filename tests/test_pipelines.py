@@ -1,4 +1,4 @@
-"""Both input pipelines: data order keyed by (seed, epoch), augmentation math, the choice, and fit integration."""
+"""The input pipelines (tf.data, NumPy, device): data order keyed by (seed, epoch), augmentation math, the choice, and fit integration."""
 
 import os
 import subprocess
@@ -9,13 +9,15 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus import batching, pipelines
+from keras_ultimus.datasets import batching
+
+from keras_ultimus.datasets import pipelines
 from keras_ultimus.errors import UserError
-from keras_ultimus.pydataset import ArrayBatches, reflect
+from keras_ultimus.datasets.pydataset import ArrayBatches, reflect
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TF = str(ROOT / "tests" / "no_tensorflow")
-KINDS = ["numpy"] + (["tfdata"] if pipelines.tensorflow_importable() else [])
+KINDS = ["numpy", "device"] + (["tfdata"] if pipelines.tensorflow_importable() else [])
 
 
 def numbered_images(n: int) -> np.ndarray:
@@ -31,7 +33,7 @@ def epoch_batches(dataset, data_epoch, epoch: int) -> list[tuple[np.ndarray, np.
     """All batches of `epoch`, read the way each pipeline is read outside fit."""
     data_epoch.on_epoch_begin(epoch)
     if isinstance(dataset, keras.utils.PyDataset):
-        batches = [dataset[i] for i in range(len(dataset))]
+        batches = [tuple(keras.ops.convert_to_numpy(t) for t in dataset[i]) for i in range(len(dataset))]
         dataset.on_epoch_end()
         return batches
     return [(x.numpy(), y.numpy()) for x, y in dataset]
@@ -70,8 +72,24 @@ def test_training_epoch_is_a_permutation_and_eval_keeps_order(kind):
     assert sorted(seen.tolist()) == list(range(50)) and seen.tolist() != list(range(50))
     np.testing.assert_array_equal(x0[:, 0, 0, 0], y0)  # images travel with their labels
     eval_ds = pipelines.eval_data(images, labels, 16, kind=kind)
-    order = [np.asarray(y) for _, y in (eval_ds if kind == "tfdata" else (eval_ds[i] for i in range(len(eval_ds))))]
+    order = [keras.ops.convert_to_numpy(y) for _, y in (eval_ds if kind == "tfdata" else (eval_ds[i] for i in range(len(eval_ds))))]
     assert np.concatenate(order).tolist() == list(range(50))
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("augment", [True, False])
+def test_device_batches_are_the_numpy_pipelines_bit_for_bit_as_backend_tensors(augment):
+    images, labels = random_images(40, seed=2), np.arange(40) % 10
+    device, device_epoch = pipelines.train_data(images, labels, 16, seed=4, augment=augment, kind="device")
+    host, host_epoch = pipelines.train_data(images, labels, 16, seed=4, augment=augment, kind="numpy", workers=0)
+    x, _ = device[0]
+    assert keras.ops.is_tensor(x) and not isinstance(x, np.ndarray)  # a tensor of the backend, made on its device
+    for epoch in (0, 2):
+        assert_same_batches(epoch_batches(device, device_epoch, epoch), epoch_batches(host, host_epoch, epoch))
+    device_eval = pipelines.eval_data(images, labels, 16, kind="device")
+    host_eval = pipelines.eval_data(images, labels, 16, kind="numpy")
+    assert_same_batches([tuple(keras.ops.convert_to_numpy(t) for t in device_eval[i]) for i in range(len(device_eval))],
+                        [host_eval[i] for i in range(len(host_eval))])
 
 
 def crops_of_padded(image: np.ndarray, result: np.ndarray) -> list[tuple[int, int, bool]]:
@@ -108,7 +126,7 @@ def test_reflect_matches_numpy_reflect_padding():
 
 
 def test_resolve_chooses_and_refuses(monkeypatch):
-    assert pipelines.resolve("numpy") == "numpy"
+    assert pipelines.resolve("numpy") == "numpy" and pipelines.resolve("device") == "device"
     with pytest.raises(UserError, match="unknown pipeline 'grain'"):
         pipelines.resolve("grain")
     monkeypatch.setattr(pipelines, "tensorflow_importable", lambda: False)
@@ -157,7 +175,7 @@ def test_fit_resumed_at_epoch_3_sees_the_batches_of_an_uninterrupted_run(kind, w
 def test_tfdata_hides_gpus_from_tensorflow_under_other_backends(monkeypatch):
     import tensorflow as tf
 
-    from keras_ultimus import tfdata
+    from keras_ultimus.datasets import tfdata
 
     calls = []
     monkeypatch.setattr(tf.config, "set_visible_devices", lambda *args: calls.append(args))
@@ -183,7 +201,7 @@ def test_importing_tfdata_under_torch_hides_gpus_before_any_tf_data_op():
         "import tensorflow as tf\n"
         "calls = []\n"
         "tf.config.set_visible_devices = lambda *a: calls.append(a)\n"
-        "import keras_ultimus.tfdata\n"
+        "import keras_ultimus.datasets.tfdata\n"
         "assert calls == [([], 'GPU')], calls\n"
     )
     result = run_python(code, "torch")
@@ -195,7 +213,7 @@ def test_importing_tfdata_under_torch_hides_gpus_before_any_tf_data_op():
 def test_numpy_pipeline_trains_where_tensorflow_cannot_be_imported(backend):
     code = (
         "import numpy as np, keras\n"
-        "from keras_ultimus import pipelines\n"
+        "from keras_ultimus.datasets import pipelines\n"
         "try:\n    import tensorflow\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('tensorflow imported')\n"
         "assert pipelines.resolve('auto') == 'numpy'\n"
         "x = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)\n"

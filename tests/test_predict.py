@@ -20,9 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from keras_ultimus import export, predict
-from keras_ultimus.loading import load_predictor
-from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus import predict
+from keras_ultimus.serving import export as serving_export
+from keras_ultimus.serving import predict as reading
+from keras_ultimus.serving.loading import load_predictor
+from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images
 
 
@@ -31,7 +33,7 @@ def files(residual_model, tmp_path_factory):
     """The model as a .keras file and as a SavedModel export base folder."""
     root = tmp_path_factory.mktemp("models")
     residual_model.save(root / "model.keras")
-    export.export_saved_model(residual_model, root / "ultimus")
+    serving_export.export_saved_model(residual_model, root / "ultimus")
     return root
 
 
@@ -46,11 +48,11 @@ def inputs(tmp_path):
 
 
 def test_read_images_resizes_any_size_to_32x32(inputs):
-    names, pixels = predict.read_images(inputs / "green.png")
+    names, pixels = reading.read_images(inputs / "green.png")
     assert names == [str(inputs / "green.png")]
     assert pixels.shape == (1, 32, 32, 3) and pixels.dtype == np.uint8
     assert (pixels == np.array([10, 200, 30], np.uint8)).all()
-    _, pixels = predict.read_images(inputs / "big.jpg")
+    _, pixels = reading.read_images(inputs / "big.jpg")
     # 96x96 of 24-pixel blocks shrinks back to 8-pixel blocks; block centres survive JPEG + resize.
     centres = pixels[0, 4::8, 4::8].astype(int)
     assert np.abs(centres - smooth_images(1)[0, 4::8, 4::8]).max() < 12
@@ -58,16 +60,16 @@ def test_read_images_resizes_any_size_to_32x32(inputs):
 
 def test_read_images_grayscale_becomes_rgb(tmp_path):
     Image.fromarray(np.full((40, 40), 77, np.uint8)).save(tmp_path / "gray.png")
-    _, pixels = predict.read_images(tmp_path / "gray.png")
+    _, pixels = reading.read_images(tmp_path / "gray.png")
     assert pixels.shape == (1, 32, 32, 3) and (pixels == 77).all()
 
 
 def test_read_images_npy_batch_names_each_image(inputs, tmp_path):
-    names, pixels = predict.read_images(inputs / "batch.npy")
+    names, pixels = reading.read_images(inputs / "batch.npy")
     assert names == [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
     np.testing.assert_array_equal(pixels, smooth_images(3, seed=1))
     np.save(tmp_path / "one.npy", smooth_images(1)[0])
-    assert predict.read_images(tmp_path / "one.npy")[1].shape == (1, 32, 32, 3)
+    assert reading.read_images(tmp_path / "one.npy")[1].shape == (1, 32, 32, 3)
 
 
 @pytest.mark.parametrize(
@@ -91,33 +93,31 @@ def test_read_images_bad_file_is_one_line_naming_it(tmp_path, name, content, mes
         path.write_bytes(path.read_bytes()[:100])
     elif content is not False:
         path.write_bytes(content)
-    with pytest.raises(predict.ImageError) as error:
-        predict.read_images(path)
+    with pytest.raises(reading.ImageError) as error:
+        reading.read_images(path)
     text = str(error.value)
     assert text.startswith(str(path)) and message in text and "\n" not in text
 
 
 def test_top_classes_matches_python_sort():
     probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=20)
-    for row, top in zip(probabilities, predict.top_classes(probabilities)):
+    for row, top in zip(probabilities, reading.top_classes(probabilities)):
         want = sorted(range(10), key=lambda c: -row[c])[:3]
         assert [t["class_id"] for t in top] == want
         assert [t["class_name"] for t in top] == [CLASS_NAMES[c] for c in want]
         assert [t["probability"] for t in top] == [row[c] for c in want]
 
 
-def test_predict_runs_in_batches():
-    calls = []
-
-    def fake(images):
-        calls.append(len(images))
-        return np.eye(10, dtype=np.float32)[images[:, 0, 0, 0] % 10]
-
+def test_batches_fill_each_batch_across_inputs_in_order(tmp_path):
     images = np.zeros((600, 32, 32, 3), np.uint8)
     images[:, 0, 0, 0] = np.arange(600) % 256
-    out = predict.predict(fake, images)
-    assert calls == [256, 256, 88]
-    np.testing.assert_array_equal(out.argmax(-1), (np.arange(600) % 256) % 10)
+    np.save(tmp_path / "a.npy", images[:500])
+    np.save(tmp_path / "b.npy", images[500:])
+    parts = list(reading.batches([tmp_path / "a.npy", tmp_path / "b.npy"], on_error=pytest.fail))
+    assert [len(p) for _, p in parts] == [256, 256, 88]
+    np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), images)
+    assert [n for names, _ in parts for n in names][498:502] == [
+        f"{tmp_path / 'a.npy'}[498]", f"{tmp_path / 'a.npy'}[499]", f"{tmp_path / 'b.npy'}[0]", f"{tmp_path / 'b.npy'}[1]"]
 
 
 @pytest.mark.parametrize("kind", ["keras", "run-folder", "version-folder", "base-folder", "onnx"])
@@ -125,7 +125,7 @@ def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
     if kind == "onnx":
         pytest.importorskip("onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)")
         pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
-        path = export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
+        path = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     else:
         path = {"keras": files / "model.keras", "run-folder": files, "version-folder": files / "ultimus" / "1",
                 "base-folder": files / "ultimus"}[kind]  # fmt: skip
@@ -138,8 +138,8 @@ def test_base_folder_uses_latest_version(residual_model, tmp_path):
     keras.utils.set_random_seed(1)
     newer = build_model(residual=True)
     base = tmp_path / "ultimus"
-    export.export_saved_model(residual_model, base)
-    export.export_saved_model(newer, base)
+    serving_export.export_saved_model(residual_model, base)
+    serving_export.export_saved_model(newer, base)
     (base / "3").mkdir()  # an unfinished copy without saved_model.pb is not a version
     images = smooth_images(8, seed=5)
     got = load_predictor(base)(images)
@@ -155,7 +155,7 @@ def test_cli_prints_top3_and_skips_bad_files(residual_model, files, inputs, caps
     lines = out.splitlines()
     want_names = [str(inputs / "green.png")] + [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
     assert [line.split(": ")[0] for line in lines] == want_names
-    pixels = np.concatenate([predict.read_images(inputs / "green.png")[1], smooth_images(3, seed=1)])
+    pixels = np.concatenate([reading.read_images(inputs / "green.png")[1], smooth_images(3, seed=1)])
     for line, row in zip(lines, keras_probabilities(residual_model, pixels)):
         top = np.argsort(-row)[:3]
         assert line.split(": ")[1] == ", ".join(f"{CLASS_NAMES[c]} {row[c]:.3f}" for c in top)
@@ -271,7 +271,7 @@ def run_predict(inputs: list) -> tuple[int, list, list[str], list[np.ndarray], l
         for i, (suffix, write, *_) in enumerate(inputs):
             paths.append(Path(folder) / f"input{i}{suffix}")
             write(paths[-1])
-        with mock.patch("keras_ultimus.loading.load_predictor", lambda path: predictor):
+        with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda path: predictor):
             with mock.patch.object(Image, "MAX_IMAGE_PIXELS", HUGE_LIMIT):
                 out, err = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -347,7 +347,7 @@ def test_big_inputs_stream_in_about_one_batch_of_memory(tmp_path, kind, n):
 
     out, warm = tmp_path / "out.txt", tmp_path / "warm-up.png"
     Image.new("RGB", (32, 32)).save(warm)
-    with mock.patch("keras_ultimus.loading.load_predictor", lambda model: predictor):
+    with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda model: predictor):
         with open(out, "w") as file, contextlib.redirect_stdout(file):
             assert predict.main(["model.keras", str(warm)]) == 0  # one-time imports and caches: not measured
         seen.clear()
@@ -358,8 +358,8 @@ def test_big_inputs_stream_in_about_one_batch_of_memory(tmp_path, kind, n):
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert sum(seen) == n and max(seen) == predict.BATCH_SIZE
-    assert peak < 2 * predict.BATCH_SIZE * 32 * 32 * 3 * 4, f"{peak / 2**20:.1f} MiB"
+    assert sum(seen) == n and max(seen) == reading.BATCH_SIZE
+    assert peak < 2 * reading.BATCH_SIZE * 32 * 32 * 3 * 4, f"{peak / 2**20:.1f} MiB"
     lines = out.read_text().splitlines()
     assert len(lines) == n
     assert all(lines[i].split(": ")[1].startswith(CLASS_NAMES[i % 10]) for i in range(0, n, 997))
@@ -370,7 +370,7 @@ def test_huge_image_at_default_limit_is_classified(tmp_path, capsys):
     side = 9500  # 90.25 Mpx, 1 byte per pixel
     Image.new("L", (side, side), 200).save(tmp_path / "huge.png")
     seen = []
-    with mock.patch("keras_ultimus.loading.load_predictor", lambda path: lambda x: seen.append(x) or np.eye(10)[[3]]):
+    with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda path: lambda x: seen.append(x) or np.eye(10)[[3]]):
         assert predict.main(["model.keras", str(tmp_path / "huge.png")]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(f"{tmp_path / 'huge.png'}: cat 1.000")
@@ -389,7 +389,7 @@ def test_predict_where_tensorflow_is_unimportable(backend, residual_model, files
     pytest.importorskip(backend)
     models = {"keras": files / "model.keras", "savedmodel": files / "ultimus"}
     if backend == "torch" and find_spec("tf2onnx") and find_spec("onnxruntime"):
-        models["onnx"] = export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
+        models["onnx"] = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join([str(NO_TENSORFLOW), str(REPO)])}  # fmt: skip
     want = keras_probabilities(residual_model, smooth_images(3, seed=1))

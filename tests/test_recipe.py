@@ -7,8 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_ultimus import callbacks, compiling, recipe
-from keras_ultimus.schedules import OneCycle
+from keras_ultimus.training import callbacks
+
+from keras_ultimus.training import compiling
+
+from keras_ultimus.training import recipe
+from keras_ultimus.training.schedules import OneCycle
 
 pytestmark = pytest.mark.multi_backend
 

@@ -6,10 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus import callbacks, compiling
-from keras_ultimus.evaluation import accuracies
-from keras_ultimus.losses import SmoothedSparseCrossentropy
-from keras_ultimus.recipe_options import RecipeOptions, add_recipe_flags
+from keras_ultimus.training import callbacks
+
+from keras_ultimus.training import compiling
+from keras_ultimus.training.evaluation import accuracies
+from keras_ultimus.training.losses import SmoothedSparseCrossentropy
+from keras_ultimus.training.recipe_options import RecipeOptions, add_recipe_flags
 
 pytestmark = pytest.mark.multi_backend
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import keras
-from keras_ultimus.cifar10 import load_local
-from keras_ultimus.model import CLASS_NAMES, build_model
+from keras_ultimus.datasets.cifar10 import load_local
+from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from keras_ultimus.report import charts
 from keras_ultimus.report.cli import main
 from keras_ultimus.report.evaluate import evaluate

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras
-from keras_ultimus.schedules import OneCycle
+from keras_ultimus.training.schedules import OneCycle
 
 pytestmark = pytest.mark.multi_backend
 

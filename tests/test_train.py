@@ -12,9 +12,10 @@ import pytest
 
 import keras
 import keras_ultimus
-from keras_ultimus import flags, train
-from keras_ultimus.loading import load_keras_model
-from keras_ultimus.schedules import OneCycle
+from keras_ultimus import train
+from keras_ultimus.training import flags
+from keras_ultimus.serving.loading import load_keras_model
+from keras_ultimus.training.schedules import OneCycle
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
 COLUMNS = ["epoch", "accuracy", "epoch_seconds", "learning_rate", "loss", "val_accuracy", "val_loss"]
@@ -163,7 +164,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, fake_cifar_t
 
 
 def test_max_lr_auto_runs_the_range_test_first_and_records_it(tmp_path, fake_cifar_tarball, monkeypatch):
-    from keras_ultimus import lr_range
+    from keras_ultimus.training import lr_range
 
     calls = []
 
@@ -211,7 +212,7 @@ def test_config_rebuilds_a_pooled_stem_trial(tmp_path):
     args = train.parse_args(["--config", str(config)])
     flags.check_model_flags(args)
     assert (args.conv_widths, args.downsample) == ([8, 16, 16, 8], ["pool", "stride", "none"])
-    from keras_ultimus.recipe import build
+    from keras_ultimus.training.recipe import build
 
     model = build(vars(args))
     assert model.get_layer("pool1") is not None and model.get_layer("conv3").strides == (2, 2)

@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_ultimus.cifar10 import load_local
-from keras_ultimus.layers import UltimusLayer
-from keras_ultimus.model import build_model, trainable_params
-from keras_ultimus.schedules import OneCycle
+from keras_ultimus.datasets.cifar10 import load_local
+from keras_ultimus.models.layers import UltimusLayer
+from keras_ultimus.models.ultimus import build_model, trainable_params
+from keras_ultimus.training.schedules import OneCycle
 from keras_ultimus.tuner import options, search, tune
-from keras_ultimus.tuner.hypermodel import UltimusHyperModel, budget_reason, declare_space, trial_config
+from keras_ultimus.training.run_config import default_config
+from keras_ultimus.tuner.hypermodel import (
+    BUDGET_KEYS, UltimusHyperModel, budget_reason, declare_space, searched_values, trial_config)
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = [sys.executable, "-m", "keras_ultimus.tuner.tune"]
@@ -77,7 +79,8 @@ def test_space_covers_depth_key_dim_scale_residual_lr_and_the_stem():
     assert {f"conv{i}_width" for i in range(1, 7)} | {f"down{i}" for i in range(1, 6)} <= set(space)
     assert list(space["down3"].values) == ["none", "pool", "stride"]
     # The defaults are the reference model and recipe; conv 4-6 are inactive with 3 convs.
-    assert trial_config(hp.values) == REFERENCE
+    assert searched_values(hp.values) == REFERENCE
+    assert trial_config(hp.values) == {**default_config(), **REFERENCE}  # the reference run config, exactly
     assert "conv4_width" not in hp.values and not hp.is_active(space["conv4_width"])
 
 
@@ -159,7 +162,8 @@ def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar
     result = json.loads((out / "result.json").read_text())
     assert result["configurations_skipped"] == len(skipped) and result["test_images"] == 20
     best = json.loads((out / "best.json").read_text())
-    assert set(best) == {*REFERENCE, "batch_size"}
+    assert set(best) == set(default_config()) - set(BUDGET_KEYS)  # a whole run config but the search's budget
+    assert best["batch_size"] == json.loads((out / "search.json").read_text())["batch_size"]
 
 
 def test_validation_is_a_seeded_split_of_the_training_set(fake_cifar_tarball):
@@ -182,12 +186,12 @@ def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
               "conv1_width": 8, "conv2_width": 16, "conv3_width": 8, "down1": "pool", "down2": "stride",
               "tuner/epochs": 3}
     path = tmp_path / "best.json"
-    path.write_text(json.dumps(search.best_config(values, batch_size=16)))
+    path.write_text(json.dumps(search.best_config(values, {"batch_size": 16})))
     run = tmp_path / "run"
     assert train.main(["--config", str(path), "--data", str(fake_cifar_tarball), "--epochs", "1",
                        "--out", str(run)]) == 0
     config = json.loads((run / "run.json").read_text())["config"]
-    expected = {**trial_config(values), "batch_size": 16}
+    expected = {**searched_values(values), "batch_size": 16}
     assert {k: config[k] for k in expected} == expected
     assert config["epochs"] == 1  # the search's budget is not carried over
     model = keras.saving.load_model(run / "model.keras")

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as `python tools/data_handoff.py`: import f
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_ultimus.model import build_model  # noqa: E402
-from keras_ultimus.compiling import compile_model  # noqa: E402
-from keras_ultimus.tfdata import train_dataset  # noqa: E402
+from keras_ultimus.models.ultimus import build_model  # noqa: E402
+from keras_ultimus.training.compiling import compile_model  # noqa: E402
+from keras_ultimus.datasets.tfdata import train_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

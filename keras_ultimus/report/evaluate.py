@@ -6,16 +6,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ultimus import evaluation
-from keras_ultimus.cifar10 import load_cifar10
+from keras_ultimus.training import evaluation
+from keras_ultimus.datasets.cifar10 import load_cifar10
 from keras_ultimus.errors import UserError, one_line
-from keras_ultimus.layers import UltimusLayer
-from keras_ultimus.loading import load_keras_model
-from keras_ultimus.model import build_model
-from keras_ultimus.recipe import model_kwargs
+from keras_ultimus.models.layers import UltimusLayer
+from keras_ultimus.serving.loading import load_keras_model
+from keras_ultimus.models.ultimus import build_model
+from keras_ultimus.training.recipe import model_kwargs
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run, read_info, read_log
-from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
+from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
 
 BATCH_SIZE = 250
 

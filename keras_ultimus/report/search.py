@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.run_folder import CSV_NAME
+from keras_ultimus.training.run_folder import CSV_NAME
 from keras_ultimus.report import charts
 from keras_ultimus.report.markdown import portable, portable_command, shown_path
 from keras_ultimus.report.runs import read_json, read_log, read_table

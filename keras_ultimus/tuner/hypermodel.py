@@ -10,21 +10,25 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_ultimus import callbacks as callbacks_lib
-from keras_ultimus import compiling, recipe
-from keras_ultimus.model import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
-from keras_ultimus.batching import batches_per_epoch
-from keras_ultimus.pipelines import eval_data, resolve, train_data
-from keras_ultimus.recipe_options import RecipeOptions
-from keras_ultimus.run_folder import CSV_NAME
+from keras_ultimus.training import compiling
+from keras_ultimus.training import recipe
+from keras_ultimus.models.ultimus import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
+from keras_ultimus.datasets.batching import batches_per_epoch
+from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.training.fitting import fit_arrays
+from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.training.run_config import check_settings, default_config
+from keras_ultimus.training.run_folder import CSV_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 REFERENCE_WIDTHS = (32, 256, 48)
 # The search spaces: "reference" searches the model and peak LR around the reference; "wide" adds the
-# residual stem, max pooling and the recipe options (keras_ultimus.recipe_options).
+# residual stem, max pooling and the recipe options (keras_ultimus.training.recipe_options).
 SPACES = ("reference", "wide")
+# Run-config keys that size the search rather than the model or recipe: `best.json` leaves them to `train`.
+BUDGET_KEYS = ("epochs", "limit_train", "limit_test", "data")
 
 
 def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
@@ -51,8 +55,8 @@ def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
         hp.Choice("ema", [0.0, 0.99], default=0.0)
 
 
-def trial_config(values: dict) -> dict:
-    """A trial's hyperparameter values as a train config: `best.json` is a `train --config` file as it is."""
+def searched_values(values: dict) -> dict:
+    """The run-config keys a trial's hyperparameter values set (the leaderboard's columns)."""
     n = int(values["num_convs"])
     config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
     config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
@@ -61,6 +65,16 @@ def trial_config(values: dict) -> dict:
     if config.get("stem") == "resnet":
         config["downsample"] = None  # every residual stage pools
     return config
+
+
+def trial_config(values: dict, settings: dict | None = None) -> dict:
+    """A trial as a run config: `train`'s defaults, then the search's `settings`, then the trial's values.
+
+    Checked as `--config` is (`keras_ultimus.training.run_config`), so a trial trains from the same object a `train`
+    run does, and `best.json` is a `train --config` file as it is.
+    """
+    return check_settings({**default_config(), **(settings or {}), **searched_values(values)},
+                          "trial config", "trial config")
 
 
 def budget_reason(values: dict, max_params: int) -> str | None:
@@ -85,10 +99,10 @@ class UltimusHyperModel(kt.HyperModel):
     """Ultimus models over depth, key size, scale, residual, peak LR and the conv stem.
 
     The stem has 2-6 convs, each of a width from `WIDTHS`, with `"none"`,
-    `"pool"` or `"stride"` between two convs (`keras_ultimus.model.build_model`).
+    `"pool"` or `"stride"` between two convs (`keras_ultimus.models.ultimus.build_model`).
     Each trial trains as `keras_ultimus.train` trains: the shared recipe
     (`compiling.compile_model`: Adam on a one-cycle schedule over the trial's
-    own epochs), the shared input pipelines (`keras_ultimus.pipelines`), and
+    own epochs), the shared input pipelines (`keras_ultimus.datasets.pipelines`), and
     the same per-epoch CSV log, written into the trial's folder.
 
     Args:
@@ -99,7 +113,7 @@ class UltimusHyperModel(kt.HyperModel):
         precision: str. Keras dtype policy of every trial. Defaults to `"float32"`.
         jit: str. `"auto"`, `"on"` or `"off"`, as `train --jit`. Defaults to `"auto"`.
         pipeline: str. `"auto"`, `"tfdata"` or `"numpy"`, as `train --pipeline`. Defaults to `"auto"`.
-        plan: a `keras_ultimus.distribute.Plan` whose scope each trial builds,
+        plan: a `keras_ultimus.training.distribute.Plan` whose scope each trial builds,
             compiles and fits in. Defaults to `None` (one device).
         space: str. `"reference"` or `"wide"` (see `SPACES`). Defaults to `"reference"`.
     """
@@ -118,22 +132,19 @@ class UltimusHyperModel(kt.HyperModel):
         **kwargs,
     ):
         super().__init__(name="ultimus", **kwargs)
-        self.batch_size = batch_size
-        self.pct_start = pct_start
-        self.augment = augment
-        self.seed = seed
-        self.precision = precision
-        self.jit = jit
-        self.pipeline = pipeline
+        # The run-config keys every trial shares; `trial_config` adds each trial's own values.
+        self.settings = check_settings(
+            {"batch_size": batch_size, "pct_start": pct_start, "augment": augment, "seed": seed,
+             "precision": precision, "jit": jit, "pipeline": pipeline}, "UltimusHyperModel")
         self.plan = plan
         self.space = space
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """Build an uncompiled Ultimus model; `fit` compiles it once the step count is known."""
         declare_space(hp, self.space)
-        config = trial_config(hp.values)
-        recipe.seed_everything(self.seed)
-        keras.config.set_dtype_policy(self.precision)  # this process builds trial models only
+        config = trial_config(hp.values, self.settings)
+        recipe.seed_everything(config["seed"])
+        keras.config.set_dtype_policy(config["precision"])  # this process builds trial models only
         with self._scope():
             return build_model(**recipe.model_kwargs(config))
 
@@ -161,24 +172,20 @@ class UltimusHyperModel(kt.HyperModel):
             )
         start = time.perf_counter()
         folder = trial_dir(callbacks)
-        pipeline = resolve(self.pipeline)
-        train_ds, data_epoch = train_data(x, y, self.batch_size, self.seed, self.augment, kind=pipeline)
-        val_ds = eval_data(*validation_data, self.batch_size, kind=pipeline)
-        steps = batches_per_epoch(len(x), self.batch_size) * epochs
-        config = trial_config(hp.values)
+        config = {**trial_config(hp.values, self.settings), "epochs": epochs}
+        pipeline = resolve(config["pipeline"])
+        steps = batches_per_epoch(len(x), config["batch_size"]) * epochs
         options = RecipeOptions.from_config(config)
         with self._scope():
-            compiling.compile_model(model, hp.get("max_lr"), steps, self.pct_start, self.jit, options)
+            compiling.compile_model(model, config["max_lr"], steps, config["pct_start"], config["jit"], options)
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-        print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {config}")
+        print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {searched_values(hp.values)}")
         csv = keras.callbacks.CSVLogger(os.path.join(folder, CSV_NAME))
         with self._scope():
-            history = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=epochs,
-                shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-                callbacks=[data_epoch, *callbacks_lib.recipe_callbacks(options), callbacks_lib.EpochStats(), csv, *callbacks],
+            history = fit_arrays(
+                model, x, y, batch_size=config["batch_size"], seed=config["seed"], augment=config["augment"],
+                pipeline=pipeline,
+                epochs=epochs, options=options, validation=validation_data, callbacks=[csv, *callbacks],
                 verbose=verbose,
             )
         record = {
@@ -187,9 +194,10 @@ class UltimusHyperModel(kt.HyperModel):
             "epochs_run": len(history.epoch),
             "schedule_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),
-            "precision": self.precision,
+            "precision": config["precision"],
             "jit_compile": bool(model.jit_compile),
             "pipeline": pipeline,
+            "config": config,
         }
         with open(os.path.join(folder, FIT_NAME), "w") as f:
             json.dump(record, f)

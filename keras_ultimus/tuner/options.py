@@ -5,15 +5,11 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from keras_ultimus.errors import ArgumentParser, UserError
-from keras_ultimus.run_folder import LOCK_NAME
+from keras_ultimus.training.run_config import add_run_flags
+from keras_ultimus.training.run_folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
 ALGORITHMS = ("hyperband", "bayesian", "random")
-# The same choices as `keras_ultimus.train`; each trial compiles and fits with them as train does.
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-JIT = ("auto", "on", "off")
-PIPELINES = ("auto", "tfdata", "numpy")
-DISTRIBUTE = ("none", "mirrored", "data-parallel", "multi-worker")
 SPACES = ("reference", "wide")  # as keras_ultimus.tuner.hypermodel.SPACES (tested), without Keras
 
 
@@ -21,8 +17,7 @@ def parser() -> ArgumentParser:
     """The search flags; they import no Keras."""
     p = ArgumentParser(prog=PROG, description="Search the Ultimus model's hyperparameters with KerasTuner.",
                        allow_abbrev=False)
-    p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
-                   "(default: $CIFAR10_PATH, else TFDS)")
+    add_run_flags(p, "data")
     p.add_argument("--out", default="runs/search", help="search folder; re-run to resume (default: runs/search)")
     p.add_argument("--fresh", action="store_true", help="delete the search folder's trials and start over")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="hyperband")
@@ -35,17 +30,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out "
                    "for the objective (default: 0.1, i.e. 45,000 / 5,000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
-    p.add_argument("--batch-size", type=int, default=512, help="images per optimizer step")
+    add_run_flags(p, "batch_size")
     p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
                    "the reference; wide: also the residual stem, max pooling, label smoothing, weight decay, EMA")
-    g = p.add_argument_group("how each trial trains (as keras_ultimus.train)")
-    g.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy")
-    g.add_argument("--jit", choices=JIT, default="auto", help="XLA compilation (auto: Keras' default)")
-    g.add_argument("--pipeline", choices=PIPELINES, default="auto",
-                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy)")
-    g.add_argument("--distribute", choices=DISTRIBUTE, default="none",
-                   help="spread each trial over this process's devices")
-    g.add_argument("--devices", type=int, help="make N logical CPU devices (for --distribute on a CPU)")
+    g = p.add_argument_group("how each trial trains (train's own flags)")
+    add_run_flags(g, "precision", "jit", "pipeline", "distribute", "devices")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p
 

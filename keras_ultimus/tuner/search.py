@@ -17,11 +17,11 @@ import keras_tuner as kt
 import numpy as np
 import pandas as pd
 
-from keras_ultimus.cifar10 import load_cifar10, split_validation
+from keras_ultimus.datasets.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import NO_SPACE, UserError
-from keras_ultimus.pipelines import eval_data
-from keras_ultimus.run_folder import write_atomic
-from keras_ultimus.tuner.hypermodel import FIT_NAME, budget_reason, declare_space, trial_config
+from keras_ultimus.datasets.pipelines import eval_data
+from keras_ultimus.training.run_folder import write_atomic
+from keras_ultimus.tuner.hypermodel import BUDGET_KEYS, FIT_NAME, budget_reason, declare_space, searched_values, trial_config
 
 OBJECTIVE = "val_accuracy"
 ALGORITHMS = ("hyperband", "bayesian", "random")
@@ -198,7 +198,7 @@ def make_tuner(
 
 
 def _config_columns(values: dict) -> dict:
-    config = trial_config(values)
+    config = searched_values(values)
     config["conv_widths"] = ",".join(map(str, config["conv_widths"]))
     config["downsample"] = ",".join(config["downsample"] or [])
     return config
@@ -234,9 +234,9 @@ def leaderboard(tuner: kt.Tuner) -> pd.DataFrame:
     return table.reindex(columns=["trial_id", "status", "reason", *config, *extra, *stats]).reset_index(drop=True)
 
 
-def best_config(values: dict, batch_size: int) -> dict:
-    """The best trial's values as `keras_ultimus.train` flag dests, for `--config`."""
-    return {**trial_config(values), "batch_size": batch_size}
+def best_config(values: dict, settings: dict) -> dict:
+    """The best trial's run config, for `train --config`: everything but the search's budget (epochs, data)."""
+    return {k: v for k, v in trial_config(values, settings).items() if k not in BUDGET_KEYS}
 
 
 def finish(tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, np.ndarray], pipeline: str) -> dict:
@@ -248,7 +248,7 @@ def finish(tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, n
     if completed.empty:
         raise UserError(f"no trial completed; see the trial folders in {out}")
     best = tuner.oracle.get_best_trials(1)[0]
-    write_atomic(out / BEST_NAME, json.dumps(best_config(best.hyperparameters.values, settings["batch_size"]),
+    write_atomic(out / BEST_NAME, json.dumps(best_config(best.hyperparameters.values, tuner.hypermodel.settings),
                                               indent=2))
     model = tuner.load_model(best)  # weights of its best epoch
     logits = model.predict(eval_data(*test, settings["batch_size"], kind=pipeline), verbose=0)

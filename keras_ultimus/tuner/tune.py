@@ -17,7 +17,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import UserError, cli
-from keras_ultimus.run_folder import FolderLock, clear_folder, write_atomic
+from keras_ultimus.training.run_folder import FolderLock, clear_folder, write_atomic
 from keras_ultimus.tuner.options import check_out, parse_args, settings
 
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare(verbose=args.verbose, devices=args.devices)
     out = Path(args.out)
     check_out(out)
-    from keras_ultimus import distribute
-    from keras_ultimus.pipelines import resolve
+    from keras_ultimus.training import distribute
+    from keras_ultimus.datasets.pipelines import resolve
     from keras_ultimus.tuner import search
     from keras_ultimus.tuner.hypermodel import UltimusHyperModel
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ultimus.batching import batches_per_epoch
+from keras_ultimus.datasets.batching import batches_per_epoch
 
 
 def hide_gpus_from_tensorflow(backend: str) -> None:

@@ -14,18 +14,19 @@ import numpy as np
 import pandas as pd
 
 import keras_ultimus
-from keras_ultimus import distribute
-from keras_ultimus.callbacks import EpochStats, RunClock, TrimLog, WholeBackup, recipe_callbacks, tensorboard
-from keras_ultimus.compiling import compile_model
+from keras_ultimus.training import distribute
+from keras_ultimus.training.callbacks import RunClock, TrimLog, WholeBackup, tensorboard
+from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
-from keras_ultimus.evaluation import accuracies
-from keras_ultimus.loading import save_for_inference
-from keras_ultimus.model import build_model
-from keras_ultimus.batching import batches_per_epoch
-from keras_ultimus.pipelines import eval_data, resolve, train_data
+from keras_ultimus.training.evaluation import accuracies
+from keras_ultimus.serving.loading import save_for_inference
+from keras_ultimus.models.ultimus import build_model
+from keras_ultimus.datasets.batching import batches_per_epoch
+from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.provenance import git_state
-from keras_ultimus.recipe_options import RecipeOptions
-from keras_ultimus.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
+from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 
 MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn",
               "attention", "pooling", "stem")
@@ -129,8 +130,6 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     x_train, y_train = plan.shard(x_train[: config["limit_train"]], y_train[: config["limit_train"]])
     x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
-    train_ds, data_epoch = train_data(x_train, y_train, batch, config["seed"], config["augment"], kind=pipeline)
-    test_ds = eval_data(x_test, y_test, batch, kind=pipeline)
     steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
@@ -149,13 +148,10 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
         )
     folder_callbacks = run_folder_callbacks(model, out, run_info, start, resume) if out is not None else []
     with plan.scope():
-        history = model.fit(
-            train_ds,
-            validation_data=test_ds,
-            epochs=config["epochs"],
-            shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-            callbacks=[data_epoch, *recipe_callbacks(options), EpochStats(), *folder_callbacks],
-            verbose=verbose,
+        history = fit_arrays(
+            model, x_train, y_train, batch_size=batch, seed=config["seed"], augment=config["augment"],
+            pipeline=pipeline, epochs=config["epochs"], options=options, validation=(x_test, y_test),
+            callbacks=folder_callbacks, verbose=verbose,
         )
         if out is not None:
             with distribute.portable_batchnorm(model):

@@ -2,7 +2,7 @@
 
 The model flags map one-to-one onto `build_model` arguments (their dests are its
 argument names), so a run config or a tuner's best.json rebuilds the same model.
-Their values are checked by `keras_ultimus.model` (which imports Keras) once the
+Their values are checked by `keras_ultimus.models.ultimus` (which imports Keras) once the
 CLI has called `backend.prepare`.
 """
 
@@ -10,7 +10,7 @@ import argparse
 
 from keras_ultimus.errors import UserError
 
-# Kept equal to keras_ultimus.layers.ATTENTION and keras_ultimus.model.STEMS / POOLING (tested), without Keras.
+# Kept equal to keras_ultimus.models.layers.ATTENTION and keras_ultimus.models.ultimus.STEMS / POOLING (tested), without Keras.
 ATTENTION = ("sample", "batch", "elementwise")
 STEMS = ("plain", "resnet")
 POOLING = ("avg", "max")
@@ -41,8 +41,8 @@ def check_model_flags(args: argparse.Namespace) -> None:
 
     Imports Keras: call it after `backend.prepare`. Bad values raise a one-line UserError.
     """
-    from keras_ultimus.model import parse_conv_widths, parse_downsample, trainable_params
-    from keras_ultimus.recipe import model_kwargs
+    from keras_ultimus.models.ultimus import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.training.recipe import model_kwargs
 
     try:
         if isinstance(args.conv_widths, str):

@@ -12,8 +12,8 @@ import keras
 import pandas as pd
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.recipe_options import RecipeOptions
-from keras_ultimus.run_folder import fsync_tree, write_atomic
+from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.training.run_folder import fsync_tree, write_atomic
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -169,7 +169,7 @@ class EventScalars(keras.callbacks.Callback):
 def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
     """Keras' TensorBoard callback where TensorFlow is importable, else the `tensorboard` package's own writer."""
     try:
-        from keras_ultimus import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
+        from keras_ultimus.datasets import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
     except ImportError:
         if find_spec("tensorboard") is None:
             print("TensorBoard logs need TensorFlow or the tensorboard package; skipping")

@@ -13,7 +13,7 @@ import time
 import keras
 import numpy as np
 
-from keras_ultimus.layers import UltimusLayer
+from keras_ultimus.models.layers import UltimusLayer
 
 # The compute dtype of each Keras precision policy, for the matmul peak it is measured against.
 COMPUTE_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
@@ -98,13 +98,14 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype("int32")
 
 
-def train_speed(
-    model: keras.Model, dataset, data_epoch: keras.callbacks.Callback, steps: int, repeats: int, batch_size: int
-) -> list[float]:
+def train_speed(model: keras.Model, images: np.ndarray, labels: np.ndarray, steps: int, repeats: int,
+                batch_size: int, pipeline: str) -> list[float]:
     """Training img/s of `repeats` epochs of `steps` steps each, after one warm-up epoch (compilation)."""
+    from keras_ultimus.training.fitting import fit_arrays
+
     timer = EpochTimes()
-    model.fit(dataset, epochs=repeats + 1, steps_per_epoch=steps, shuffle=False, verbose=0,
-              callbacks=[data_epoch, timer])
+    fit_arrays(model, images, labels, batch_size=batch_size, seed=0, pipeline=pipeline, epochs=repeats + 1,
+               callbacks=[timer], steps_per_epoch=steps)
     done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if done != (repeats + 1) * steps:  # the data ran out: a short epoch would count steps it never ran
         raise RuntimeError(f"timed {done} training steps, expected {(repeats + 1) * steps}: give more images")
@@ -167,9 +168,10 @@ def measure_backend(
     A mirrored `plan` builds, trains and evaluates under its strategy, with
     synchronized BatchNorm so the math stays that of one `batch_size` batch.
     """
-    from keras_ultimus import distribute, pipelines
-    from keras_ultimus.model import build_model
-    from keras_ultimus.compiling import compile_model
+    from keras_ultimus.training import distribute
+    from keras_ultimus.datasets import pipelines
+    from keras_ultimus.models.ultimus import build_model
+    from keras_ultimus.training.compiling import compile_model
 
     kind = pipelines.resolve(pipeline)
     if images is None:
@@ -191,8 +193,7 @@ def measure_backend(
             if jit != "auto" or steps_per_execution != 1:  # recompile with the same optimizer, loss and metrics
                 model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
                               jit_compile=jit_flag(jit), steps_per_execution=steps_per_execution)
-            dataset, data_epoch = pipelines.train_data(images, labels, batch_size, seed=0, augment=True, kind=kind)
-            train = train_speed(model, dataset, data_epoch, steps, repeats, batch_size)
+            train = train_speed(model, images, labels, steps, repeats, batch_size, kind)
             test = pipelines.eval_data(images, labels, batch_size, kind=kind)
             evaluate = eval_speed(model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size)
         result["precisions"][precision] = {

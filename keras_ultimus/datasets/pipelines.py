@@ -1,8 +1,9 @@
-"""Pick the input pipeline (tf.data or NumPy) and build training and evaluation data with it.
+"""Pick the input pipeline (tf.data, NumPy or device) and build training and evaluation data with it.
 
 `train_data` and `eval_data` are the one entry point for `train` and the tuner.
 `auto` takes tf.data where TensorFlow imports, else the NumPy `PyDataset`
-pipeline, which needs no TensorFlow. This module imports no TensorFlow itself.
+pipeline, which needs no TensorFlow. `device` keeps the images on the
+accelerator (`keras_ultimus.datasets.device`). This module imports no TensorFlow itself.
 """
 
 import os
@@ -13,7 +14,7 @@ import numpy as np
 
 from keras_ultimus.errors import UserError
 
-KINDS = ("auto", "tfdata", "numpy")
+KINDS = ("auto", "tfdata", "numpy", "device")
 
 
 def tensorflow_importable() -> bool:
@@ -26,10 +27,10 @@ def tensorflow_importable() -> bool:
 
 
 def resolve(kind: str = "auto") -> str:
-    """The pipeline to use, "tfdata" or "numpy": `auto` picks tfdata when TensorFlow imports."""
+    """The pipeline to use, "tfdata", "numpy" or "device": `auto` picks tfdata when TensorFlow imports."""
     if kind not in KINDS:
         raise UserError(f"unknown pipeline {kind!r}; choose one of: {', '.join(KINDS)}")
-    if kind == "numpy":
+    if kind in ("numpy", "device"):
         return kind
     if tensorflow_importable():
         return "tfdata"
@@ -80,11 +81,16 @@ def train_data(
     """
     kind = resolve(kind)
     if kind == "tfdata":
-        from keras_ultimus import tfdata
+        from keras_ultimus.datasets import tfdata
 
         dataset, epoch = tfdata.train_dataset(images, labels, batch_size, seed, augment)
         return dataset, DataEpoch(epoch.assign)
-    from keras_ultimus.pydataset import ArrayBatches
+    if kind == "device":
+        from keras_ultimus.datasets.device import DeviceBatches
+
+        dataset = DeviceBatches(images, labels, batch_size, seed, training=True, augment=augment)
+        return dataset, DataEpoch(dataset.set_epoch)
+    from keras_ultimus.datasets.pydataset import ArrayBatches
 
     workers = default_workers() if workers is None else workers
     dataset = ArrayBatches(images, labels, batch_size, seed, training=True, augment=augment, workers=workers)
@@ -95,9 +101,13 @@ def eval_data(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str
     """Evaluation data in the arrays' order, float32 0-255 images with int32 labels."""
     kind = resolve(kind)
     if kind == "tfdata":
-        from keras_ultimus import tfdata
+        from keras_ultimus.datasets import tfdata
 
         return tfdata.eval_dataset(images, labels, batch_size)
-    from keras_ultimus.pydataset import ArrayBatches
+    if kind == "device":
+        from keras_ultimus.datasets.device import DeviceBatches
+
+        return DeviceBatches(images, labels, batch_size)
+    from keras_ultimus.datasets.pydataset import ArrayBatches
 
     return ArrayBatches(images, labels, batch_size, training=False)

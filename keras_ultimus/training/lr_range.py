@@ -11,7 +11,7 @@ References: Smith, "Cyclical Learning Rates for Training Neural Networks" (2017)
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -20,8 +20,8 @@ import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render with Agg
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.batching import batches_per_epoch
-from keras_ultimus.pipelines import resolve, train_data
+from keras_ultimus.datasets.batching import batches_per_epoch
+from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.plotting import save_png
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
@@ -113,8 +113,7 @@ def suggest_lr(lrs: Sequence[float], smoothed: Sequence[float], skip_start: int 
 
 
 def sweep(
-    model: keras.Model,
-    data,
+    fit: Callable[[int, list[keras.callbacks.Callback]], object],
     min_lr: float,
     max_lr: float,
     steps: int,
@@ -125,11 +124,10 @@ def sweep(
     print_every: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[pd.DataFrame, str | None]:
-    """Sweep a compiled `model` (float LR) over batched `data`; return (step, lr, loss, smoothed), why it stopped early.
+    """Sweep a compiled model (float LR) through `fit`; return (step, lr, loss, smoothed) and why it stopped early.
 
-    `data` is anything `fit` takes as `x` with labels (a tf.data.Dataset or PyDataset) that yields
-    `batches_per_epoch` batches per epoch; the sweep runs over as many epochs as `steps` needs.
-    `callbacks` go to `fit` too (e.g. the pipeline's DataEpoch).
+    `fit(epochs, callbacks)` fits the model for that many epochs of `batches_per_epoch` batches with those callbacks;
+    the sweep runs over as many epochs as `steps` needs. `callbacks` go to `fit` too.
     """
     if not 0 < min_lr < max_lr:
         raise UserError(f"the LR range must satisfy 0 < min < max, got {min_lr:g} to {max_lr:g}")
@@ -137,7 +135,7 @@ def sweep(
         raise UserError(f"an LR sweep needs at least 2 steps, got {steps}")
     recorder = LRSweep(min_lr, max_lr, steps, batch_sizes, beta, diverge, print_every)
     epochs = -(-steps // batches_per_epoch)
-    model.fit(data, epochs=epochs, callbacks=[*callbacks, recorder], shuffle=False, verbose=0)  # `data` shuffles itself
+    fit(epochs, [*callbacks, recorder])
     table = pd.DataFrame(recorder.history)
     table.insert(0, "step", range(len(table)))
     table["smoothed"] = smooth(table["loss"], beta)
@@ -195,10 +193,11 @@ def find_lr(
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
-    from keras_ultimus.compiling import compile_model
-    from keras_ultimus.recipe import build, environment, seed_everything
-    from keras_ultimus.recipe_options import RecipeOptions
-    from keras_ultimus.run_folder import write_atomic
+    from keras_ultimus.training.compiling import compile_model
+    from keras_ultimus.training.fitting import fit_arrays
+    from keras_ultimus.training.recipe import build, environment, seed_everything
+    from keras_ultimus.training.recipe_options import RecipeOptions
+    from keras_ultimus.training.run_folder import write_atomic
 
     env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
     seed_everything(config["seed"], config.get("deterministic", False))
@@ -207,7 +206,6 @@ def find_lr(
     batch_size = config["batch_size"]
     pipeline = resolve(config.get("pipeline", "auto"))
     augment = config.get("augment", True)
-    train_ds, data_epoch = train_data(x_train, y_train, batch_size, config["seed"], augment, kind=pipeline)
     per_epoch = batches_per_epoch(len(x_train), batch_size)
     sizes = [min(batch_size, len(x_train) - i * batch_size) for i in range(per_epoch)]
     steps = steps or per_epoch
@@ -215,9 +213,12 @@ def find_lr(
     model = build(config, config.get("precision", "float32"))
     compile_model(model, min_lr, steps, jit=config.get("jit", "auto"), options=RecipeOptions.from_config(config))
     with_float_lr(model, min_lr)
-    table, stopped = sweep(
-        model, train_ds, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10, callbacks=[data_epoch]
-    )
+
+    def fit(epochs: int, callbacks: list[keras.callbacks.Callback]) -> None:
+        fit_arrays(model, x_train, y_train, batch_size=batch_size, seed=config["seed"], augment=augment,
+                   pipeline=pipeline, epochs=epochs, callbacks=callbacks)
+
+    table, stopped = sweep(fit, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10)
     skip = min(round(1 / (1 - beta)), len(table) // 4)  # the first EMA values average only a few batches
     try:
         suggested, failed = suggest_lr(table["lr"], table["smoothed"], skip), None

@@ -11,9 +11,15 @@ import math
 from pathlib import Path
 
 from keras_ultimus.errors import ArgumentParser, UserError
-from keras_ultimus.flags import add_model_flags
-from keras_ultimus.recipe_options import RecipeOptions, add_recipe_flags
+from keras_ultimus.training.flags import add_model_flags
+from keras_ultimus.training.recipe_options import RecipeOptions, add_recipe_flags
 
+# The choices of the flags that say how a run executes, defined once; the tuner and the bench take these flags
+# from `add_run_flags`. PIPELINES and DISTRIBUTE_MODES equal `pipelines.KINDS` and `distribute.MODES` (tested).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+JIT_MODES = ("auto", "on", "off")
+PIPELINES = ("auto", "tfdata", "numpy", "device")
+DISTRIBUTE_MODES = ("none", "mirrored", "data-parallel", "multi-worker")
 # Flags that --resume accepts: they don't change what the run computes.
 RESUME_FLAGS = {"resume", "data", "verbose"}
 # Not part of a run's config.
@@ -45,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, help="use only the first N test images")
     p.add_argument("--deterministic", action="store_true",
                    help="reruns with the same seed give identical logs and weights (TF op determinism)")
-    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="Keras dtype policy; mixed_float16 adds dynamic loss scaling")
-    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--jit", choices=JIT_MODES, default="auto",
                    help="XLA compilation of the train step (auto: Keras' default for the backend)")
-    p.add_argument("--pipeline", choices=("auto", "tfdata", "numpy"), default="auto",
-                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy)")
-    p.add_argument("--distribute", choices=("none", "mirrored", "data-parallel", "multi-worker"), default="none",
+    p.add_argument("--pipeline", choices=PIPELINES, default="auto",
+                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy; device: the images stay on the "
+                   "accelerator, and each batch is cropped and flipped there)")
+    p.add_argument("--distribute", choices=DISTRIBUTE_MODES, default="none",
                    help="mirrored: TF MirroredStrategy; data-parallel: JAX keras.distribution.DataParallel "
                    "(several processes via KERAS_DISTRIBUTION_* env vars); multi-worker: refused (keras#20585)")
     p.add_argument("--devices", type=int, help="make N logical CPU devices (CPU-only machines, to try data parallelism)")
@@ -60,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p)
     add_recipe_flags(p)
     return p
+
+
+def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *dests: str) -> None:
+    """Give another command `train`'s own flags for `dests`: the same names, types, choices, defaults and help."""
+    actions = {a.dest: a for a in build_parser()._actions}
+    for dest in dests:
+        parser._add_action(actions[dest])
 
 
 def config_value(action: argparse.Action, value: object, source: str = "--config") -> object:

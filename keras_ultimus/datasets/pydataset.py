@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import keras
 import numpy as np
 
-from keras_ultimus.batching import batches_per_epoch
+from keras_ultimus.datasets.batching import batches_per_epoch
 
 PAD = 4
 _ORDER, _AUGMENT = 0, 1  # stream tags: never let two streams share a key
@@ -106,22 +106,32 @@ class ArrayBatches(keras.utils.PyDataset):
             cached = self._order = (epoch, rng.permutation(len(self.images)))
         return cached[1]
 
-    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch `index` of `epoch`: a pure function of (seed, epoch, index)."""
+    def sources(self, epoch: int, index: int) -> tuple[np.ndarray | slice, tuple[np.ndarray, np.ndarray] | None]:
+        """Which images batch `index` of `epoch` holds and, when augmenting, their crop-and-flip rows and columns.
+
+        Returns `(window, None)` in evaluation, `(idx, None)` without augmentation, or `(idx, (rows, cols))`, each
+        `(batch, 32)` source coordinates. A pure function of (seed, epoch, index).
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         window = slice(index * self.batch_size, (index + 1) * self.batch_size)
         if not self.training:
-            return self.images[window].astype(np.float32), self.labels[window]
+            return window, None
         idx = self.order(epoch)[window]
-        if self.augment:
-            rng = np.random.default_rng([self.seed, epoch, _AUGMENT, index])
-            size = self.images.shape[1]
-            rows, cols = augment_indices(rng, len(idx), size)
-            flat = (idx[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
-            x = np.take(self._pixels, flat, axis=0)  # 3x faster than indexing with three arrays
-        else:
-            x = self.images[idx]
+        if not self.augment:
+            return idx, None
+        rng = np.random.default_rng([self.seed, epoch, _AUGMENT, index])
+        return idx, augment_indices(rng, len(idx), self.images.shape[1])
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `index` of `epoch`: a pure function of (seed, epoch, index)."""
+        idx, crops = self.sources(epoch, index)
+        if crops is None:
+            return self.images[idx].astype(np.float32), self.labels[idx]
+        rows, cols = crops
+        size = self.images.shape[1]
+        flat = (idx[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
+        x = np.take(self._pixels, flat, axis=0)  # 3x faster than indexing with three arrays
         return x.astype(np.float32), self.labels[idx]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

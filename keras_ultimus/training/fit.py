@@ -8,9 +8,9 @@ import keras
 import numpy as np
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.flags import check_model_flags
-from keras_ultimus.run_config import check, check_settings, default_config
-from keras_ultimus.run_folder import FolderLock, check_folder_path, check_new_folder
+from keras_ultimus.training.flags import check_model_flags
+from keras_ultimus.training.run_config import check, check_settings, default_config
+from keras_ultimus.training.run_folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -45,7 +45,7 @@ def fit(
     history.history["val_accuracy"]
     ```
     """
-    from keras_ultimus.recipe import fit_run
+    from keras_ultimus.training.recipe import fit_run
 
     config = {**default_config(), **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit")}
     if config["max_lr"] == "auto":
@@ -59,7 +59,7 @@ def fit(
     arrays = check_arrays(data) if isinstance(data, tuple) else None
     config["data"] = None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
     if arrays is None:
-        from keras_ultimus.cifar10 import load_cifar10
+        from keras_ultimus.datasets.cifar10 import load_cifar10
 
         arrays = load_cifar10(config["data"])
     if out is None:

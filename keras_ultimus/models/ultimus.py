@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_ultimus.layers import ATTENTION, UltimusLayer
+from keras_ultimus.models.layers import ATTENTION, UltimusLayer
 
 CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer",

@@ -1,0 +1,1 @@
+"""Throughput measurements of the training step, used by `ultimus-bench` and the GPU driver."""

@@ -1,0 +1,1 @@
+"""CIFAR-10 on disk and the input pipelines (tf.data, NumPy) that feed `fit`."""

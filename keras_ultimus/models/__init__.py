@@ -1,0 +1,1 @@
+"""The Ultimus model: its attention layer and the model builder."""

@@ -1,0 +1,1 @@
+"""Serving what training saved: loading `.keras` models, SavedModel/ONNX export and prediction."""

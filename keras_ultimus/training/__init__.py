@@ -1,0 +1,1 @@
+"""Training: run settings, the recipe (optimizer, schedule, loss, callbacks), run folders and `fit`."""

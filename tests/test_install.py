@@ -1,0 +1,82 @@
+"""A clean install per extra: `pip install ".[torch]"` (or jax, tensorflow) into a fresh venv, then each console script's
+real job, from a folder outside the checkout, on a tiny fake copy of CIFAR-10.
+
+Opt-in: each extra downloads its backend and takes minutes. Run with
+`ULTIMUS_INSTALL_TESTS=1 python -m pytest tests/test_install.py -n 3`.
+"""
+
+import os
+import subprocess
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_ultimus.datasets.fake_data import write_fake_tarball
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
+
+pytestmark = [
+    pytest.mark.install,
+    pytest.mark.skipif(os.environ.get("ULTIMUS_INSTALL_TESTS") != "1",
+                       reason="makes a venv and downloads a backend per extra; set ULTIMUS_INSTALL_TESTS=1"),
+]
+
+
+def make_venv(folder: Path, extra: str) -> Path:
+    """A fresh venv (no system site-packages) with keras-ultimus[extra] installed from this checkout; its bin/."""
+    venv.EnvBuilder(with_pip=True, clear=True).create(folder)
+    bin_dir = folder / "bin"
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, f"{ROOT}[{extra}]"], check=True, cwd=folder)
+    return bin_dir
+
+
+@pytest.mark.parametrize("extra", ["torch", "jax", "tensorflow"])
+def test_each_console_script_does_its_job_in_a_clean_venv(extra, tmp_path):
+    bin_dir = make_venv(tmp_path / "venv", extra)
+    work = tmp_path / "work"
+    work.mkdir()
+    data = str(write_fake_tarball(work / "cifar-10-binary.tar.gz", per_file=40))
+    np.save(work / "images.npy", np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KERAS_BACKEND"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", KERAS_BACKEND=BACKEND[extra])
+
+    def run(script: str, *args: str, code: int | tuple[int, ...] = 0) -> str:
+        done = subprocess.run([str(bin_dir / script), *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode in (code if isinstance(code, tuple) else (code,)), f"{script} {' '.join(args)}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    # The package comes from the venv, not from this checkout.
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import keras_ultimus; print(keras_ultimus.__file__)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    assert str(bin_dir.parent) in where and str(ROOT) not in where
+
+    tiny = ["--data", data, "--limit-train", "160", "--batch-size", "32"]
+    assert "train" in run("ultimus-data", "--data", data)
+    run("ultimus-train", *tiny, "--epochs", "1", "--limit-test", "40", "--out", "run")
+    assert (work / "run" / "model.keras").exists() and (work / "run" / "log.csv").exists()
+    # On random pixels and labels the loss may never fall: then the sweep is still written, with a one-line exit 2.
+    message = run("ultimus-lr-find", *tiny, "--steps", "8", "--out", "lr", code=(0, 2))
+    assert (work / "lr" / "sweep.csv").exists() and ((work / "lr" / "lr_find.json").exists() or "never fell" in message)
+    run("ultimus-report", "run", "--out", "report", "--data", data)
+    assert (work / "report" / "report.md").exists()
+    assert "images.npy[2]" in run("ultimus-predict", "run/model.keras", "images.npy")
+    if extra == "tensorflow":
+        run("ultimus-export", "run", "--out", "export/ultimus")
+        assert (work / "export" / "ultimus" / "1" / "saved_model.pb").exists()
+    else:  # one line that names the extra to install, and no traceback
+        message = run("ultimus-export", "run", "--out", "export/ultimus", code=2)
+        assert "keras-ultimus[tensorflow]" in message and len(message.strip().splitlines()) == 1
+    search = ["--algorithm", "random", "--max-trials", "1", "--epochs", "1", *tiny]
+    run("ultimus-tune", *search, "--out", "search")
+    assert (work / "search" / "best.json").exists()
+    run("ultimus-launch", "--workers", "1", *search, "--out", "search-launched")
+    assert (work / "search-launched" / "best.json").exists()
+    run("ultimus-bench", "--backends", BACKEND[extra], "--precisions", "float32", "--steps", "1", "--repeats", "1",
+        "--batch-size", "16", "--matmul-size", "64", "--no-plain-torch", "--out", "bench")
+    assert (work / "bench" / "bench.csv").exists()
