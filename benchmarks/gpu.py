@@ -41,6 +41,7 @@ from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
 from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
 
 STAGES = ("bench", "train", "bf16", "seeds", "search", "confirm")
+PIPELINE = "device"  # the uint8 training set on the GPU, each batch cropped and flipped there
 GRACE = 30  # no run starts this close to the time limit; an interrupted one gets this long to stop
 NO_TENSORFLOW = ROOT / "tests" / "no_tensorflow"  # a `tensorflow` that fails to import, as on the GPU machine
 SITE = Path("/tmp/site")  # where the wheels of .whl/ are installed
@@ -171,7 +172,7 @@ def train_run(s: Session, name: str, backend: str, flags: list[str]) -> None:
         command = ["-m", "keras_ultimus.train", "--resume", str(folder), "--data", str(s.data)]
     else:
         shutil.rmtree(folder, ignore_errors=True)
-        command = ["-m", "keras_ultimus.train", "--data", str(s.data), "--pipeline", "numpy", *flags, "--out", str(folder)]
+        command = ["-m", "keras_ultimus.train", "--data", str(s.data), "--pipeline", PIPELINE, *flags, "--out", str(folder)]
     if s.left() >= GRACE:
         say(s, f"{name}: start on {backend}: python {' '.join(command)}")
     start = time.time()
@@ -221,7 +222,7 @@ def stage_bench(s: Session) -> None:
     flags = (["--steps", "1", "--repeats", "1", "--batch-size", "8", "--matmul-size", "64", "--precisions", "float32"]
              if s.dry_run else ["--steps", "20", "--repeats", "3", "--matmul-size", "8192",
                                 "--precisions", "float32,mixed_bfloat16,mixed_float16"])
-    command = ["-m", "keras_ultimus.bench", "--backends", "torch,jax", "--pipeline", "numpy", *flags, "--out", str(folder)]
+    command = ["-m", "keras_ultimus.bench", "--backends", "torch,jax", "--pipeline", PIPELINE, *flags, "--out", str(folder)]
     say(s, f"bench: python {' '.join(command)}")
     outcome = run_limited(s, "bench", command)
     if outcome == "ok":
@@ -290,7 +291,7 @@ def stage_search(s: Session) -> None:
         say(s, "search: finished on an earlier call, kept")
     else:
         flags = ["--data", str(s.data), "--out", str(folder), "--algorithm", "hyperband", "--epochs",
-                 str(s.search_epochs), "--seed", "0", "--pipeline", "numpy"]
+                 str(s.search_epochs), "--seed", "0", "--pipeline", PIPELINE]
         flags += ["--limit-train", "64", "--batch-size", "16"] if s.dry_run else []
         command = ["-m", "keras_ultimus.tuner.launch", "--workers", str(s.jobs)] if s.jobs > 1 \
             else ["-m", "keras_ultimus.tuner.tune"]

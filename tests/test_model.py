@@ -184,3 +184,38 @@ def test_bad_stem_and_pooling_arguments_raise(kwargs, match):
         build_model(**kwargs)
     with pytest.raises(ValueError, match=match):
         trainable_params(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(conv_widths=(32, 64, 64), stem="resnet", num_blocks=1, key_dim=16)])
+def test_whitening_adds_a_frozen_2x2_conv_and_24_input_channels_to_conv1(kwargs):
+    model = build_model(whiten=True, **kwargs)
+    whiten = model.get_layer("whiten")
+    assert not whiten.trainable and whiten.kernel.shape == (2, 2, 3, 24)
+    first = model.get_layer("conv1" if not kwargs else "stage1_conv")
+    assert first.kernel.shape[2] == 24
+    assert trainable_count(model) == trainable_params(whiten=True, **kwargs)
+    assert trainable_params(whiten=True, **kwargs) - trainable_params(**kwargs) == 9 * 21 * first.kernel.shape[3]
+
+
+def test_the_whitening_conv_makes_training_patches_uncorrelated_with_unit_variance(tmp_path):
+    from keras_ultimus.models.ultimus import CIFAR10_MEAN, CIFAR10_STD, set_whitening
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (300, 32, 32, 3)).astype(np.float64)
+    images = np.clip(0.5 * base + 0.5 * np.roll(base, 1, axis=2), 0, 255).astype(np.uint8)  # correlated neighbours
+    model = build_model(whiten=True, conv_widths=(8,), num_blocks=1)
+    set_whitening(model, images)
+    # Independent NumPy: every 2x2 patch of the normalised images, in (row, col, channel) order, times the kernel.
+    x = (images - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
+    patches = np.stack([x[:, i:i + 31, j:j + 31, :] for i in range(2) for j in range(2)], axis=3).reshape(-1, 12)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel).reshape(12, 24)
+    out = patches @ kernel
+    raw = np.cov(patches, rowvar=False)
+    assert np.abs(raw - np.diag(np.diag(raw))).max() > 0.1  # the patches are correlated to begin with
+    np.testing.assert_allclose(np.cov(out[:, :12], rowvar=False), np.eye(12), atol=2e-2)
+    np.testing.assert_array_equal(out[:, 12:], -out[:, :12])
+    whitened = keras.Model(model.input, model.get_layer("whiten").output).predict(images[:4], verbose=0)
+    np.testing.assert_allclose(whitened.reshape(-1, 24), (patches @ kernel)[: 4 * 31 * 31], rtol=1e-3, atol=1e-3)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.get_layer("whiten").kernel), kernel.reshape(2, 2, 3, 24))

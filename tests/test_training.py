@@ -27,6 +27,15 @@ def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
+    from keras_ultimus.models.ultimus import whitening_kernel
+
+    data = arrays()
+    model, _ = keras_ultimus.fit(data, epochs=1, batch_size=16, conv_widths=[4, 8], whiten=True, verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel)
+    np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))  # set before training, frozen during it
+
+
 def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
     model, history = keras_ultimus.fit(str(fake_cifar_tarball), out=out, epochs=1, batch_size=32,

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
 
@@ -20,6 +21,10 @@ DOWNSAMPLE = ("none", "pool", "stride")
 # "plain": 3x3 valid convs with optional downsampling (the reference); "resnet": one residual stage per width.
 STEMS = ("plain", "resnet")
 POOLING = ("avg", "max")
+# The frozen whitening conv: 2x2 patches of 3 channels (12 dimensions), each eigen-direction with both signs.
+WHITEN_PATCH = 2
+WHITEN_WIDTH = 2 * WHITEN_PATCH * WHITEN_PATCH * 3
+WHITEN_IMAGES = 5_000  # training images whose patches give the covariance
 
 
 def parse_conv_widths(text: str) -> list[int]:
@@ -42,7 +47,8 @@ def parse_downsample(text: str) -> list[str]:
     return steps
 
 
-def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = None) -> list[tuple[int, int, bool, int]]:
+def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = None,
+              size: int = IMAGE_SIZE) -> list[tuple[int, int, bool, int]]:
     """Check the stem arguments; return `(width, stride, pool_after, output_size)` per conv.
 
     Every conv is 3x3 with "valid" padding, so the feature map shrinks by 2
@@ -60,7 +66,7 @@ def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = Non
     bad = [s for s in steps if s not in DOWNSAMPLE]
     if bad:
         raise ValueError(f"`downsample` entries must be one of {DOWNSAMPLE}, got {bad[0]!r}.")
-    plan, size = [], IMAGE_SIZE
+    plan = []
     for i, width in enumerate(widths):
         stride = 2 if i > 0 and steps[i - 1] == "stride" else 1
         pool = i < len(steps) and steps[i] == "pool"
@@ -120,6 +126,7 @@ def build_model(
     attention: str = "sample",
     pooling: str = "avg",
     stem: str = "plain",
+    whiten: bool = False,
 ) -> keras.Model:
     """Build the Ultimus model; it takes raw 0-255 float pixels, returns float32 logits.
 
@@ -139,15 +146,22 @@ def build_model(
     GELU, a 2x2 max-pool, then `x + block(x)` where the block is two such
     convs. `pooling` is the global pooling between stem and blocks, `"avg"`
     (the reference) or `"max"`; `attention` is `UltimusLayer`'s.
+
+    `whiten=True` puts a frozen 2x2 conv before the stem, as in airbench: its
+    kernel whitens the training set's 2x2 patches (`set_whitening` computes it
+    from the training images; until then it is random).
     """
     check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
-    plan = stem_plan(conv_widths, downsample) if stem == "plain" else resnet_plan(conv_widths, downsample)
+    size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
+    plan = stem_plan(conv_widths, downsample, size) if stem == "plain" else resnet_plan(conv_widths, downsample)
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
     x = keras.layers.Normalization(
         mean=CIFAR10_MEAN,
         variance=[s**2 for s in CIFAR10_STD],
         name="normalize",
     )(inputs)
+    if whiten:
+        x = keras.layers.Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
     if stem == "plain":
         for i, (width, stride, pool, _) in enumerate(plan, start=1):
             x = keras.layers.Conv2D(
@@ -199,6 +213,7 @@ def trainable_params(
     attention: str = "sample",
     pooling: str = "avg",
     stem: str = "plain",
+    whiten: bool = False,
 ) -> int:
     """Trainable parameters of `build_model(...)` with the same arguments, without building it.
 
@@ -206,13 +221,41 @@ def trainable_params(
     """
     check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
     if stem == "plain":
-        widths, convs_per_width = [width for width, *_ in stem_plan(conv_widths, downsample)], 0
+        size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
+        widths, convs_per_width = [width for width, *_ in stem_plan(conv_widths, downsample, size)], 0
     else:
         widths, convs_per_width = resnet_plan(conv_widths, downsample), 2  # two more convs in the residual block
-    total, channels = 0, 3
+    total, channels = 0, WHITEN_WIDTH if whiten else 3  # the whitening kernel is frozen
     for width in widths:
         total += 9 * channels * width + 2 * width  # conv kernel (no bias) + BN gamma and beta
         total += convs_per_width * (9 * width * width + 2 * width)
         channels = width
     block = 3 * (channels * key_dim + key_dim) + key_dim * channels + channels
     return total + num_blocks * block + channels * num_classes + num_classes
+
+
+def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
+    """The `whiten` conv's kernel for `images` (uint8 NHWC): each output channel is a whitened 2x2 patch direction.
+
+    Patches of the normalised images have covariance C = V diag(l) V^T; the kernel holds V diag(l + eps)^-1/2
+    and its negation, so its outputs have (nearly) unit variance and no correlation, in both signs (GELU follows).
+    """
+    k, channels = WHITEN_PATCH, images.shape[-1]
+    dims = k * k * channels
+    total, outer, count = np.zeros(dims), np.zeros((dims, dims)), 0
+    for start in range(0, len(images), 500):  # about 50 MB of patches at a time
+        x = (np.asarray(images[start : start + 500], np.float64) - CIFAR10_MEAN) / CIFAR10_STD
+        patches = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))  # (n, h', w', c, k, k)
+        patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)  # (kh, kw, c), a Conv2D kernel's order
+        total, outer, count = total + patches.sum(axis=0), outer + patches.T @ patches, count + len(patches)
+    mean = total / count
+    eigenvalues, eigenvectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
+    directions = eigenvectors / np.sqrt(eigenvalues + eps)
+    return np.concatenate([directions, -directions], axis=1).reshape(k, k, channels, -1).astype(np.float32)
+
+
+def set_whitening(model: keras.Model, images: np.ndarray) -> None:
+    """Set the frozen `whiten` conv of `model`, if it has one, from the first `WHITEN_IMAGES` training images."""
+    layer = next((layer for layer in model.layers if layer.name == "whiten"), None)
+    if layer is not None:
+        layer.kernel.assign(whitening_kernel(images[:WHITEN_IMAGES]))

@@ -193,6 +193,7 @@ def find_lr(
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
+    from keras_ultimus.models.ultimus import set_whitening
     from keras_ultimus.training.compiling import compile_model
     from keras_ultimus.training.fitting import fit_arrays
     from keras_ultimus.training.recipe import build, environment, seed_everything
@@ -211,6 +212,7 @@ def find_lr(
     steps = steps or per_epoch
 
     model = build(config, config.get("precision", "float32"))
+    set_whitening(model, x_train)
     compile_model(model, min_lr, steps, jit=config.get("jit", "auto"), options=RecipeOptions.from_config(config))
     with_float_lr(model, min_lr)
 

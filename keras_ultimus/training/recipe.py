@@ -20,7 +20,7 @@ from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.training.evaluation import accuracies
 from keras_ultimus.serving.loading import save_for_inference
-from keras_ultimus.models.ultimus import build_model
+from keras_ultimus.models.ultimus import build_model, set_whitening
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
@@ -28,13 +28,13 @@ from keras_ultimus.provenance import git_state
 from keras_ultimus.training.recipe_options import RecipeOptions
 from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn",
+MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn", "whiten",
               "attention", "pooling", "stem")
 
 
 def model_kwargs(config: dict) -> dict:
-    """Pick the `build_model` arguments out of a run config (sync_bn only when set: most runs predate it)."""
-    return {k: config[k] for k in MODEL_ARGS if k in config and (k != "sync_bn" or config[k])}
+    """Pick the `build_model` arguments out of a run config (sync_bn and whiten only when set: most runs predate them)."""
+    return {k: config[k] for k in MODEL_ARGS if k in config and (k not in ("sync_bn", "whiten") or config[k])}
 
 
 def build(config: dict, precision: str = "float32") -> keras.Model:
@@ -133,6 +133,7 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
+        set_whitening(model, x_train)
         compile_model(model, config["max_lr"], steps, config["pct_start"], jit, options)
     if not resume:
         run_info = {

@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_ultimus.training import compiling
 from keras_ultimus.training import recipe
-from keras_ultimus.models.ultimus import DOWNSAMPLE, POOLING, STEMS, build_model, trainable_params
+from keras_ultimus.models.ultimus import DOWNSAMPLE, POOLING, STEMS, build_model, set_whitening, trainable_params
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
@@ -53,6 +53,7 @@ def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
         hp.Choice("label_smoothing", [0.0, 0.1, 0.2], default=0.0)
         hp.Choice("weight_decay", [0.0, 0.004, 0.04], default=0.0)
         hp.Choice("ema", [0.0, 0.99], default=0.0)
+        hp.Boolean("whiten", default=False)
 
 
 def searched_values(values: dict) -> dict:
@@ -61,7 +62,8 @@ def searched_values(values: dict) -> dict:
     config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
     config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
     config["downsample"] = [values[f"down{i}"] for i in range(1, n)]
-    config.update({k: values[k] for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema") if k in values})
+    config.update({k: values[k] for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema", "whiten")
+                   if k in values})
     if config.get("stem") == "resnet":
         config["downsample"] = None  # every residual stage pools
     return config
@@ -177,6 +179,7 @@ class UltimusHyperModel(kt.HyperModel):
         steps = batches_per_epoch(len(x), config["batch_size"]) * epochs
         options = RecipeOptions.from_config(config)
         with self._scope():
+            set_whitening(model, x)
             compiling.compile_model(model, config["max_lr"], steps, config["pct_start"], config["jit"], options)
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {searched_values(hp.values)}")
