@@ -191,6 +191,7 @@ def test_whitening_adds_a_frozen_2x2_conv_and_24_input_channels_to_conv1(kwargs)
     model = build_model(whiten=True, **kwargs)
     whiten = model.get_layer("whiten")
     assert not whiten.trainable and whiten.kernel.shape == (2, 2, 3, 24)
+    assert model.get_layer("whiten_gelu").output.shape[1:] == (31, 31, 24)
     first = model.get_layer("conv1" if not kwargs else "stage1_conv")
     assert first.kernel.shape[2] == 24
     assert trainable_count(model) == trainable_params(whiten=True, **kwargs)

@@ -147,9 +147,10 @@ def build_model(
     convs. `pooling` is the global pooling between stem and blocks, `"avg"`
     (the reference) or `"max"`; `attention` is `UltimusLayer`'s.
 
-    `whiten=True` puts a frozen 2x2 conv before the stem, as in airbench: its
-    kernel whitens the training set's 2x2 patches (`set_whitening` computes it
-    from the training images; until then it is random).
+    `whiten=True` puts a frozen 2x2 conv and GELU before the stem, as in
+    airbench: the kernel whitens the training set's 2x2 patches, each direction
+    with both signs (`set_whitening` computes it from the training images;
+    until then it is random).
     """
     check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
     size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
@@ -162,6 +163,7 @@ def build_model(
     )(inputs)
     if whiten:
         x = keras.layers.Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
+        x = keras.layers.Activation("gelu", name="whiten_gelu")(x)  # both signs of each direction, as in airbench
     if stem == "plain":
         for i, (width, stride, pool, _) in enumerate(plan, start=1):
             x = keras.layers.Conv2D(

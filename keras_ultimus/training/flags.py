@@ -32,7 +32,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                    help="plain: 3x3 valid convs (the reference); resnet: one residual stage per --conv-widths entry")
     g.add_argument("--pooling", choices=POOLING, default="avg", help="global pooling between stem and blocks")
     g.add_argument("--whiten", action="store_true",
-                   help="a frozen 2x2 conv before the stem that whitens the training set's patches (as in airbench)")
+                   help="a frozen 2x2 conv and GELU before the stem; the conv whitens the training set's patches (airbench)")
     g.add_argument("--attention", choices=ATTENTION, default="sample",
                    help="sample: per-sample 8x8 map (the reference); batch or elementwise: the original code's "
                    "two readings")
