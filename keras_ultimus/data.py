@@ -1,26 +1,14 @@
 """`python -m keras_ultimus.data`: print the CIFAR-10 copy and time the training pipeline(s) alone.
 
-The reader lives in `cifar10.py`, the pipelines in `tfdata.py` and
-`pydataset.py`, the choice between them in `pipelines.py`.
+The reader lives in `datasets/cifar10.py`, the pipelines in `datasets/`, and the
+timing in `benchmark/speed.py` (`pipeline_speed`, as the bench times them).
 """
 
-import time
+import statistics
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, cli
 from keras_ultimus.training.run_config import PIPELINES, add_run_flags
-
-
-def passes(dataset, epochs: int, data_epoch) -> None:
-    """Iterate the training data `epochs` times, in order, as `fit` does, discarding the batches."""
-    for epoch in range(epochs):
-        data_epoch.on_epoch_begin(epoch)
-        if hasattr(dataset, "element_spec"):  # tf.data
-            for _ in dataset:
-                pass
-        else:
-            for index in range(len(dataset)):
-                dataset[index]
 
 
 @cli
@@ -30,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     add_run_flags(parser, "data")
     parser.add_argument("--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy")
     parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
-    parser.add_argument("--epochs", type=int, default=2, help="pipeline passes to time (default 2)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed passes over the training set, after one warm-up pass (default 2)")
     parser.add_argument("--workers", type=int, default=None, help="NumPy pipeline threads (default: pipelines.default_workers())")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N training images")
     parser.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
@@ -43,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from keras_ultimus.benchmark.speed import pipeline_speed
     from keras_ultimus.datasets import pipelines
     from keras_ultimus.datasets.cifar10 import load_cifar10
 
@@ -56,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         dataset, data_epoch = pipelines.train_data(
             x_train, y_train, args.batch_size, kind=kind, workers=args.workers)
-        next(iter(dataset)) if kind == "tfdata" else dataset[0]  # warm-up: builds the pipeline
-        start = time.perf_counter()
-        passes(dataset, args.epochs, data_epoch)
-        rate = args.epochs * len(x_train) / (time.perf_counter() - start)
+        rate = statistics.median(pipeline_speed(dataset, data_epoch, args.epochs, args.batch_size))
         workers = f", workers={dataset.threads}" if kind == "numpy" else ""
         print(f"{kind} training pipeline alone (shuffle, crop, flip, batch {args.batch_size}{workers}): {rate:,.0f} img/s")
     return 0

@@ -36,6 +36,19 @@ def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
     np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))  # set before training, frozen during it
 
 
+def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_process():
+    from keras_ultimus.models.ultimus import whitening_kernel
+    from keras_ultimus.training import distribute, recipe
+    from keras_ultimus.training.run_config import default_config
+
+    data = arrays()
+    config = {**default_config(), "epochs": 1, "batch_size": 16, "conv_widths": [4, 8], "whiten": True}
+    plan = distribute.Plan(mode="data-parallel", replicas=2, processes=2, process_id=1)  # trains on every other image
+    model, _, _ = recipe.fit_run(config, data, plan=plan, verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel)
+    np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))
+
+
 def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
     model, history = keras_ultimus.fit(str(fake_cifar_tarball), out=out, epochs=1, batch_size=32,

@@ -163,6 +163,7 @@ def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar
     assert result["configurations_skipped"] == len(skipped) and result["test_images"] == 20
     best = json.loads((out / "best.json").read_text())
     assert set(best) == set(default_config()) - set(BUDGET_KEYS)  # a whole run config but the search's budget
+    assert "pipeline" not in best  # the search's resolved pipeline ("tfdata" here) would fail where TF is missing
     assert best["batch_size"] == json.loads((out / "search.json").read_text())["batch_size"]
 
 

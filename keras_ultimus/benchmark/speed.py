@@ -139,7 +139,11 @@ def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, 
     speeds = []
     for epoch in range(repeats + 1):
         start = time.perf_counter()
-        count = sum(len(x) for x, _ in batches(epoch))
+        count, x = 0, None
+        for x, _ in batches(epoch):
+            count += len(x)
+        if x is not None and not isinstance(x, np.ndarray):
+            keras.ops.convert_to_numpy(x[:1])  # device batches are made asynchronously: wait for the last one
         if epoch:  # the first pass warms up
             speeds.append(count / (time.perf_counter() - start))
     return speeds
@@ -147,7 +151,9 @@ def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, 
 
 def jit_flag(jit: str) -> bool | str:
     """`jit_compile` for `compile`: "auto" is Keras' own choice for the backend."""
-    return {"auto": "auto", "on": True, "off": False}[jit]
+    from keras_ultimus.training.compiling import JIT
+
+    return JIT[jit]
 
 
 def measure_backend(

@@ -1,1 +1,1 @@
-"""CIFAR-10 on disk and the input pipelines (tf.data, NumPy) that feed `fit`."""
+"""CIFAR-10 on disk and the input pipelines (tf.data, NumPy, device) that feed `fit`."""

@@ -28,21 +28,21 @@ class DeviceBatches(ArrayBatches):
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
                  training: bool = False, augment: bool = True):
         super().__init__(images, labels, batch_size, seed, training, augment, workers=0)
-        self._device_images = ops.convert_to_tensor(np.ascontiguousarray(images))
-        self._device_pixels = ops.reshape(self._device_images, (-1, images.shape[-1]))  # one row per pixel
+        self._device_pixels = ops.convert_to_tensor(self._pixels)  # (n * 32 * 32, channels): one row per pixel
         self._device_labels = ops.convert_to_tensor(self.labels)
 
-    def batch(self, epoch: int, index: int):
+    def batch(self, epoch: int, index: int) -> tuple[object, object]:
         """Batch `index` of `epoch` as (float32 0-255 images, int32 labels), both on the device."""
         idx, crops = self.sources(epoch, index)
         if isinstance(idx, slice):
             idx = np.arange(len(self.labels))[idx]
+        size = self.images.shape[1]
         images = ops.convert_to_tensor(idx.astype(np.int32))
-        if crops is None:
-            x = ops.take(self._device_images, images, axis=0)
+        if crops is None:  # whole images: each one's pixel rows in order
+            flat = images[:, None] * (size * size) + ops.arange(size * size, dtype="int32")
         else:
-            size = self.images.shape[1]
             rows, cols = (ops.convert_to_tensor(c.astype(np.int32)) for c in crops)
             flat = (images[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
-            x = ops.reshape(ops.take(self._device_pixels, ops.reshape(flat, (-1,)), axis=0), (len(idx), size, size, -1))
+        x = ops.take(self._device_pixels, ops.reshape(flat, (-1,)), axis=0)
+        x = ops.reshape(x, (len(idx), size, size, self.images.shape[-1]))
         return ops.cast(x, "float32"), ops.take(self._device_labels, images, axis=0)

@@ -2,9 +2,7 @@
 
 import keras
 
-from keras_ultimus.training import losses  # modules, not names: either may be mid-import when Keras starts
-
-from keras_ultimus.training import schedules
+from keras_ultimus.training import losses, schedules  # modules, not names: either may be mid-import when Keras starts
 from keras_ultimus.training.recipe_options import RecipeOptions
 
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).

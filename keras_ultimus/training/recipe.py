@@ -127,13 +127,14 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     seed_everything(config["seed"], config.get("deterministic", False))
 
     (x_train, y_train), (x_test, y_test) = data
+    whiten_from = x_train[: config["limit_train"]]  # every process whitens with the same, unsharded images
     x_train, y_train = plan.shard(x_train[: config["limit_train"]], y_train[: config["limit_train"]])
     x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
     steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
-        set_whitening(model, x_train)
+        set_whitening(model, whiten_from)
         compile_model(model, config["max_lr"], steps, config["pct_start"], jit, options)
     if not resume:
         run_info = {

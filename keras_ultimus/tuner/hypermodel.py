@@ -25,10 +25,11 @@ MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 REFERENCE_WIDTHS = (32, 256, 48)
 # The search spaces: "reference" searches the model and peak LR around the reference; "wide" adds the
-# residual stem, max pooling and the recipe options (keras_ultimus.training.recipe_options).
+# residual stem, max pooling, the whitening conv and the recipe options (keras_ultimus.training.recipe_options).
 SPACES = ("reference", "wide")
-# Run-config keys that size the search rather than the model or recipe: `best.json` leaves them to `train`.
-BUDGET_KEYS = ("epochs", "limit_train", "limit_test", "data")
+# Run-config keys that size the search or say where it ran, not what it trained: `best.json` leaves them to
+# `train`'s defaults, so it trains in full on any machine (a search's resolved "tfdata" would fail without TF).
+BUDGET_KEYS = ("epochs", "limit_train", "limit_test", "data", "pipeline", "jit", "distribute", "devices")
 
 
 def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
@@ -114,7 +115,7 @@ class UltimusHyperModel(kt.HyperModel):
         seed: int. Seed for weight init, shuffling and augmentation. Defaults to `0`.
         precision: str. Keras dtype policy of every trial. Defaults to `"float32"`.
         jit: str. `"auto"`, `"on"` or `"off"`, as `train --jit`. Defaults to `"auto"`.
-        pipeline: str. `"auto"`, `"tfdata"` or `"numpy"`, as `train --pipeline`. Defaults to `"auto"`.
+        pipeline: str. `"auto"`, `"tfdata"`, `"numpy"` or `"device"`, as `train --pipeline`. Defaults to `"auto"`.
         plan: a `keras_ultimus.training.distribute.Plan` whose scope each trial builds,
             compiles and fits in. Defaults to `None` (one device).
         space: str. `"reference"` or `"wide"` (see `SPACES`). Defaults to `"reference"`.

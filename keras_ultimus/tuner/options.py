@@ -10,6 +10,11 @@ from keras_ultimus.training.run_folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
 ALGORITHMS = ("hyperband", "bayesian", "random")
+MAX_PARAMS = 250_000  # the trainable-parameter budget of a searched model
+# Flags that define a search; resuming with other values would mix two searches.
+# (--max-trials may change: a search can be resumed with a larger budget.)
+SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision",
+            "space")
 SPACES = ("reference", "wide")  # as keras_ultimus.tuner.hypermodel.SPACES (tested), without Keras
 
 
@@ -24,7 +29,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--max-trials", type=int, help="stop after this many trials (default: 10 for "
                    "bayesian/random; for hyperband, its own schedule)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (hyperband: the most for one model)")
-    p.add_argument("--max-params", type=int, default=250_000,
+    p.add_argument("--max-params", type=int, default=MAX_PARAMS,
                    help="trainable-parameter budget; larger configurations are listed, not trained (default: 250000)")
     p.add_argument("--limit-train", type=int, help="use only the first N training images (before the split)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out "
@@ -32,7 +37,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
     add_run_flags(p, "batch_size")
     p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
-                   "the reference; wide: also the residual stem, max pooling, label smoothing, weight decay, EMA")
+                   "the reference; wide: also the residual stem, max pooling, whitening, label smoothing, weight decay, EMA")
     g = p.add_argument_group("how each trial trains (train's own flags)")
     add_run_flags(g, "precision", "jit", "pipeline", "distribute", "devices")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
@@ -58,8 +63,6 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 def settings(args: Namespace) -> dict:
     """The flags that define the search, recorded in search.json and result.json."""
-    from keras_ultimus.tuner.search import SETTINGS
-
     return {k: getattr(args, k) for k in ("max_trials", *SETTINGS)}
 
 

@@ -21,15 +21,10 @@ from keras_ultimus.datasets.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import NO_SPACE, UserError
 from keras_ultimus.datasets.pipelines import eval_data
 from keras_ultimus.training.run_folder import write_atomic
+from keras_ultimus.tuner.options import MAX_PARAMS, SETTINGS
 from keras_ultimus.tuner.hypermodel import BUDGET_KEYS, FIT_NAME, budget_reason, declare_space, searched_values, trial_config
 
 OBJECTIVE = "val_accuracy"
-ALGORITHMS = ("hyperband", "bayesian", "random")
-MAX_PARAMS = 250_000
-# Flags that define a search; resuming with other values would mix two searches.
-# (--max-trials may change: a search can be resumed with a larger budget.)
-SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision",
-            "space")
 # The files of a search folder.
 LEADERBOARD_NAME, BEST_NAME, RESULT_NAME, SEARCH_NAME = "leaderboard.csv", "best.json", "result.json", "search.json"
 SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
@@ -235,7 +230,7 @@ def leaderboard(tuner: kt.Tuner) -> pd.DataFrame:
 
 
 def best_config(values: dict, settings: dict) -> dict:
-    """The best trial's run config, for `train --config`: everything but the search's budget (epochs, data)."""
+    """The best trial's run config, for `train --config`: all but the search's budget and machine (`BUDGET_KEYS`)."""
     return {k: v for k, v in trial_config(values, settings).items() if k not in BUDGET_KEYS}
 
 
