@@ -19,10 +19,10 @@ from keras_ultimus.training.run_folder import (
 
 def given_flags(argv: list[str] | None) -> set[str]:
     """The dests of the flags named on the command line (not defaults)."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    parser, unset = build_parser(), object()
+    # argparse fills in a default only where the namespace has no value yet.
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset)))
+    return {dest for dest, value in vars(given).items() if value is not unset}
 
 
 def read_run(folder: str) -> dict:

@@ -125,6 +125,13 @@ def test_bad_arguments_raise_a_clear_value_error(kwargs, match):
         trainable_params(**kwargs)
 
 
+def test_trainable_params_takes_exactly_build_models_arguments():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'width'"):
+        trainable_params(width=8)
+    with pytest.raises(TypeError, match="positional"):
+        trainable_params(4)
+
+
 def test_flag_parsers():
     assert parse_conv_widths("32,256,48") == [32, 256, 48]
     assert parse_downsample("none,pool,stride") == ["none", "pool", "stride"]

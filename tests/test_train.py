@@ -226,6 +226,11 @@ def fake_run_folder(path, **config):
     return path
 
 
+def test_given_flags_are_the_ones_named_even_at_their_default():
+    assert train.given_flags(["--no-augment", "--epochs", "24", "--data", "x"]) == {"augment", "epochs", "data"}
+    assert train.given_flags([]) == set()
+
+
 def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     run = fake_run_folder(tmp_path / "run", epochs=3)
     before = (run / "run.json").read_text()

@@ -149,13 +149,6 @@ def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, 
     return speeds
 
 
-def jit_flag(jit: str) -> bool | str:
-    """`jit_compile` for `compile`: "auto" is Keras' own choice for the backend."""
-    from keras_ultimus.training.compiling import JIT
-
-    return JIT[jit]
-
-
 def measure_backend(
     precisions: list[str],
     batch_size: int = 512,
@@ -195,10 +188,8 @@ def measure_backend(
         keras.utils.set_random_seed(0)
         with plan.scope():
             model = build_model(sync_bn=plan.mode == "mirrored")
-            compile_model(model, 3e-3, total_steps=(repeats + 1) * steps)
-            if jit != "auto" or steps_per_execution != 1:  # recompile with the same optimizer, loss and metrics
-                model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
-                              jit_compile=jit_flag(jit), steps_per_execution=steps_per_execution)
+            compile_model(model, 3e-3, total_steps=(repeats + 1) * steps, jit=jit,
+                          steps_per_execution=steps_per_execution)
             train = train_speed(model, images, labels, steps, repeats, batch_size, kind)
             test = pipelines.eval_data(images, labels, batch_size, kind=kind)
             evaluate = eval_speed(model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size)

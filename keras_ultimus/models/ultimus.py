@@ -1,6 +1,8 @@
 """The Ultimus CIFAR-10 classifier: conv stem, attention blocks, logits."""
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -202,26 +204,21 @@ def conv_bn_gelu(x, width: int, bn_momentum: float, sync_bn: bool, name: str):
     return keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
-def trainable_params(
-    num_blocks: int = 4,
-    key_dim: int = 8,
-    scale: str = "pre",
-    residual: bool = False,
-    conv_widths: Sequence[int] = (32, 256, 48),
-    downsample: Sequence[str] | None = None,
-    bn_momentum: float = 0.9,
-    num_classes: int = 10,
-    sync_bn: bool = False,
-    attention: str = "sample",
-    pooling: str = "avg",
-    stem: str = "plain",
-    whiten: bool = False,
-) -> int:
-    """Trainable parameters of `build_model(...)` with the same arguments, without building it.
+def trainable_params(**model_args: Any) -> int:
+    """Trainable parameters of `build_model(**model_args)`, without building it.
 
     Cheap enough to check a search's parameter budget before any weight exists.
     """
-    check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
+    try:
+        bound = inspect.signature(build_model).bind(**model_args)
+    except TypeError as e:
+        raise TypeError(f"trainable_params: {e}") from None
+    bound.apply_defaults()
+    args = bound.arguments
+    num_blocks, key_dim, num_classes, stem = args["num_blocks"], args["key_dim"], args["num_classes"], args["stem"]
+    conv_widths, downsample, whiten = args["conv_widths"], args["downsample"], args["whiten"]
+    check_head(num_blocks, key_dim, args["scale"], args["bn_momentum"], num_classes, args["attention"],
+               args["pooling"], stem)
     if stem == "plain":
         size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
         widths, convs_per_width = [width for width, *_ in stem_plan(conv_widths, downsample, size)], 0

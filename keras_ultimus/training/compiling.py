@@ -56,7 +56,7 @@ def make_optimizer(
 
 def compile_model(
     model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto",
-    options: RecipeOptions = RecipeOptions(),
+    options: RecipeOptions = RecipeOptions(), steps_per_execution: int = 1,
 ) -> None:
     """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
 
@@ -69,4 +69,5 @@ def compile_model(
         loss = losses.SmoothedSparseCrossentropy(options.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit])
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit],
+                  steps_per_execution=steps_per_execution)

@@ -31,39 +31,49 @@ def max_lr(text: str) -> float | str:
     return text if text == "auto" else float(text)
 
 
+# The flags of `train` that aren't model or recipe flags, in --help order: names and `add_argument` keywords.
+# Defined here once; `add_run_flags` gives any of them to another command.
+RUN_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "config": (("--config",), dict(help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")),
+    "data": (("--data",), dict(help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
+                                    "(default: $CIFAR10_PATH, else TFDS)")),
+    "out": (("--out",), dict(help="new run folder (default: runs/ultimus-<time>)")),
+    "resume": (("--resume",), dict(metavar="RUN", help="continue an interrupted run folder from its last epoch")),
+    "epochs": (("--epochs",), dict(type=int, default=24, help="passes over the training set")),
+    "batch_size": (("--batch-size",), dict(type=int, default=512, help="images per optimizer step")),
+    "max_lr": (("--max-lr",), dict(type=max_lr, default=0.003, help="one-cycle peak LR for Adam, or 'auto': run "
+                                   "the LR range test first and use its suggestion")),
+    "pct_start": (("--pct-start",), dict(type=float, default=0.25, help="fraction of steps spent warming up")),
+    "seed": (("--seed",), dict(type=int, default=0, help="seeds weights, shuffling and augmentation")),
+    "augment": (("--no-augment",), dict(dest="augment", action="store_false", help="no crop/flip augmentation")),
+    "limit_train": (("--limit-train",), dict(type=int, help="use only the first N training images")),
+    "limit_test": (("--limit-test",), dict(type=int, help="use only the first N test images")),
+    "deterministic": (("--deterministic",), dict(action="store_true", help="reruns with the same seed give "
+                                                 "identical logs and weights (TF op determinism)")),
+    "precision": (("--precision",), dict(choices=PRECISIONS, default="float32",
+                                         help="Keras dtype policy; mixed_float16 adds dynamic loss scaling")),
+    "jit": (("--jit",), dict(choices=JIT_MODES, default="auto",
+                             help="XLA compilation of the train step (auto: Keras' default for the backend)")),
+    "pipeline": (("--pipeline",), dict(choices=PIPELINES, default="auto", help="input pipeline (auto: tf.data "
+                                       "where TensorFlow imports, else NumPy; device: the images stay on the "
+                                       "accelerator, and each batch is cropped and flipped there)")),
+    "distribute": (("--distribute",), dict(choices=DISTRIBUTE_MODES, default="none", help="mirrored: TF "
+                                           "MirroredStrategy; data-parallel: JAX keras.distribution.DataParallel "
+                                           "(several processes via KERAS_DISTRIBUTION_* env vars); multi-worker: "
+                                           "refused (keras#20585)")),
+    "devices": (("--devices",), dict(type=int, help="make N logical CPU devices (CPU-only machines, to try data "
+                                     "parallelism)")),
+    "sync_bn": (("--sync-bn",), dict(action="store_true",
+                                     help="TF: BatchNormalization(synchronized=True) across replicas")),
+    "verbose": (("-v", "--verbose"), dict(action="store_true", help="keep TensorFlow's C++ log lines")),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `build_model` and `fit` arguments."""
     p = ArgumentParser(prog="python -m keras_ultimus.train",
                        description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
-    p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
-    p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
-                   "(default: $CIFAR10_PATH, else TFDS)")
-    p.add_argument("--out", help="new run folder (default: runs/ultimus-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch")
-    p.add_argument("--epochs", type=int, default=24, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=512, help="images per optimizer step")
-    p.add_argument("--max-lr", type=max_lr, default=0.003,
-                   help="one-cycle peak LR for Adam, or 'auto': run the LR range test first and use its suggestion")
-    p.add_argument("--pct-start", type=float, default=0.25, help="fraction of steps spent warming up")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and augmentation")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, help="use only the first N test images")
-    p.add_argument("--deterministic", action="store_true",
-                   help="reruns with the same seed give identical logs and weights (TF op determinism)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="Keras dtype policy; mixed_float16 adds dynamic loss scaling")
-    p.add_argument("--jit", choices=JIT_MODES, default="auto",
-                   help="XLA compilation of the train step (auto: Keras' default for the backend)")
-    p.add_argument("--pipeline", choices=PIPELINES, default="auto",
-                   help="input pipeline (auto: tf.data where TensorFlow imports, else NumPy; device: the images stay on the "
-                   "accelerator, and each batch is cropped and flipped there)")
-    p.add_argument("--distribute", choices=DISTRIBUTE_MODES, default="none",
-                   help="mirrored: TF MirroredStrategy; data-parallel: JAX keras.distribution.DataParallel "
-                   "(several processes via KERAS_DISTRIBUTION_* env vars); multi-worker: refused (keras#20585)")
-    p.add_argument("--devices", type=int, help="make N logical CPU devices (CPU-only machines, to try data parallelism)")
-    p.add_argument("--sync-bn", action="store_true", help="TF: BatchNormalization(synchronized=True) across replicas")
-    p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    add_run_flags(p, *RUN_FLAGS)
     add_model_flags(p)
     add_recipe_flags(p)
     return p
@@ -71,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *dests: str) -> None:
     """Give another command `train`'s own flags for `dests`: the same names, types, choices, defaults and help."""
-    actions = {a.dest: a for a in build_parser()._actions}
     for dest in dests:
-        parser._add_action(actions[dest])
+        names, kwargs = RUN_FLAGS[dest]
+        parser.add_argument(*names, **kwargs)
 
 
 def config_value(action: argparse.Action, value: object, source: str = "--config") -> object:
