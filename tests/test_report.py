@@ -133,6 +133,19 @@ def test_single_run_report_has_csv_numbers_charts_and_model_figures(run_with_mod
     assert "(the log's final test accuracy: 50.00%)" in md
 
 
+def test_slim_report_leaves_out_the_confusion_matrix_and_gallery_and_says_how_to_draw_them(
+        run_with_model, fake_cifar_tarball, tmp_path):
+    full, slim = tmp_path / "full", tmp_path / "slim"
+    assert main([str(run_with_model), "--out", str(full), "--data", str(fake_cifar_tarball)]) == 0
+    assert main([str(run_with_model), "--out", str(slim), "--data", str(fake_cifar_tarball), "--slim"]) == 0
+    left_out = {"confusion.png", "misclassified.png"}
+    assert {p.name for p in full.iterdir()} - {p.name for p in slim.iterdir()} == left_out
+    md = (slim / "report.md").read_text()
+    assert "report --slim" in md and "draws them from `model.keras`" in md
+    assert not any(name in md for name in left_out)
+    assert table_with(md, "class") == table_with((full / "report.md").read_text(), "class")
+
+
 def test_several_runs_get_a_comparison_table_and_overlaid_curves(tmp_path):
     second = {**LOG, "val_accuracy": [0.3, 0.4, 0.45, 0.5, 0.55]}
     runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", log=second, seed=1)]
@@ -528,7 +541,7 @@ def test_evaluate_refuses_report_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--evaluate", str(tmp_path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "--evaluate takes no RUN, --out or --no-model" in capsys.readouterr().err
+    assert "--evaluate takes no RUN, --out, --no-model or --slim" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- no absolute machine paths

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="local CIFAR-10 copy for the test split (default: $CIFAR10_PATH, else TFDS)")
     p.add_argument("--no-model", action="store_true",
                    help="don't load model.keras: skip the test-split figures (no data needed)")
+    p.add_argument("--slim", action="store_true", help="leave out each run's confusion matrix and misclassified "
+                   "gallery (the heaviest charts; redrawn from model.keras without --slim), for reports kept in git")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p
 
@@ -90,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.evaluate is not None:
-        if args.runs or args.out or args.no_model:
-            parser.error("--evaluate takes no RUN, --out or --no-model")
+        if args.runs or args.out or args.no_model or args.slim:
+            parser.error("--evaluate takes no RUN, --out, --no-model or --slim")
     elif not args.runs or args.out is None:
         parser.error("give RUN folder(s) and --out, or --evaluate RUN_OR_MODEL")
     if args.tolerance < 0:
@@ -117,6 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [read_run(f, n) for f, n in zip(folders, run_names(folders))]
         attach_models(runs, args.data, args.no_model)
-        write_folder(out, lambda folder: write_report(runs, folder, command))
+        write_folder(out, lambda folder: write_report(runs, folder, command, args.slim))
     print(f"Report: {out / 'report.md'}")
     return 0

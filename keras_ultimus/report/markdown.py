@@ -12,6 +12,7 @@ from keras_ultimus.errors import UserError
 from keras_ultimus.training.recipe import model_kwargs
 from keras_ultimus.training.run_folder import CSV_NAME
 from keras_ultimus.report import charts
+from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run
 from keras_ultimus.training.run_folder import INFO_NAME, MODEL_NAME
 from keras_ultimus.report.tables import (
@@ -104,7 +105,13 @@ def results_section(run: Run) -> list[str]:
     return md
 
 
-def evaluation_section(run: Run, out: Path, prefix: str, single: bool) -> list[str]:
+# What `slim` leaves out: the heaviest charts, which `report` redraws from the copied model.keras.
+SLIM_NOTE = ("The confusion matrix and the gallery of misclassified test images are left out of this copy "
+             "(`report --slim`, to keep committed reports small); `python -m keras_ultimus.report` without "
+             "`--slim` draws them from `{model}`.")
+
+
+def evaluation_section(run: Run, out: Path, prefix: str, single: bool, slim: bool = False) -> list[str]:
     """Per-class table and the model-based figures (written into `out`), or why they are skipped."""
     ev = run.evaluation
     md = ["### Test-split evaluation", ""]
@@ -119,14 +126,10 @@ def evaluation_section(run: Run, out: Path, prefix: str, single: bool) -> list[s
     if single:
         md += ["![Test accuracy per class](per_class_accuracy.png)", ""]
     of_run = "" if single else f" ({run.name})"
-    charts.plot_confusion(ev, f"Confusion matrix on {n:,} test images{of_run}", out / f"{prefix}confusion.png")
-    mistakes = int((ev.predicted != ev.labels).sum())
-    title = f"The {min(charts.GALLERY_SIZE, mistakes)} most confident of {mistakes:,} mistakes on the test split"
-    shown = len(charts.plot_gallery(ev, title + of_run, out / f"{prefix}misclassified.png"))
-    md += [f"![Confusion matrix]({prefix}confusion.png)", "",
-           f"Misclassified test images ({shown} shown, most confident first; true label, predicted class "
-           "and its softmax probability):", "",
-           f"![Misclassified test images]({prefix}misclassified.png)", ""]
+    if slim:
+        md += [SLIM_NOTE.format(model=f"{prefix}{MODEL_NAME}"), ""]
+    else:
+        md += model_charts(ev, out, prefix, of_run)
     if ev.attention:
         charts.plot_attention(ev, f"Mean attention map per Ultimus block over {n:,} test images{of_run}",
                        out / f"{prefix}attention.png")
@@ -135,8 +138,24 @@ def evaluation_section(run: Run, out: Path, prefix: str, single: bool) -> list[s
     return md
 
 
-def write_report(runs: list[Run], out: Path, command: str) -> None:
-    """Write report.md, the charts and copies of each run's log.csv, run.json and model.keras into `out`."""
+def model_charts(ev: Evaluation, out: Path, prefix: str, of_run: str) -> list[str]:
+    """Draw the confusion matrix and the gallery of the most confident mistakes; return their Markdown."""
+    n = len(ev.labels)
+    charts.plot_confusion(ev, f"Confusion matrix on {n:,} test images{of_run}", out / f"{prefix}confusion.png")
+    mistakes = int((ev.predicted != ev.labels).sum())
+    title = f"The {min(charts.GALLERY_SIZE, mistakes)} most confident of {mistakes:,} mistakes on the test split"
+    shown = len(charts.plot_gallery(ev, title + of_run, out / f"{prefix}misclassified.png"))
+    return [f"![Confusion matrix]({prefix}confusion.png)", "",
+            f"Misclassified test images ({shown} shown, most confident first; true label, predicted class "
+            "and its softmax probability):", "",
+            f"![Misclassified test images]({prefix}misclassified.png)", ""]
+
+
+def write_report(runs: list[Run], out: Path, command: str, slim: bool = False) -> None:
+    """Write report.md, the charts and copies of each run's log.csv, run.json and model.keras into `out`.
+
+    `slim` leaves out each run's confusion matrix and misclassified gallery (the heaviest PNGs).
+    """
     single = len(runs) == 1
     md = [f"# Training report: {', '.join(f'`{r.name}`' for r in runs)}", "",
           f"Generated {datetime.now():%Y-%m-%d %H:%M} by `{portable_command(command)}`.", ""]
@@ -158,7 +177,7 @@ def write_report(runs: list[Run], out: Path, command: str) -> None:
             md += ["![Loss and accuracy per epoch](curves.png)", "",
                    "![Learning rate per epoch](learning_rate.png)", ""]
         md += ["### Model", "", run.model_note, "", model_table(run.model, trainable_params(run)), ""]
-        md += evaluation_section(run, out, prefix, single)
+        md += evaluation_section(run, out, prefix, single, slim)
         md += ["### Per-epoch log", "", epoch_table(run.log), ""]
         shutil.copyfile(run.folder / CSV_NAME, out / f"{prefix}{CSV_NAME}")
         (out / f"{prefix}{INFO_NAME}").write_text(json.dumps(portable(run.info), indent=2) + "\n")
