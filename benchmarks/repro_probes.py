@@ -14,6 +14,7 @@ with BatchNorm on each test batch's own statistics, as a test loop that forgot `
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from keras_ultimus.datasets.cifar10 import load_cifar10  # noqa: E402
 from keras_ultimus.models.ultimus import build_model  # noqa: E402
 from keras_ultimus.training.compiling import compile_model  # noqa: E402
 from keras_ultimus.training.fitting import fit_arrays  # noqa: E402
+from keras_ultimus.training.recipe import environment  # noqa: E402
 
 SCHEDULE = dict(epochs=24, batch_size=512, max_lr=0.0061, pct_start=5 / 24)
 
@@ -91,7 +93,7 @@ def main() -> None:
                      "test_accuracy": accuracy(model, xt, yt, bn_batch_stats=False),
                      "test_accuracy_bn_batch_stats": accuracy(model, xt, yt, bn_batch_stats=True)})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"args": vars(args), "backend": keras.backend.backend(), "keras": keras.__version__,
+    result = {"command": shlex.join(["python", *sys.argv]), "args": vars(args), **environment(),
               "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights), "epochs": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
