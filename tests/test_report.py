@@ -138,7 +138,7 @@ def test_slim_report_leaves_out_the_confusion_matrix_and_gallery_and_says_how_to
     full, slim = tmp_path / "full", tmp_path / "slim"
     assert main([str(run_with_model), "--out", str(full), "--data", str(fake_cifar_tarball)]) == 0
     assert main([str(run_with_model), "--out", str(slim), "--data", str(fake_cifar_tarball), "--slim"]) == 0
-    left_out = {"confusion.png", "misclassified.png"}
+    left_out = {"learning_rate.png", "confusion.png", "misclassified.png"}
     assert {p.name for p in full.iterdir()} - {p.name for p in slim.iterdir()} == left_out
     md = (slim / "report.md").read_text()
     assert "report --slim" in md and "draws them from `model.keras`" in md

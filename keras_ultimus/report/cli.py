@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="local CIFAR-10 copy for the test split (default: $CIFAR10_PATH, else TFDS)")
     p.add_argument("--no-model", action="store_true",
                    help="don't load model.keras: skip the test-split figures (no data needed)")
-    p.add_argument("--slim", action="store_true", help="leave out each run's confusion matrix and misclassified "
-                   "gallery (the heaviest charts; redrawn from model.keras without --slim), for reports kept in git")
+    p.add_argument("--slim", action="store_true", help="leave out the learning-rate chart and each run's confusion "
+                   "matrix and misclassified gallery (the heaviest charts; redrawn without --slim), for reports kept "
+                   "in git")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p
 

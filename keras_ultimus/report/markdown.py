@@ -106,9 +106,9 @@ def results_section(run: Run) -> list[str]:
 
 
 # What `slim` leaves out: the heaviest charts, which `report` redraws from the copied model.keras.
-SLIM_NOTE = ("The confusion matrix and the gallery of misclassified test images are left out of this copy "
-             "(`report --slim`, to keep committed reports small); `python -m keras_ultimus.report` without "
-             "`--slim` draws them from `{model}`.")
+SLIM_NOTE = ("The confusion matrix and the gallery of misclassified test images are left out of this copy, as is "
+             "the learning-rate chart (`report --slim`, to keep committed reports small; the per-epoch table lists "
+             "the LR); `python -m keras_ultimus.report` without `--slim` draws them from `{model}`.")
 
 
 def evaluation_section(run: Run, out: Path, prefix: str, single: bool, slim: bool = False) -> list[str]:
@@ -154,28 +154,30 @@ def model_charts(ev: Evaluation, out: Path, prefix: str, of_run: str) -> list[st
 def write_report(runs: list[Run], out: Path, command: str, slim: bool = False) -> None:
     """Write report.md, the charts and copies of each run's log.csv, run.json and model.keras into `out`.
 
-    `slim` leaves out each run's confusion matrix and misclassified gallery (the heaviest PNGs).
+    `slim` leaves out the learning-rate chart (the per-epoch table lists the LR) and each run's confusion matrix
+    and misclassified gallery, the heaviest PNGs.
     """
     single = len(runs) == 1
     md = [f"# Training report: {', '.join(f'`{r.name}`' for r in runs)}", "",
           f"Generated {datetime.now():%Y-%m-%d %H:%M} by `{portable_command(command)}`.", ""]
     charts.plot_curves(runs, out / "curves.png")
-    charts.plot_learning_rate(runs, out / "learning_rate.png")
+    lr_chart = [] if slim else ["![Learning rate per epoch{}](learning_rate.png)", ""]
+    if not slim:
+        charts.plot_learning_rate(runs, out / "learning_rate.png")
     evaluated = {r.name: r.evaluation for r in runs if r.evaluation is not None}
     if evaluated:
         charts.plot_per_class(evaluated, out / "per_class_accuracy.png")
     if not single:
         md += ["## Comparison", "", comparison_table(runs), "",
                "![Loss and accuracy per epoch, all runs](curves.png)", "",
-               "![Learning rate per epoch, all runs](learning_rate.png)", ""]
+               *(line.format(", all runs") for line in lr_chart)]
         if evaluated:
             md += ["![Test accuracy per class, all runs](per_class_accuracy.png)", ""]
     for run in runs:
         prefix = "" if single else f"{run.name}-"
         md += [f"## Run `{run.name}`", "", *setup_section(run), *results_section(run)]
         if single:
-            md += ["![Loss and accuracy per epoch](curves.png)", "",
-                   "![Learning rate per epoch](learning_rate.png)", ""]
+            md += ["![Loss and accuracy per epoch](curves.png)", "", *(line.format("") for line in lr_chart)]
         md += ["### Model", "", run.model_note, "", model_table(run.model, trainable_params(run)), ""]
         md += evaluation_section(run, out, prefix, single, slim)
         md += ["### Per-epoch log", "", epoch_table(run.log), ""]
