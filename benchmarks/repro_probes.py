@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from keras_ultimus.datasets.cifar10 import load_cifar10  # noqa: E402
 from keras_ultimus.models.ultimus import build_model  # noqa: E402
+from keras_ultimus.training import evaluation  # noqa: E402
 from keras_ultimus.training.compiling import compile_model  # noqa: E402
 from keras_ultimus.training.fitting import fit_arrays  # noqa: E402
 from keras_ultimus.training.recipe import environment  # noqa: E402
@@ -53,13 +54,12 @@ def probe_model(head: str, attention: str) -> keras.Model:
 
 def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray, bn_batch_stats: bool) -> float:
     """Test accuracy in batches of 512; `bn_batch_stats` normalises each batch by its own statistics."""
+    if not bn_batch_stats:
+        return float(np.mean(evaluation.logits(model, images, SCHEDULE["batch_size"]).argmax(-1) == labels))
     hits, state = 0, ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
     for start in range(0, len(images), SCHEDULE["batch_size"]):
         x = images[start:start + SCHEDULE["batch_size"]].astype("float32")
-        if bn_batch_stats:
-            logits, _ = model.stateless_call(*state, x, training=True)  # the model's own variables stay unchanged
-        else:
-            logits = model(x, training=False)
+        logits, _ = model.stateless_call(*state, x, training=True)  # the model's own variables stay unchanged
         hits += int(np.sum(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)) == labels[start:start + len(x)]))
     return hits / len(images)
 
