@@ -2,8 +2,10 @@
 
 Stages, run in the order given: bench (keras_ultimus.bench on torch and jax), train (the 24-epoch default on torch
 and jax, each alone and timed), bf16 (seed 0, 8 epochs, float32 against mixed_bfloat16), seeds (seeds 0, 1, 2),
-search (Hyperband on the 45,000 / 5,000 split), confirm (the search's top 3 configurations at 24 epochs on the test
-set, and the best one at every --depths). $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the
+recipe (the reference model on the candidate recipe RECIPE, seeds 0, 1, 2), repro (the PyTorch original's schedule
+with each --attention reading, 24 epochs, charted beside its log), search (Hyperband over --space on the 45,000 /
+5,000 split), confirm (the search's top 3 configurations at 24 epochs on the test set with flip TTA, each at
+--confirm-seeds seeds, and the best one at every --depths with the residual on and off). $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the
 run folders between the calls of a session; every stage resumes (a finished run folder is kept, a partial one
 --resume'd, a search resumed by KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work,
 .whl/ installed into /tmp/site when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage
@@ -36,11 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/gpu.py`
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.original import PUBLISHED_TEST_ACCURACY, TRAIN_FLAGS  # noqa: E402
 from keras_ultimus.errors import ArgumentParser, UserError, cli  # noqa: E402
 from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
 from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
+from keras_ultimus.tuner.options import SPACES  # noqa: E402
 
-STAGES = ("bench", "train", "bf16", "seeds", "search", "confirm")
+STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "search", "confirm")
+RECIPE = ["--batch-size", "256", "--max-lr", "0.002"]  # the faithful model's candidate recipe (71.61% on seed 0, CPU)
+ATTENTIONS = ("sample", "batch", "elementwise")  # keras_ultimus.models.layers' readings (tested), without Keras
 PIPELINE = "device"  # the uint8 training set on the GPU, each batch cropped and flipped there
 GRACE = 30  # no run starts this close to the time limit; an interrupted one gets this long to stop
 NO_TENSORFLOW = ROOT / "tests" / "no_tensorflow"  # a `tensorflow` that fails to import, as on the GPU machine
@@ -68,8 +74,9 @@ class Session:
         self.work = Path(args.work or default_work).resolve()
         self.cache = self.work / "dry-run-data" if self.dry_run else state / "data"
         self.deadline = time.time() + args.time_limit if args.time_limit else float("inf")
-        self.depths = args.depths or ([1, 2] if self.dry_run else list(range(1, 9)))
+        self.depths = args.depths or ([1, 2] if self.dry_run else [1, 2, 3, 4])
         self.search_epochs = 2 if self.dry_run else args.search_epochs
+        self.seeds = list(range(args.confirm_seeds))
         self.tiny = ["--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--batch-size", "16"] \
             if self.dry_run else []
         self.threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -261,6 +268,35 @@ def stage_bf16(s: Session) -> None:
     summary(s, "bf16", lines)
 
 
+def seed_lines(folders: dict[int, Path]) -> list[str]:
+    """Each seed's final test accuracy (plain, flip TTA when scored) and largest drop after epoch 3; mean ± std."""
+    from keras_ultimus.report.runs import read_log
+    from keras_ultimus.report.tables import largest_drop
+
+    lines, scores = [], {"plain": [], "flip TTA": []}
+    for seed, folder in folders.items():
+        acc = accuracy(folder)
+        if acc is None:
+            lines.append(f"seed {seed}: not finished ({folder.name})")
+            continue
+        info = run_info(folder)
+        scores["plain"].append(acc)
+        tta = info["final"].get("test_accuracy_flip_tta")
+        if tta is not None:
+            scores["flip TTA"].append(tta)
+        drop = largest_drop(read_log(folder / "log.csv"))  # epochs from 1, transitions from 3->4 on
+        lines.append(f"seed {seed}: final test accuracy {100 * acc:.2f}%"
+                     + (f" ({100 * tta:.2f}% with flip TTA)" if tta is not None else "")
+                     + (f", largest drop after epoch 3 {drop[0]:.2f} points (epoch {drop[1]}->{drop[1] + 1})"
+                        if drop and drop[0] > 0 else ", no drop after epoch 3")
+                     + f" ({folder.name}, {info['config']['epochs']} epochs)")
+    for name, accs in scores.items():
+        if len(accs) > 1:
+            lines.append(f"{name}: mean ± std (n-1) of {len(accs)} seeds: {100 * statistics.mean(accs):.2f} "
+                         f"± {100 * statistics.stdev(accs):.2f}%")
+    return lines
+
+
 def stage_seeds(s: Session) -> None:
     """The default with seeds 0, 1, 2; seed 0 is the train stage's torch run when that finished."""
     folders = {seed: s.work / f"seed-{seed}" for seed in (0, 1, 2)}
@@ -269,19 +305,42 @@ def stage_seeds(s: Session) -> None:
         folders[0] = s.work / "train-torch"
     in_parallel(s, [lambda f=f, seed=seed: train_run(s, f.name, "torch", ["--seed", str(seed), *s.tiny])
                     for seed, f in folders.items() if f.name != "train-torch"])
-    lines, accs = [], []
-    for seed, folder in folders.items():
-        acc = accuracy(folder)
-        if acc is None:
-            lines.append(f"seed {seed}: not finished ({folder.name})")
+    summary(s, "seeds", seed_lines(folders))
+
+
+def stage_recipe(s: Session) -> None:
+    """The reference model on the candidate recipe RECIPE, seeds 0, 1, 2 (the faithful default's target: 72%)."""
+    folders = {seed: s.work / f"recipe-{seed}" for seed in (0, 1, 2)}
+    in_parallel(s, [lambda f=f, seed=seed: train_run(s, f.name, "torch", [*RECIPE, "--seed", str(seed), *s.tiny])
+                    for seed, f in folders.items()])
+    summary(s, "recipe", [f"the reference model with {' '.join(RECIPE)}:", *seed_lines(folders)])
+
+
+def stage_repro(s: Session) -> None:
+    """The original's schedule with each attention reading (seed 0), and their test curves beside its log."""
+    folders = {a: s.work / f"repro-{a}" for a in ATTENTIONS}
+    schedule = TRAIN_FLAGS + s.tiny  # the dry run's --epochs 1 comes last, so it wins
+    in_parallel(s, [lambda a=a, f=f: train_run(s, f.name, "torch", [*schedule, "--attention", a, "--seed", "0"])
+                    for a, f in folders.items()])
+    import pandas as pd
+
+    from keras_ultimus.report.charts import plot_reproduction
+
+    logs = {a: pd.read_csv(f / "log.csv") for a, f in folders.items() if accuracy(f) is not None}
+    lines = [f"the original's schedule ({' '.join(TRAIN_FLAGS)}); its log: "
+             + ", ".join(f"{100 * v:.2f}% after epoch {e}" for e, v in PUBLISHED_TEST_ACCURACY.items())]
+    for a in ATTENTIONS:
+        if a not in logs:
+            lines.append(f"--attention {a}: not finished")
             continue
-        accs.append(acc)
-        epochs = run_info(folder)["config"]["epochs"]
-        lines.append(f"seed {seed}: final test accuracy {100 * acc:.2f}% ({folder.name}, {epochs} epochs)")
-    if len(accs) > 1:
-        lines.append(f"mean ± std (n-1) of {len(accs)} seeds: {100 * statistics.mean(accs):.2f} "
-                     f"± {100 * statistics.stdev(accs):.2f}%")
-    summary(s, "seeds", lines)
+        test = dict(zip(logs[a]["epoch"] + 1, logs[a]["val_accuracy"]))
+        lines.append(f"--attention {a}: " + ", ".join(f"{100 * test[e]:.2f}% after epoch {e}"
+                                                      for e in PUBLISHED_TEST_ACCURACY if e in test))
+    if logs:
+        (s.work / "repro").mkdir(exist_ok=True)
+        plot_reproduction({f"--attention {a}": log for a, log in logs.items()}, PUBLISHED_TEST_ACCURACY,
+                          s.work / "repro" / "repro.png")
+    summary(s, "repro", lines)
 
 
 def stage_search(s: Session) -> None:
@@ -291,7 +350,7 @@ def stage_search(s: Session) -> None:
         say(s, "search: finished on an earlier call, kept")
     else:
         flags = ["--data", str(s.data), "--out", str(folder), "--algorithm", "hyperband", "--epochs",
-                 str(s.search_epochs), "--seed", "0", "--pipeline", PIPELINE]
+                 str(s.search_epochs), "--seed", "0", "--pipeline", PIPELINE, "--space", s.args.space]
         flags += ["--limit-train", "64", "--batch-size", "16"] if s.dry_run else []
         command = ["-m", "keras_ultimus.tuner.launch", "--workers", str(s.jobs)] if s.jobs > 1 \
             else ["-m", "keras_ultimus.tuner.tune"]
@@ -304,8 +363,9 @@ def stage_search(s: Session) -> None:
 
     board = pd.read_csv(folder / "leaderboard.csv", dtype={"trial_id": str})
     done = board[board["status"] == "COMPLETED"]
-    columns = ["trial_id", "num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "max_lr",
-               "tuner/epochs", "trainable_params", "best_val_accuracy"]
+    columns = ["trial_id", "num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "stem", "pooling",
+               "whiten", "label_smoothing", "weight_decay", "ema", "max_lr", "tuner/epochs", "trainable_params",
+               "best_val_accuracy"]
     summary(s, "search", [json.dumps(json.loads((folder / "result.json").read_text())),
                           done[[c for c in columns if c in done]].head(10).to_string(index=False)])
 
@@ -330,59 +390,77 @@ def top_configs(search: Path, n: int = 3) -> list[dict]:
     return chosen[:n]
 
 
+def confirm_name(k: int, seed: int) -> str:
+    """The run folder of top-k configuration's `seed` (seed 0 keeps the earlier sessions' name, confirm-k)."""
+    return f"confirm-{k}" if seed == 0 else f"confirm-{k}-s{seed}"
+
+
 def stage_confirm(s: Session) -> None:
-    """The top 3 configurations at 24 epochs on the test set, and the best one at every --depths."""
+    """The top 3 configurations at 24 epochs on the test set (flip TTA beside), each at --confirm-seeds seeds, and
+    the best one at every --depths with the residual on and off (seed 0)."""
     search, folder = s.work / "search", s.work / "confirm"
     if not (search / "best.json").is_file() or not (search / "leaderboard.csv").is_file():
         say(s, f"confirm: no finished search in {search} (run the search stage first); skipped")
         s.failed.append("confirm (no search)")
         return
     folder.mkdir(exist_ok=True)
-    configs = top_configs(search)
+    configs = [{**config, "tta": "flip"} for config in top_configs(search)]  # val_accuracy stays the plain figure
     for k, config in enumerate(configs, 1):
         (folder / f"top{k}.json").write_text(json.dumps(config, indent=2) + "\n")
-    best_blocks, flags = configs[0]["num_blocks"], ["--seed", "0", "--epochs", "24", *s.tiny]
-    runs = {f"confirm-{k}": ["--config", str(folder / f"top{k}.json"), *flags] for k in range(1, len(configs) + 1)}
-    runs |= {f"depth-{d}": ["--config", str(folder / "top1.json"), "--blocks", str(d), *flags]
-             for d in s.depths if d != best_blocks}  # the best's own depth is confirm-1
+    best = configs[0]
+    depth_runs = {}  # (blocks, residual) -> run folder name; the best's own is confirm-1
+    for d in s.depths:
+        for residual in (False, True):
+            if (d, residual) == (best["num_blocks"], bool(best.get("residual"))):
+                depth_runs[d, residual] = confirm_name(1, 0)
+                continue
+            name = f"depth-{d}-{'residual' if residual else 'plain'}"
+            (folder / f"{name}.json").write_text(json.dumps({**best, "num_blocks": d, "residual": residual}, indent=2)
+                                                 + "\n")
+            depth_runs[d, residual] = name
+    flags = ["--epochs", "24", *s.tiny]
+    runs = {confirm_name(k, seed): ["--config", str(folder / f"top{k}.json"), "--seed", str(seed), *flags]
+            for seed in s.seeds for k in range(1, len(configs) + 1)}  # every configuration's seed 0 first
+    runs |= {name: ["--config", str(folder / f"{name}.json"), "--seed", "0", *flags]
+             for name in depth_runs.values() if name not in runs}
     in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in runs.items()])
 
     from keras_ultimus.models.ultimus import trainable_params
     from keras_ultimus.training.recipe import model_kwargs
     from keras_ultimus.report.charts import plot_test_depth
 
-    def described(run: Path) -> str | None:
-        info = run_info(run)
-        if "finished" not in info:
-            return None
-        params = trainable_params(**model_kwargs(info["config"]))
-        return f"{100 * info['final']['val_accuracy']:.2f}% after {info['config']['epochs']} epochs, {params:,} params"
-
-    lines = ["confirmations (seed 0, scored on the test set):"]
+    lines = ["confirmations (scored on the test set):"]
     for k, config in enumerate(configs, 1):
-        shown = " ".join(f"{key}={value}" for key, value in config.items() if key != "batch_size")
-        lines.append(f"  top{k}: {described(s.work / f'confirm-{k}') or 'not finished'}; {shown}")
+        shown = " ".join(f"{key}={value}" for key, value in config.items() if key not in ("batch_size", "seed"))
+        lines.append(f"  top{k}: {trainable_params(**model_kwargs(config)):,} params; {shown}")
+        lines += ["    " + line for line in seed_lines({seed: s.work / confirm_name(k, seed) for seed in s.seeds})]
     rows = []
-    for d in s.depths:
-        run = s.work / ("confirm-1" if d == best_blocks else f"depth-{d}")
-        info, acc = run_info(run), accuracy(run)
-        rows.append({"blocks": d, "run": run.name, "trainable_params": trainable_params(**model_kwargs(
-            info["config"])) if acc is not None else "", "epochs": info["config"]["epochs"] if acc is not None else "",
-            "test_accuracy": f"{acc:.4f}" if acc is not None else ""})
-        lines.append(f"  depth {d}: {described(run) or 'not finished'} ({run.name})")
+    for (d, residual), name in depth_runs.items():
+        info, acc = run_info(s.work / name), accuracy(s.work / name)
+        rows.append({"blocks": d, "residual": residual, "run": name,
+                     "trainable_params": trainable_params(**model_kwargs(info["config"])) if acc is not None else "",
+                     "epochs": info["config"]["epochs"] if acc is not None else "",
+                     "test_accuracy": f"{acc:.4f}" if acc is not None else ""})
+        lines.append(f"  depth {d}, residual {'on' if residual else 'off'}: "
+                     + (f"{100 * acc:.2f}% ({name})" if acc is not None else f"not finished ({name})"))
     with open(folder / "depth.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     done = [r for r in rows if r["test_accuracy"]]
     if done:
-        plot_test_depth([r["blocks"] for r in done], [float(r["test_accuracy"]) for r in done], done[0]["epochs"],
-                        folder / "depth.png")
+        series = {}
+        for residual in (False, True):
+            points = [r for r in done if r["residual"] == residual]
+            if points:
+                series[f"residual {'on' if residual else 'off'}"] = (
+                    [r["blocks"] for r in points], [float(r["test_accuracy"]) for r in points])
+        plot_test_depth(series, done[0]["epochs"], folder / "depth.png")
     summary(s, "confirm", lines)
 
 
 STAGE_FUNCTIONS = {"bench": stage_bench, "train": stage_train, "bf16": stage_bf16, "seeds": stage_seeds,
-                   "search": stage_search, "confirm": stage_confirm}
+                   "recipe": stage_recipe, "repro": stage_repro, "search": stage_search, "confirm": stage_confirm}
 
 
 def gather_parts(s: Session) -> None:
@@ -597,13 +675,18 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--stages", type=parse_stages, default=["bench", "train"],
                    help=f"comma-separated, run in this order: {','.join(STAGES)}")
     p.add_argument("--jobs", type=positive, default=1, help="runs of a stage at once on the one GPU (bf16, seeds, "
-                   "confirm; the search: a KerasTuner chief and N workers); the timed train runs always run alone")
+                   "recipe, repro, confirm; the search: a KerasTuner chief and N workers); the timed train runs always "
+                   "run alone")
     p.add_argument("--time-limit", type=positive, metavar="S", help="start no run in the last 30 s before S seconds "
                    "and interrupt the running ones at S (they resume); set it under the call's timeout (no default)")
     p.add_argument("--out", help="where the results are packed (default: $OUT, else runs/gpu-<time>)")
     p.add_argument("--work", help="run folders kept between calls (default: $ULTIMUS_GPU_STATE/runs, "
                    "/tmp/keras-ultimus-gpu/runs; with --dry-run OUT.work)")
-    p.add_argument("--depths", type=parse_depths, help="block counts of the depth chart (default: 1-8; dry run 1,2)")
+    p.add_argument("--depths", type=parse_depths, help="block counts of the depth chart, each with the residual on "
+                   "and off (default: 1,2,3,4; dry run 1,2)")
+    p.add_argument("--confirm-seeds", type=positive, default=3, help="seeds 0 .. N-1 of each top configuration")
+    p.add_argument("--space", choices=SPACES, default="wide", help="the search space (default: wide, the residual "
+                   "stem, pooling, whitening and the recipe options beside the reference's axes)")
     p.add_argument("--search-epochs", type=positive, default=24, help="Hyperband's most epochs for one trial; 24 is "
                    "the confirmations' length, so the last rung is scored on their schedule (dry run: 2)")
     p.add_argument("--dry-run", action="store_true", help="every stage on this CPU: a fake tarball, tiny limits, "

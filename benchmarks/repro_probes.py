@@ -23,14 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.original import SCHEDULE  # noqa: E402
 from keras_ultimus.datasets.cifar10 import load_cifar10  # noqa: E402
 from keras_ultimus.models.ultimus import build_model  # noqa: E402
 from keras_ultimus.training import evaluation  # noqa: E402
 from keras_ultimus.training.compiling import compile_model  # noqa: E402
 from keras_ultimus.training.fitting import fit_arrays  # noqa: E402
 from keras_ultimus.training.recipe import environment  # noqa: E402
-
-SCHEDULE = dict(epochs=24, batch_size=512, max_lr=0.0061, pct_start=5 / 24)
 
 
 def torch_init(model: keras.Model, seed: int) -> None:

@@ -177,15 +177,34 @@ def plot_search_depth(board: pd.DataFrame, best_trial: str | None, path: Path) -
     save(fig, path)
 
 
-def plot_test_depth(blocks: list[int], accuracies: list[float], epochs: int, path: Path) -> None:
-    """Test accuracy of one configuration trained at several depths (all else held)."""
+def plot_test_depth(series: dict[str, tuple[list[int], list[float]]], epochs: int, path: Path) -> None:
+    """Test accuracy of one configuration trained at several depths (all else held), one line per label."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(blocks, [100 * a for a in accuracies], "o-")
+    for label, (blocks, accuracies) in series.items():
+        ax.plot(blocks, [100 * a for a in accuracies], "o-", label=label)
     ax.set(xlabel="number of Ultimus blocks (all else at the best configuration)", ylabel="test accuracy (%)",
            title=f"Test accuracy vs depth, {epochs} epochs, seed 0")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def plot_reproduction(curves: dict[str, pd.DataFrame], published: dict[int, float], path: Path) -> None:
+    """Test accuracy per epoch (counted from 1) of each run's `log.csv`, beside the epochs a published log printed."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, log in curves.items():
+        ax.plot(log["epoch"] + 1, 100 * log["val_accuracy"], "o-", ms=3, label=label)
+    epochs = sorted(published)
+    ax.plot(epochs, [100 * published[e] for e in epochs], "k*", ms=12, ls="none",
+            label="the PyTorch original's log (the epochs it gives)")
+    ax.set(title="Test accuracy per epoch on the original's schedule", xlabel="epoch", ylabel="test accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     save(fig, path)
 
 
