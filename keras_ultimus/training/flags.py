@@ -16,26 +16,28 @@ STEMS = ("plain", "resnet")
 POOLING = ("avg", "max")
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the `build_model` flags (dest = argument name) as a "model" group."""
+def add_model_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Add the `build_model` flags (dest = argument name) as a "model" group; return their actions."""
     g = parser.add_argument_group("model")
-    g.add_argument("--blocks", dest="num_blocks", type=int, default=4, help="number of Ultimus blocks")
-    g.add_argument("--key-dim", type=int, default=8, help="size of the q, k and v projections")
-    g.add_argument("--scale", choices=("pre", "post"), default="pre", help="scale before or after softmax")
-    g.add_argument("--residual", action="store_true", help="x + block(x) (a variant, not the reference)")
-    g.add_argument("--conv-widths", default=[32, 256, 48],
-                   help="comma-separated conv widths, one per conv (default: 32,256,48)")
-    g.add_argument("--downsample", help="comma-separated none|pool|stride, one per gap between convs "
-                   "(default: none everywhere, the reference)")
-    g.add_argument("--bn-momentum", type=float, default=0.9, help="BatchNorm momentum (0.9: PyTorch's default)")
-    g.add_argument("--stem", choices=STEMS, default="plain",
-                   help="plain: 3x3 valid convs (the reference); resnet: one residual stage per --conv-widths entry")
-    g.add_argument("--pooling", choices=POOLING, default="avg", help="global pooling between stem and blocks")
-    g.add_argument("--whiten", action="store_true",
-                   help="a frozen 2x2 conv and GELU before the stem; the conv whitens the training set's patches (airbench)")
-    g.add_argument("--attention", choices=ATTENTION, default="sample",
-                   help="sample: per-sample 8x8 map (the reference); batch or elementwise: the original code's "
-                   "two readings")
+    return [
+        g.add_argument("--blocks", dest="num_blocks", type=int, default=4, help="number of Ultimus blocks"),
+        g.add_argument("--key-dim", type=int, default=8, help="size of the q, k and v projections"),
+        g.add_argument("--scale", choices=("pre", "post"), default="pre", help="scale before or after softmax"),
+        g.add_argument("--residual", action="store_true", help="x + block(x) (a variant, not the reference)"),
+        g.add_argument("--conv-widths", default=[32, 256, 48],
+                       help="comma-separated conv widths, one per conv (default: 32,256,48)"),
+        g.add_argument("--downsample", help="comma-separated none|pool|stride, one per gap between convs "
+                       "(default: none everywhere, the reference)"),
+        g.add_argument("--bn-momentum", type=float, default=0.9, help="BatchNorm momentum (0.9: PyTorch's default)"),
+        g.add_argument("--stem", choices=STEMS, default="plain", help="plain: 3x3 valid convs (the reference); "
+                       "resnet: one residual stage per --conv-widths entry"),
+        g.add_argument("--pooling", choices=POOLING, default="avg", help="global pooling between stem and blocks"),
+        g.add_argument("--whiten", action="store_true", help="a frozen 2x2 conv and GELU before the stem; the conv "
+                       "whitens the training set's patches (airbench)"),
+        g.add_argument("--attention", choices=ATTENTION, default="sample",
+                       help="sample: per-sample 8x8 map (the reference); batch or elementwise: the original code's "
+                       "two readings"),
+    ]
 
 
 def check_model_flags(args: argparse.Namespace) -> None:

@@ -50,9 +50,9 @@ class RecipeOptions:
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per `RecipeOptions` field, as a "recipe" group."""
+def add_recipe_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Add one flag per `RecipeOptions` field, as a "recipe" group; return their actions."""
     group = parser.add_argument_group("recipe (defaults: the reference recipe)")
-    for f in dataclasses.fields(RecipeOptions):
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
-                           choices=f.metadata.get("choices"), help=f.metadata["help"])
+    return [group.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
+                               choices=f.metadata.get("choices"), help=f.metadata["help"])
+            for f in dataclasses.fields(RecipeOptions)]

@@ -69,21 +69,21 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Flags map one-to-one onto `build_model` and `fit` arguments."""
+def parser_and_actions() -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
+    """`train`'s parser, and the actions of its flags in --help order."""
     p = ArgumentParser(prog="python -m keras_ultimus.train",
                        description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
-    add_run_flags(p, *RUN_FLAGS)
-    add_model_flags(p)
-    add_recipe_flags(p)
-    return p
+    return p, [*add_run_flags(p, *RUN_FLAGS), *add_model_flags(p), *add_recipe_flags(p)]
 
 
-def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *dests: str) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """Flags map one-to-one onto `build_model` and `fit` arguments."""
+    return parser_and_actions()[0]
+
+
+def add_run_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *dests: str) -> list[argparse.Action]:
     """Give another command `train`'s own flags for `dests`: the same names, types, choices, defaults and help."""
-    for dest in dests:
-        names, kwargs = RUN_FLAGS[dest]
-        parser.add_argument(*names, **kwargs)
+    return [parser.add_argument(*RUN_FLAGS[dest][0], **RUN_FLAGS[dest][1]) for dest in dests]
 
 
 def config_value(action: argparse.Action, value: object, source: str = "--config") -> object:
@@ -167,8 +167,7 @@ def default_config() -> dict:
 
 def check_settings(settings: dict, source: str = "setting", key_source: str = "--config") -> dict:
     """Check run-config keys and values as `--config` checks them; return them, each of its flag's type."""
-    parser = build_parser()
-    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_CONFIG | {"help"}}
+    actions = {a.dest: a for a in parser_and_actions()[1] if a.dest not in NOT_CONFIG}
     unknown = sorted(set(settings) - set(actions))
     if unknown:
         raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(actions))}")
