@@ -123,7 +123,8 @@ def test_committed_models_hold_no_optimizer_state_and_are_deflated():
 def test_the_tracked_tree_leaves_room_for_data_in_a_64_mib_device_call():
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     size = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
-    assert size < 22 * 2**20, f"tracked tree is {size / 2**20:.1f} MiB; the tree plus 3 MiB of wheels must stay under 25"
+    # 28 MiB + 3 MiB of wheels + one 27 MiB sixth of the data (DEVELOPERS.md, "GPU runs") stay under 60 MiB
+    assert size < 28 * 2**20, f"tracked tree is {size / 2**20:.1f} MiB; the tree plus 3 MiB of wheels must stay under 31"
 
 
 @pytest.mark.multi_backend
