@@ -5,10 +5,10 @@ and jax, each alone and timed), bf16 (seed 0, 8 epochs, float32 against mixed_bf
 recipe (the reference model on the candidate recipe RECIPE, seeds 0, 1, 2), repro (the PyTorch original's schedule
 with each --attention reading, 24 epochs, charted beside its log), search (Hyperband over --space on the 45,000 /
 5,000 split), confirm (the search's top 3 configurations at 24 epochs on the test set with flip TTA, each at
---confirm-seeds seeds, and the best one at every --depths with the residual on and off). $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the
-run folders between the calls of a session; every stage resumes (a finished run folder is kept, a partial one
---resume'd, a search resumed by KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work,
-.whl/ installed into /tmp/site when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage
+--confirm-seeds seeds, and the best one at every --depths with the residual on and off).
+$ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the run folders between the calls of a
+session; every stage resumes (a finished run folder is kept, a partial one --resume'd, a search resumed by
+KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work, .whl/ installed into /tmp/site when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage
 the results are packed into --out: gpu-results.tar.gz (no backups, TensorBoard logs or checkpoints),
 gpu-models-extra.tar.gz (models over the first 15 MiB), summary.txt, steps.txt, versions.txt, data.txt.
 How to prepare and which device calls to make: DEVELOPERS.md ("GPU runs").
@@ -322,18 +322,17 @@ def stage_repro(s: Session) -> None:
     schedule = TRAIN_FLAGS + s.tiny  # the dry run's --epochs 1 comes last, so it wins
     in_parallel(s, [lambda a=a, f=f: train_run(s, f.name, "torch", [*schedule, "--attention", a, "--seed", "0"])
                     for a, f in folders.items()])
-    import pandas as pd
-
     from keras_ultimus.report.charts import plot_reproduction
+    from keras_ultimus.report.runs import read_log
 
-    logs = {a: pd.read_csv(f / "log.csv") for a, f in folders.items() if accuracy(f) is not None}
+    logs = {a: read_log(f / "log.csv") for a, f in folders.items() if accuracy(f) is not None}  # epochs from 1
     lines = [f"the original's schedule ({' '.join(TRAIN_FLAGS)}); its log: "
              + ", ".join(f"{100 * v:.2f}% after epoch {e}" for e, v in PUBLISHED_TEST_ACCURACY.items())]
     for a in ATTENTIONS:
         if a not in logs:
             lines.append(f"--attention {a}: not finished")
             continue
-        test = dict(zip(logs[a]["epoch"] + 1, logs[a]["val_accuracy"]))
+        test = dict(zip(logs[a]["epoch"], logs[a]["val_accuracy"]))
         lines.append(f"--attention {a}: " + ", ".join(f"{100 * test[e]:.2f}% after epoch {e}"
                                                       for e in PUBLISHED_TEST_ACCURACY if e in test))
     if logs:

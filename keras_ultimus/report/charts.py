@@ -193,11 +193,11 @@ def plot_test_depth(series: dict[str, tuple[list[int], list[float]]], epochs: in
 
 
 def plot_reproduction(curves: dict[str, pd.DataFrame], published: dict[int, float], path: Path) -> None:
-    """Test accuracy per epoch (counted from 1) of each run's `log.csv`, beside the epochs a published log printed."""
+    """Test accuracy per epoch of each run's log (`read_log`: epochs from 1), beside the epochs a published log gave."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for label, log in curves.items():
-        ax.plot(log["epoch"] + 1, 100 * log["val_accuracy"], "o-", ms=3, label=label)
+        ax.plot(log["epoch"], 100 * log["val_accuracy"], "o-", ms=3, label=label)
     epochs = sorted(published)
     ax.plot(epochs, [100 * published[e] for e in epochs], "k*", ms=12, ls="none",
             label="the PyTorch original's log (the epochs it gives)")
