@@ -8,8 +8,8 @@ with each --attention reading, 24 epochs, charted beside its log), search (Hyper
 --confirm-seeds seeds, and the best one at every --depths with the residual on and off).
 $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the run folders between the calls of a
 session; every stage resumes (a finished run folder is kept, a partial one --resume'd, a search resumed by
-KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work, .whl/ installed into /tmp/site when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage
-the results are packed into --out: gpu-results.tar.gz (no backups, TensorBoard logs or checkpoints),
+KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work, .whl/ installed into /tmp/site
+when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage the results are packed into --out: gpu-results.tar.gz (no backups, TensorBoard logs or checkpoints),
 gpu-models-extra.tar.gz (models over the first 15 MiB), summary.txt, steps.txt, versions.txt, data.txt.
 How to prepare and which device calls to make: DEVELOPERS.md ("GPU runs").
 """
