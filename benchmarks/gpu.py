@@ -9,8 +9,9 @@ with each --attention reading, 24 epochs, charted beside its log), search (Hyper
 $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the run folders between the calls of a
 session; every stage resumes (a finished run folder is kept, a partial one --resume'd, a search resumed by
 KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work, .whl/ installed into /tmp/site
-when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage the results are packed into --out: gpu-results.tar.gz (no backups, TensorBoard logs or checkpoints),
-gpu-models-extra.tar.gz (models over the first 15 MiB), summary.txt, steps.txt, versions.txt, data.txt.
+when Keras is missing, .data-parts/ reassembled and md5-checked. After every stage the results are packed into
+--out: gpu-results.tar.gz (no backups, TensorBoard logs or checkpoints), gpu-models-extra.tar.gz (models over the
+first 15 MiB), summary.txt, steps.txt, versions.txt, data.txt.
 How to prepare and which device calls to make: DEVELOPERS.md ("GPU runs").
 """
 
