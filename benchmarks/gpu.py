@@ -3,9 +3,10 @@
 Stages, run in the order given: bench (keras_ultimus.bench on torch and jax), train (the 24-epoch default on torch
 and jax, each alone and timed), bf16 (seed 0, 8 epochs, float32 against mixed_bfloat16), seeds (seeds 0, 1, 2),
 recipe (the reference model on the candidate recipe RECIPE, seeds 0, 1, 2), repro (the PyTorch original's schedule
-with each --attention reading, 24 epochs, charted beside its log), search (Hyperband over --space on the 45,000 /
+with each --attention reading, 24 epochs, charted beside its log), ablation (the best variant, BEST_VARIANT, with
+one recipe or model option changed per arm, at --seeds seeds), search (Hyperband over --space on the 45,000 /
 5,000 split), confirm (the search's top 3 configurations at 24 epochs on the test set with flip TTA, each at
---confirm-seeds seeds, and the best one at every --depths with the residual on and off).
+--seeds seeds, and the best one at every --depths with the residual on and off).
 $ULTIMUS_GPU_STATE (default /tmp/keras-ultimus-gpu) keeps the data and the run folders between the calls of a
 session; every stage resumes (a finished run folder is kept, a partial one --resume'd, a search resumed by
 KerasTuner). .gpu-carry/ (an earlier session's run folders) is merged into --work, .whl/ installed into /tmp/site
@@ -45,8 +46,14 @@ from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
 from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
 from keras_ultimus.tuner.options import SPACES  # noqa: E402
 
-STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "search", "confirm")
+STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "ablation", "search", "confirm")
 RECIPE = ["--batch-size", "256", "--max-lr", "0.002"]  # the faithful model's candidate recipe (71.61% on seed 0, CPU)
+# The best variant so far (reports/whiten-bs256-cpu/) as a train --config, and the ablation's arms: one change each.
+BEST_VARIANT = {"stem": "resnet", "conv_widths": [32, 64, 64], "num_blocks": 1, "key_dim": 16, "pooling": "max",
+                "whiten": True, "max_lr": 0.004, "batch_size": 256, "label_smoothing": 0.1, "tta": "flip"}
+ARMS = {"base": {}, "no-whiten": {"whiten": False}, "avg-pooling": {"pooling": "avg"}, "batch-512": {"batch_size": 512},
+        "no-label-smoothing": {"label_smoothing": 0.0}, "weight-decay": {"weight_decay": 0.04}, "ema": {"ema": 0.99},
+        "sgd": {"optimizer": "sgd", "max_lr": 0.1}}  # SGD's peak LR is a guess, not tuned
 ATTENTIONS = ("sample", "batch", "elementwise")  # keras_ultimus.models.layers' readings (tested), without Keras
 PIPELINE = "device"  # the uint8 training set on the GPU, each batch cropped and flipped there
 GRACE = 30  # no run starts this close to the time limit; an interrupted one gets this long to stop
@@ -77,7 +84,7 @@ class Session:
         self.deadline = time.time() + args.time_limit if args.time_limit else float("inf")
         self.depths = args.depths or ([1, 2] if self.dry_run else [1, 2, 3, 4])
         self.search_epochs = 2 if self.dry_run else args.search_epochs
-        self.seeds = list(range(args.confirm_seeds))
+        self.seeds = list(range(args.seeds))
         self.tiny = ["--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--batch-size", "16"] \
             if self.dry_run else []
         self.threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -343,6 +350,32 @@ def stage_repro(s: Session) -> None:
     summary(s, "repro", lines)
 
 
+def stage_ablation(s: Session) -> None:
+    """The best variant with one option changed per arm, at --seeds seeds; each arm's mean against the base's."""
+    folder = s.work / "ablation"
+    folder.mkdir(exist_ok=True)
+    runs = {}
+    for arm, change in ARMS.items():
+        (folder / f"{arm}.json").write_text(json.dumps({**BEST_VARIANT, **change}, indent=2) + "\n")
+        runs |= {f"ablation-{arm}-s{seed}": ["--config", str(folder / f"{arm}.json"), "--seed", str(seed), *s.tiny]
+                 for seed in s.seeds}
+    in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in sorted(
+        runs.items(), key=lambda item: int(item[0].rsplit("-s", 1)[1]))])  # every arm's seed 0 first
+    lines, means = [f"the best variant: {json.dumps(BEST_VARIANT)}"], {}
+    for arm, change in ARMS.items():
+        folders = {seed: s.work / f"ablation-{arm}-s{seed}" for seed in s.seeds}
+        lines += [f"{arm} {json.dumps(change)}:"] + ["  " + line for line in seed_lines(folders)]
+        done = [run_info(f)["final"] for f in folders.values() if accuracy(f) is not None]
+        if done:
+            means[arm] = [statistics.mean(d.get(k, float("nan")) for d in done)
+                          for k in ("val_accuracy", "test_accuracy_flip_tta")]
+    if "base" in means:
+        lines.append("each arm's mean against the base's (points, plain / flip TTA):")
+        lines += [f"  {arm}: {100 * (m[0] - means['base'][0]):+.2f} / {100 * (m[1] - means['base'][1]):+.2f}"
+                  for arm, m in means.items() if arm != "base"]
+    summary(s, "ablation", lines)
+
+
 def stage_search(s: Session) -> None:
     """Hyperband (with --jobs > 1 a KerasTuner chief and N workers); its result and top 10 trials."""
     folder = s.work / "search"
@@ -396,7 +429,7 @@ def confirm_name(k: int, seed: int) -> str:
 
 
 def stage_confirm(s: Session) -> None:
-    """The top 3 configurations at 24 epochs on the test set (flip TTA beside), each at --confirm-seeds seeds, and
+    """The top 3 configurations at 24 epochs on the test set (flip TTA beside), each at --seeds seeds, and
     the best one at every --depths with the residual on and off (seed 0)."""
     search, folder = s.work / "search", s.work / "confirm"
     if not (search / "best.json").is_file() or not (search / "leaderboard.csv").is_file():
@@ -460,7 +493,8 @@ def stage_confirm(s: Session) -> None:
 
 
 STAGE_FUNCTIONS = {"bench": stage_bench, "train": stage_train, "bf16": stage_bf16, "seeds": stage_seeds,
-                   "recipe": stage_recipe, "repro": stage_repro, "search": stage_search, "confirm": stage_confirm}
+                   "recipe": stage_recipe, "repro": stage_repro, "ablation": stage_ablation, "search": stage_search,
+                   "confirm": stage_confirm}
 
 
 def gather_parts(s: Session) -> None:
@@ -675,7 +709,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--stages", type=parse_stages, default=["bench", "train"],
                    help=f"comma-separated, run in this order: {','.join(STAGES)}")
     p.add_argument("--jobs", type=positive, default=1, help="runs of a stage at once on the one GPU (bf16, seeds, "
-                   "recipe, repro, confirm; the search: a KerasTuner chief and N workers); the timed train runs always "
+                   "recipe, repro, ablation, confirm; the search: a KerasTuner chief and N workers); the timed train runs always "
                    "run alone")
     p.add_argument("--time-limit", type=positive, metavar="S", help="start no run in the last 30 s before S seconds "
                    "and interrupt the running ones at S (they resume); set it under the call's timeout (no default)")
@@ -684,7 +718,8 @@ def build_parser() -> ArgumentParser:
                    "/tmp/keras-ultimus-gpu/runs; with --dry-run OUT.work)")
     p.add_argument("--depths", type=parse_depths, help="block counts of the depth chart, each with the residual on "
                    "and off (default: 1,2,3,4; dry run 1,2)")
-    p.add_argument("--confirm-seeds", type=positive, default=3, help="seeds 0 .. N-1 of each top configuration")
+    p.add_argument("--seeds", type=positive, default=3, help="seeds 0 .. N-1 of each top configuration (confirm) "
+                   "and each arm (ablation)")
     p.add_argument("--space", choices=SPACES, default="wide", help="the search space (default: wide, the residual "
                    "stem, pooling, whitening and the recipe options beside the reference's axes)")
     p.add_argument("--search-epochs", type=positive, default=24, help="Hyperband's most epochs for one trial; 24 is "

@@ -142,11 +142,27 @@ def test_repro_stage_trains_each_attention_on_the_original_schedule_and_charts_t
     assert (s.work / "repro" / "repro.png").stat().st_size > 10_000
 
 
+def test_ablation_trains_each_arm_at_each_seed_and_compares_its_mean_with_the_base(tmp_path, monkeypatch):
+    scores = {"ablation-base-s0": [0.5, 0.88], "ablation-base-s1": [0.5, 0.90],
+              "ablation-no-whiten-s0": [0.5, 0.86], "ablation-no-whiten-s1": [0.5, 0.87]}
+    s, started = fake_session(tmp_path, monkeypatch, "--seeds", "2", scores=scores)
+    gpu.stage_ablation(s)
+    assert set(started) == {f"ablation-{arm}-s{seed}" for arm in gpu.ARMS for seed in (0, 1)}
+    assert all(name.endswith("-s0") for name in list(started)[:len(gpu.ARMS)])  # every arm's seed 0 first
+    for arm, change in gpu.ARMS.items():
+        config = json.loads((s.work / "ablation" / f"{arm}.json").read_text())
+        assert config == {**gpu.BEST_VARIANT, **change}
+        assert sum(config[k] != gpu.BEST_VARIANT.get(k) for k in config) == (arm != "base") * len(change)
+    text = (s.work / "summary" / "ablation.txt").read_text()
+    assert "  no-whiten: -2.50 / -2.50" in text  # (86 + 87) / 2 - (88 + 90) / 2; TTA is plain + 1 in the fake
+    assert "  ema: -29.00 / -29.00" in text  # the fake's default 0.6 against the base's 0.89
+
+
 def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_residual_on_and_off(tmp_path,
                                                                                                  monkeypatch):
     from keras_ultimus.tuner.search import best_config
 
-    s, started = fake_session(tmp_path, monkeypatch, "--confirm-seeds", "2", "--depths", "1,3",
+    s, started = fake_session(tmp_path, monkeypatch, "--seeds", "2", "--depths", "1,3",
                               scores={"depth-1-residual": [0.5, 0.8]})
     search = s.work / "search"
     trials = {"0000": trial_values(3, (16, 32)), "0001": trial_values(2, (16, 16))}
@@ -179,7 +195,7 @@ def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_res
 def test_dry_run_of_search_and_confirm_packs_the_results_and_resumes(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--stages", "search,confirm", "--depths", "1",
-               "--confirm-seeds", "1", "--out", str(out)]
+               "--seeds", "1", "--out", str(out)]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
