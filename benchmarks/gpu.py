@@ -276,29 +276,39 @@ def stage_bf16(s: Session) -> None:
     summary(s, "bf16", lines)
 
 
+def final_scores(folders: dict[int, Path]) -> dict[str, list[float]]:
+    """The finished runs' final test accuracies: "plain", and "flip TTA" where the run scored it."""
+    finals = [run_info(f)["final"] for f in folders.values() if accuracy(f) is not None]
+    return {"plain": [f["val_accuracy"] for f in finals],
+            "flip TTA": [f["test_accuracy_flip_tta"] for f in finals if "test_accuracy_flip_tta" in f]}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    """A train --config file."""
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
 def seed_lines(folders: dict[int, Path]) -> list[str]:
     """Each seed's final test accuracy (plain, flip TTA when scored) and largest drop after epoch 3; mean ± std."""
     from keras_ultimus.report.runs import read_log
     from keras_ultimus.report.tables import largest_drop
 
-    lines, scores = [], {"plain": [], "flip TTA": []}
+    lines = []
     for seed, folder in folders.items():
         acc = accuracy(folder)
         if acc is None:
             lines.append(f"seed {seed}: not finished ({folder.name})")
             continue
         info = run_info(folder)
-        scores["plain"].append(acc)
         tta = info["final"].get("test_accuracy_flip_tta")
-        if tta is not None:
-            scores["flip TTA"].append(tta)
         drop = largest_drop(read_log(folder / "log.csv"))  # epochs from 1, transitions from 3->4 on
         lines.append(f"seed {seed}: final test accuracy {100 * acc:.2f}%"
                      + (f" ({100 * tta:.2f}% with flip TTA)" if tta is not None else "")
                      + (f", largest drop after epoch 3 {drop[0]:.2f} points (epoch {drop[1]}->{drop[1] + 1})"
                         if drop and drop[0] > 0 else ", no drop after epoch 3")
                      + f" ({folder.name}, {info['config']['epochs']} epochs)")
-    for name, accs in scores.items():
+    for name, accs in final_scores(folders).items():
         if len(accs) > 1:
             lines.append(f"{name}: mean ± std (n-1) of {len(accs)} seeds: {100 * statistics.mean(accs):.2f} "
                          f"± {100 * statistics.stdev(accs):.2f}%")
@@ -354,21 +364,17 @@ def stage_ablation(s: Session) -> None:
     """The best variant with one option changed per arm, at --seeds seeds; each arm's mean against the base's."""
     folder = s.work / "ablation"
     folder.mkdir(exist_ok=True)
-    runs = {}
-    for arm, change in ARMS.items():
-        (folder / f"{arm}.json").write_text(json.dumps({**BEST_VARIANT, **change}, indent=2) + "\n")
-        runs |= {f"ablation-{arm}-s{seed}": ["--config", str(folder / f"{arm}.json"), "--seed", str(seed), *s.tiny]
-                 for seed in s.seeds}
-    in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in sorted(
-        runs.items(), key=lambda item: int(item[0].rsplit("-s", 1)[1]))])  # every arm's seed 0 first
+    configs = {arm: write_config(folder / f"{arm}.json", {**BEST_VARIANT, **change}) for arm, change in ARMS.items()}
+    runs = {f"ablation-{arm}-s{seed}": ["--config", str(config), "--seed", str(seed), *s.tiny]
+            for seed in s.seeds for arm, config in configs.items()}  # every arm's seed 0 first
+    in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in runs.items()])
     lines, means = [f"the best variant: {json.dumps(BEST_VARIANT)}"], {}
     for arm, change in ARMS.items():
         folders = {seed: s.work / f"ablation-{arm}-s{seed}" for seed in s.seeds}
         lines += [f"{arm} {json.dumps(change)}:"] + ["  " + line for line in seed_lines(folders)]
-        done = [run_info(f)["final"] for f in folders.values() if accuracy(f) is not None]
-        if done:
-            means[arm] = [statistics.mean(d.get(k, float("nan")) for d in done)
-                          for k in ("val_accuracy", "test_accuracy_flip_tta")]
+        scores = final_scores(folders)
+        if scores["plain"]:
+            means[arm] = [statistics.mean(scores[k]) if scores[k] else float("nan") for k in ("plain", "flip TTA")]
     if "base" in means:
         lines.append("each arm's mean against the base's (points, plain / flip TTA):")
         lines += [f"  {arm}: {100 * (m[0] - means['base'][0]):+.2f} / {100 * (m[1] - means['base'][1]):+.2f}"
@@ -439,7 +445,7 @@ def stage_confirm(s: Session) -> None:
     folder.mkdir(exist_ok=True)
     configs = [{**config, "tta": "flip"} for config in top_configs(search)]  # val_accuracy stays the plain figure
     for k, config in enumerate(configs, 1):
-        (folder / f"top{k}.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_config(folder / f"top{k}.json", config)
     best = configs[0]
     depth_runs = {}  # (blocks, residual) -> run folder name; the best's own is confirm-1
     for d in s.depths:
@@ -448,8 +454,7 @@ def stage_confirm(s: Session) -> None:
                 depth_runs[d, residual] = confirm_name(1, 0)
                 continue
             name = f"depth-{d}-{'residual' if residual else 'plain'}"
-            (folder / f"{name}.json").write_text(json.dumps({**best, "num_blocks": d, "residual": residual}, indent=2)
-                                                 + "\n")
+            write_config(folder / f"{name}.json", {**best, "num_blocks": d, "residual": residual})
             depth_runs[d, residual] = name
     flags = ["--epochs", "24", *s.tiny]
     runs = {confirm_name(k, seed): ["--config", str(folder / f"top{k}.json"), "--seed", str(seed), *flags]
@@ -709,8 +714,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--stages", type=parse_stages, default=["bench", "train"],
                    help=f"comma-separated, run in this order: {','.join(STAGES)}")
     p.add_argument("--jobs", type=positive, default=1, help="runs of a stage at once on the one GPU (bf16, seeds, "
-                   "recipe, repro, ablation, confirm; the search: a KerasTuner chief and N workers); the timed train runs always "
-                   "run alone")
+                   "recipe, repro, ablation, confirm; the search: a KerasTuner chief and N workers); the timed train "
+                   "runs always run alone")
     p.add_argument("--time-limit", type=positive, metavar="S", help="start no run in the last 30 s before S seconds "
                    "and interrupt the running ones at S (they resume); set it under the call's timeout (no default)")
     p.add_argument("--out", help="where the results are packed (default: $OUT, else runs/gpu-<time>)")
