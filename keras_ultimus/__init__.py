@@ -1,75 +1,25 @@
 """Keras 3 multi-backend Ultimus CIFAR-10 classifier.
 
-Importing the package registers its Keras serializables (`UltimusLayer`,
-`OneCycle`, the smoothed loss and the loss-scale optimizer) with Keras, so
-`keras.saving.load_model` finds them, as for any Keras extension. It does so
-without starting Keras itself: if Keras is already imported, they register at
-once; if not, they register the moment Keras is imported. A CLI can so set
-the process up (`keras_ultimus.backend.prepare`: backend check, log levels,
-devices) before Keras starts.
+Importing the package checks the Keras backend (a missing or unknown one is
+refused in one line, before Keras starts), quiets TensorFlow's C++ start-up
+logs, then imports Keras and the modules whose classes register themselves
+with `keras.saving.register_keras_serializable`, as keras-hub does: after
+`import keras_ultimus`, `keras.saving.load_model` finds `UltimusLayer`,
+`OneCycle`, the smoothed loss and the loss-scale optimizer.
 """
-
-import importlib
-import importlib.abc
-import importlib.util
-import sys
-import warnings
 
 __version__ = "0.2.0"
 __all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
 
-_PUBLIC = {"UltimusLayer": "models.layers", "build_model": "models.ultimus", "OneCycle": "training.schedules",
-           "fit": "training.fit"}
-# The modules whose import registers a Keras serializable.
-_SERIALIZABLES = ("keras_ultimus.models.layers", "keras_ultimus.training.schedules", "keras_ultimus.training.losses",
-                  "keras_ultimus.training.compiling")
+from keras_ultimus import backend as _backend
 
+_backend.configure()
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"keras_ultimus.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module 'keras_ultimus' has no attribute {name!r}")
+import keras  # noqa: E402, F401  after the backend check, so a bad backend is one line
 
-
-def _register() -> None:
-    """Import the modules that register the package's serializables with Keras.
-
-    A module already importing (it may be what imported Keras) registers itself when it finishes.
-    """
-    for module in _SERIALIZABLES:
-        if module not in sys.modules:
-            importlib.import_module(module)
-
-
-class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Registers the serializables right after `import keras` finishes executing Keras, whoever imports it.
-
-    Only an executed import counts: `importlib.util.find_spec("keras")` (TensorFlow calls it) leaves it waiting.
-    """
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
-            return None
-        spec = next((found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
-                     and (found := finder.find_spec(fullname, path, target)) is not None), None)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module):
-            exec_module(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            try:
-                _register()
-            except Exception as e:  # noqa: BLE001  registration must never break `import keras`
-                warnings.warn(f"keras_ultimus could not register its Keras objects: {e}", stacklevel=2)
-
-        spec.loader.exec_module = exec_then_register
-        return spec
-
-
-if "keras" in sys.modules:
-    _register()
-elif not any(isinstance(finder, _RegisterAfterKeras) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterKeras())
+from keras_ultimus.models.layers import UltimusLayer  # noqa: E402  registers UltimusLayer
+from keras_ultimus.models.ultimus import build_model  # noqa: E402
+from keras_ultimus.training import compiling as _compiling  # noqa: E402, F401  registers LossScaleOptimizer
+from keras_ultimus.training import losses as _losses  # noqa: E402, F401  registers the smoothed loss
+from keras_ultimus.training.fit import fit  # noqa: E402
+from keras_ultimus.training.schedules import OneCycle  # noqa: E402  registers OneCycle

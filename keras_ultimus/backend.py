@@ -1,4 +1,4 @@
-"""Check the Keras backend before Keras is imported, so a bad one is a one-line error.
+"""Check the Keras backend before Keras is imported (`import keras_ultimus` does), so a bad one is one line.
 
 Keras picks its backend from `$KERAS_BACKEND`, else the `"backend"` key of
 `keras.json` in `$KERAS_HOME` (default `~/.keras`), else TensorFlow, and raises
@@ -48,24 +48,63 @@ def configured_backend() -> tuple[str, str]:
     return "tensorflow", "Keras' default"
 
 
-def check_backend(quiet: bool = False) -> str:
-    """Return the configured backend; exit with code 2 and a one-line error if it can't load."""
+def backend_problem(quiet: bool = False) -> tuple[str, str | None]:
+    """The configured backend, and why it can't load (one line), or None when it imports."""
     name, source = configured_backend()
     if name not in INSTALL:
-        fail(
-            f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
-            f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}"
-        )
+        return name, (f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
+                      f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}")
     try:
         with silenced_stderr(quiet):
             importlib.import_module(name)
     except Exception as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(
-            f"Keras backend {name!r} (from {source}) is not installed ({reason}); "
-            f"install it with `pip install -r requirements.txt` or `{INSTALL[name]}`"
-        )
+        return name, (f"Keras backend {name!r} (from {source}) is not installed ({reason}); "
+                      f"install it with `pip install -r requirements.txt` or `{INSTALL[name]}`")
+    return name, None
+
+
+def check_backend(quiet: bool = False) -> str:
+    """Return the configured backend; exit with code 2 and a one-line error if it can't load."""
+    name, problem = backend_problem(quiet)
+    if problem:
+        fail(problem)
     return name
+
+
+def command_args() -> list[str] | None:
+    """This process's arguments when it runs one of the package's commands, else None (a library user)."""
+    orig = getattr(sys, "orig_argv", [])
+    if "-m" in orig[:-1] and orig[orig.index("-m") + 1].startswith("keras_ultimus"):
+        return orig[orig.index("-m") + 2:]
+    if sys.argv and Path(sys.argv[0]).name.startswith("ultimus-"):
+        return sys.argv[1:]
+    return None
+
+
+def quiet_tensorflow(verbose: bool) -> bool:
+    """Hide TensorFlow's C++ logs unless `verbose` or the user set `TF_CPP_MIN_LOG_LEVEL`; True if hidden."""
+    # QUIET_MARK: the level was set by a parent's prepare (bench, launch, export children), not by the user.
+    quiet = not verbose and ("TF_CPP_MIN_LOG_LEVEL" not in os.environ or QUIET_MARK in os.environ)
+    if quiet:
+        os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", QUIET_MARK: "1"})
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    return quiet
+
+
+def configure() -> None:
+    """Run by `import keras_ultimus` before it imports Keras: check the backend and, in a command, quiet TF.
+
+    In a command (`python -m keras_ultimus...`, an `ultimus-*` script) a backend that can't
+    load exits with code 2 and one line; a library user gets an ImportError saying the same.
+    """
+    args = command_args()
+    quiet = args is not None and quiet_tensorflow(bool({"-v", "--verbose"} & set(args)))
+    _, problem = backend_problem(quiet)
+    if problem and args is not None:
+        fail(problem)
+    if problem:
+        raise ImportError(problem)
 
 
 def fail(message: str) -> None:
@@ -112,24 +151,19 @@ def import_tensorflow_beside(quiet: bool) -> None:
 
 
 def prepare(verbose: bool = False, devices: int | None = None) -> str:
-    """Set up the process before Keras starts: check the backend, quiet TF logs, split devices.
+    """Set up a command's process before Keras computes: check the backend, quiet TF logs, split devices.
 
-    Call it first in every CLI, after parsing flags and before importing Keras
-    or any module that imports it. TensorFlow's C++ log lines are hidden unless
-    `verbose` or the user set `TF_CPP_MIN_LOG_LEVEL`. `devices` makes that many
+    Call it first in every CLI, after parsing flags (`import keras_ultimus` has
+    already checked the backend and imported Keras, which starts no device).
+    TensorFlow's C++ log lines are hidden unless `verbose` or the user set
+    `TF_CPP_MIN_LOG_LEVEL`. `devices` makes that many
     logical CPU devices for JAX (TensorFlow's are made by `keras_ultimus.training.distribute`).
     Under torch or jax, an installed TensorFlow is imported here with its GPUs hidden.
     Returns the backend name.
     """
-    # QUIET_MARK: the level was set by a parent's prepare (bench, launch, export children), not by the user.
-    quiet = not verbose and ("TF_CPP_MIN_LOG_LEVEL" not in os.environ or QUIET_MARK in os.environ)
-    if quiet:
-        os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", QUIET_MARK: "1"})
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    quiet = quiet_tensorflow(verbose)
     name, _ = configured_backend()
-    if devices and name == "jax":
-        if "jax._src.xla_bridge" in sys.modules:
-            fail("--devices must be set before JAX starts; run it in a fresh process")
+    if devices and name == "jax":  # read when JAX starts its backends, on first use, not at import
         flag = f"--xla_force_host_platform_device_count={devices}"
         os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), flag]).strip()
     name = check_backend(quiet)

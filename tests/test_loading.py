@@ -101,10 +101,24 @@ def test_a_committed_model_loads_whatever_the_import_order(imports):
     assert result.stdout.split() == ["loaded", "1"]
 
 
-def test_importing_the_package_alone_does_not_start_keras():
-    code = "import sys, keras_ultimus; print('keras' in sys.modules)"
+def test_importing_the_package_registers_its_serializables_with_no_import_hook():
+    code = ("import sys, keras_ultimus, keras\n"
+            "print(type(sys.meta_path[0]).__module__.startswith('keras_ultimus'))\n"
+            "for name in ('UltimusLayer', 'OneCycle', 'SmoothedSparseCrossentropy', 'LossScaleOptimizer'):\n"
+            "    assert keras.saving.get_registered_object(f'keras_ultimus>{name}'), name\n"
+            "print('registered')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "registered"], result.stderr[-2000:]
+    assert not any("keras_ultimus" in type(f).__module__ for f in sys.meta_path)
+
+
+def test_importing_the_package_with_a_bad_backend_is_an_import_error_in_a_library_user():
+    code = "import keras_ultimus"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KERAS_BACKEND": "tensorfow"})
+    assert result.returncode == 1
+    assert "ImportError: Keras backend 'tensorfow'" in result.stderr
+    assert "\nimport keras\n" not in result.stderr  # refused before Keras' own import
 
 
 def weight_groups(path: Path) -> set[str]:

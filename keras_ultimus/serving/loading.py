@@ -8,8 +8,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import keras_ultimus.models.layers  # noqa: F401  registers UltimusLayer for loading
-import keras_ultimus.training.schedules  # noqa: F401  registers OneCycle for loading
 from keras_ultimus.backend import INSTALL
 from keras_ultimus.errors import UserError, one_line
 

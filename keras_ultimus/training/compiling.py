@@ -2,7 +2,8 @@
 
 import keras
 
-from keras_ultimus.training import losses, schedules  # modules, not names: either may be mid-import when Keras starts
+from keras_ultimus.training.losses import SmoothedSparseCrossentropy
+from keras_ultimus.training.schedules import OneCycle
 from keras_ultimus.training.recipe_options import RecipeOptions
 
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
@@ -62,11 +63,11 @@ def compile_model(
 
     A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
     """
-    optimizer = make_optimizer(schedules.OneCycle(max_lr, total_steps, pct_start), options)
+    optimizer = make_optimizer(OneCycle(max_lr, total_steps, pct_start), options)
     if model.dtype_policy.name == "mixed_float16":
         optimizer = LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
     if options.label_smoothing:
-        loss = losses.SmoothedSparseCrossentropy(options.label_smoothing)
+        loss = SmoothedSparseCrossentropy(options.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit],
