@@ -44,7 +44,7 @@ from benchmarks.original import PUBLISHED_TEST_ACCURACY, TRAIN_FLAGS  # noqa: E4
 from keras_ultimus.errors import ArgumentParser, UserError, cli  # noqa: E402
 from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
 from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
-from keras_ultimus.tuner.options import SPACES  # noqa: E402
+from keras_ultimus.constants import SPACES  # noqa: E402
 
 STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "ablation", "search", "confirm")
 RECIPE = ["--batch-size", "256", "--max-lr", "0.002"]  # the faithful model's candidate recipe (71.61% on seed 0, CPU)
@@ -464,7 +464,7 @@ def stage_confirm(s: Session) -> None:
     in_parallel(s, [lambda name=name, f=f: train_run(s, name, "torch", f) for name, f in runs.items()])
 
     from keras_ultimus.models.ultimus import trainable_params
-    from keras_ultimus.training.recipe import model_kwargs
+    from keras_ultimus.config import model_kwargs
     from keras_ultimus.report.charts import plot_test_depth
 
     lines = ["confirmations (scored on the test set):"]

@@ -24,7 +24,8 @@ from keras_ultimus.backend import INSTALL, prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
 from keras_ultimus.provenance import git_state
-from keras_ultimus.training.run_config import PRECISIONS, add_run_flags
+from keras_ultimus.config import add_flags
+from keras_ultimus.constants import PRECISIONS
 
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
 
@@ -68,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive, default=5, help="training steps per timed repeat (default: 5)")
     p.add_argument("--repeats", type=positive, default=3, help="timed repeats per figure; the median is reported (default: 3)")
     p.add_argument("--batch-size", type=positive, default=512)
-    add_run_flags(p, "jit")
+    add_flags(p, ["jit"])
     p.add_argument("--steps-per-execution", type=positive, default=1)
     p.add_argument("--mirrored", type=positive, metavar="N",
                    help="also time TensorFlow under MirroredStrategy over N devices (the GPUs, else N logical CPUs "
                         "with a share of the cores each), with synchronized BatchNorm: the math of one batch")
     p.add_argument("--matmul-size", type=positive, default=2048, help="n of the n×n matmuls timed for the peak (default: 2048)")
-    add_run_flags(p, "pipeline")
+    add_flags(p, ["pipeline"])
     data = p.add_mutually_exclusive_group()
     data.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped images (the default)")
     data.add_argument("--data", help="time on a local CIFAR-10 copy instead of random images")

@@ -8,14 +8,15 @@ import statistics
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, cli
-from keras_ultimus.training.run_config import PIPELINES, add_run_flags
+from keras_ultimus.config import add_flags
+from keras_ultimus.constants import PIPELINES
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
     parser = ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
-    add_run_flags(parser, "data")
+    add_flags(parser, ["data"])
     parser.add_argument("--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy")
     parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the training set, after one warm-up pass (default 2)")

@@ -1,13 +1,16 @@
-"""The one user-facing error type, and the wrapper every command-line tool runs under.
+"""The user-facing error types, and the wrapper every command-line tool runs under.
 
-Library code raises `UserError` for bad input (a missing file, a wrong flag
-value, a corrupt tarball); `cli` turns it into one line on stderr and exit
+Library code raises `UserError` (a `ValueError`) or one of its subclasses for bad
+input (a missing file, a wrong argument value, a corrupt tarball), naming the
+Python argument as Keras does: `out=runs/x: run folder exists`. `cli` turns it
+into one line on stderr in the command's terms (`--out runs/x: ...`) and exit
 code 2, so no user ever sees a traceback for their own mistake.
 """
 
 import argparse
 import errno
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -18,8 +21,36 @@ NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 EXIT_NO_SPACE = 3
 
 
-class UserError(Exception):
-    """Bad input from the user; the message is one line, printed as `error: ...`."""
+class UserError(ValueError):
+    """Bad input from the user; the message is one line naming the Python argument (`out=...`)."""
+
+
+class FolderExistsError(UserError, FileExistsError):
+    """A folder that must be new exists already."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """An input file or folder is not there."""
+
+
+# Python argument names whose command-line flag is not `--` + the name with dashes.
+FLAG_NAMES = {"num_blocks": "blocks"}
+_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^' ]*)'|(True)\b|(?=\S))?")
+
+
+def in_flag_terms(message: str, flag_names: dict[str, str] | None = None) -> str:
+    """A library message in a command's terms: `out=runs/x: ...` becomes `--out runs/x: ...`."""
+    names = {**FLAG_NAMES, **(flag_names or {})}
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        value = match.group(2)
+        text = "--" + names.get(name, name).replace("_", "-")
+        if match.group(3):  # a switch: name=True is the flag alone
+            return text
+        return f"{text} {value}" if value is not None else f"{text} "
+
+    return _ARGUMENT.sub(flag, message)
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -59,7 +90,7 @@ def cli(main: Main) -> Main:
         try:
             return main(argv)
         except UserError as e:
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            print(f"error: {in_flag_terms(one_line(e))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)

@@ -13,27 +13,24 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.training.flags import add_model_flags, check_model_flags
-from keras_ultimus.training.recipe_options import add_recipe_flags
+from keras_ultimus.config import ModelConfig, RecipeOptions, add_flags, check_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags for the sweep, the data and the model; every value is checked before anything runs."""
     p = ArgumentParser(prog="python -m keras_ultimus.lr_find", description="LR range test for the Ultimus recipe.")
-    p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
-                   "(default: $CIFAR10_PATH, else TFDS)")
+    add_flags(p, ["data"])
     p.add_argument("--out", help="new folder for sweep.csv, lr_find.png, lr_find.json (default: runs/lr_find-<time>)")
     p.add_argument("--min-lr", type=float, default=1e-5, help="first LR of the sweep")
     p.add_argument("--max-lr", type=float, default=1.0, help="last LR of the sweep (it stops early on divergence)")
     p.add_argument("--steps", type=int, help="optimizer steps in the sweep (default: one epoch)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per optimizer step")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and augmentation")
+    add_flags(p, ["batch_size", "seed"])
     p.add_argument("--smoothing", type=float, default=0.9, help="EMA factor beta for the smoothed loss")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
+    add_flags(p, ["augment", "limit_train"])
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
-    add_model_flags(p)
-    add_recipe_flags(p)
+    add_flags(p.add_argument_group("model"), list(ModelConfig.__dataclass_fields__))
+    add_flags(p.add_argument_group("recipe (defaults: the reference recipe)"),
+              list(RecipeOptions.__dataclass_fields__))
     args = p.parse_args(argv)
     if not (args.min_lr > 0 and args.max_lr > 0):
         p.error(f"--min-lr and --max-lr must be positive, got {args.min_lr:g} and {args.max_lr:g}")
@@ -41,10 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--min-lr must be below --max-lr, got {args.min_lr:g} >= {args.max_lr:g}")
     if args.steps is not None and args.steps < 2:
         p.error(f"--steps must be at least 2, got {args.steps}")
-    for flag in ("batch_size", "limit_train"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if not 0 < args.smoothing < 1:
         p.error(f"--smoothing must be between 0 and 1, got {args.smoothing:g}")
     return args
@@ -54,8 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the data, run the sweep and print the suggested peak LR."""
     args = parse_args(argv)
+    sweep_flags = ("out", "verbose", "min_lr", "max_lr", "steps", "smoothing")
+    config = {k: v for k, v in vars(args).items() if k not in sweep_flags}
+    check_config(config)
     prepare(verbose=args.verbose)
-    check_model_flags(args)
+    from keras_ultimus.training.recipe import check_model
+
+    config = check_model(config)
     out = Path(args.out or f"runs/lr_find-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pick a new --out")
@@ -63,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ultimus.datasets.cifar10 import load_cifar10
     from keras_ultimus.training.lr_range import find_lr
 
-    sweep_flags = ("out", "verbose", "min_lr", "max_lr", "steps", "smoothing")
-    config = {k: v for k, v in vars(args).items() if k not in sweep_flags}
     config["data"] = args.data or os.environ.get("CIFAR10_PATH")
     data = load_cifar10(config["data"])
     command = shlex.join(["python", "-m", "keras_ultimus.lr_find", *(sys.argv[1:] if argv is None else argv)])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
-from keras_ultimus.training.flags import check_model_flags
-from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, check_settings, default_config, parse_args
+from keras_ultimus.config import FIELDS, check_settings, default_config, flag_of
+from keras_ultimus.training.recipe import check_model
+from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
 from keras_ultimus.training.run_folder import (
     CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
 )
@@ -52,7 +53,7 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None, info: dict) 
         if dest in NOT_CONFIG or config.get(dest) != getattr(args, dest)
     )
     if changed:
-        names = ", ".join("--" + ("blocks" if d == "num_blocks" else d.replace("_", "-")) for d in changed)
+        names = ", ".join(flag_of(FIELDS[d]) if d in FIELDS else "--" + d for d in changed)
         raise UserError(f"--resume continues {out} as it was started; it takes only --data and -v, "
                         f"not {names}")
     if args.data:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = read_run(args.resume) if args.resume else None
     devices = previous["config"].get("devices") if previous else args.devices
     backend = prepare(verbose=args.verbose, devices=devices)
-    check_model_flags(args)
+    vars(args).update(check_model(vars(args)))
     out, config = resume_config(args, argv, previous) if previous else new_run(args)
     if config.get("deterministic") and backend == "jax":  # read when JAX starts its backends, not at import
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()

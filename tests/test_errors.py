@@ -64,3 +64,31 @@ def test_help_lines_end_with_the_default_unless_unset_off_a_switch_or_already_gi
     assert "folder (default" not in text and "a switch (default" not in text
     assert "no augmentation (default" not in text  # a store_false switch defaults to True: saying so would mislead
     assert text.count("default: 0.1") == 1
+
+
+def test_a_user_error_is_a_value_error_and_file_errors_are_their_os_kinds():
+    from keras_ultimus.errors import FolderExistsError, MissingFileError
+
+    assert issubclass(UserError, ValueError)
+    assert issubclass(FolderExistsError, FileExistsError) and issubclass(FolderExistsError, ValueError)
+    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(MissingFileError, ValueError)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("out=runs/x: run folder exists", "--out runs/x: run folder exists"),
+    ("distribute='foo': must be one of none, mirrored", "--distribute foo: must be one of none, mirrored"),
+    ("num_blocks=0: must be at least 1", "--blocks 0: must be at least 1"),
+    ("runs/s: unreadable; start over with fresh=True", "runs/s: unreadable; start over with --fresh"),
+    ("data.tar: truncated (x == 3)", "data.tar: truncated (x == 3)"),
+])
+def test_the_command_layer_names_flags_where_the_library_names_arguments(message, expected, capsys):
+    from keras_ultimus.errors import in_flag_terms
+
+    assert in_flag_terms(message) == expected
+
+    @cli
+    def command(argv=None):
+        raise UserError(message)
+
+    assert command([]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"

@@ -10,6 +10,7 @@ COMMANDS = {"keras_ultimus.train", "keras_ultimus.lr_find", "keras_ultimus.expor
             "keras_ultimus.report.cli", "keras_ultimus.report.__main__"}
 # Top-level library modules every kind uses; everything else lives in the subpackage of its kind.
 SHARED = {"keras_ultimus", "keras_ultimus.backend", "keras_ultimus.errors", "keras_ultimus.provenance",
+          "keras_ultimus.config", "keras_ultimus.constants",
           "keras_ultimus.plotting"}
 KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner"}
 MAX_LINES = 300
@@ -75,16 +76,16 @@ def test_no_module_imports_keras_private_api():
         assert "keras.src" not in path.read_text(), path.relative_to(PACKAGE.parent)
 
 
-def test_the_keras_free_copies_of_choice_tuples_equal_their_keras_side_originals():
-    from keras_ultimus.training import flags
+def test_choices_are_defined_once_in_the_keras_free_constants_module():
+    from keras_ultimus import constants
+    from keras_ultimus.datasets import pipelines
     from keras_ultimus.models import layers
     from keras_ultimus.models import ultimus as model
-    from keras_ultimus.tuner import hypermodel, options
+    from keras_ultimus.training import distribute
 
-    assert flags.ATTENTION == layers.ATTENTION
-    assert (flags.STEMS, flags.POOLING) == (model.STEMS, model.POOLING)
-    assert options.SPACES == hypermodel.SPACES
-    from keras_ultimus.datasets import pipelines
-    from keras_ultimus.training import distribute, run_config
-
-    assert (run_config.PIPELINES, run_config.DISTRIBUTE_MODES) == (pipelines.KINDS, distribute.MODES)
+    assert layers.ATTENTION is constants.ATTENTION
+    assert (model.STEMS, model.POOLING, model.CLASS_NAMES) == (constants.STEMS, constants.POOLING,
+                                                                constants.CLASS_NAMES)
+    assert (pipelines.KINDS, distribute.MODES) == (constants.PIPELINES, constants.DISTRIBUTE_MODES)
+    assert pipelines.KINDS is constants.PIPELINES and distribute.MODES is constants.DISTRIBUTE_MODES
+    assert constants.__doc__ and not [n for n in vars(constants) if n.islower() and not n.startswith("__")]

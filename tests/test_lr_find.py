@@ -186,7 +186,7 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys):
         assert exit.value.code == 2
         assert message in capsys.readouterr().err
     assert main(["--conv-widths", "8,0", "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.startswith("error: model flags: conv widths '8,0': every width must be at least 1")
+    assert capsys.readouterr().err.startswith("error: model settings: conv widths '8,0': every width must be at least 1")
     assert main(["--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1

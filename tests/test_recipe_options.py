@@ -11,7 +11,7 @@ from keras_ultimus.training import callbacks
 from keras_ultimus.training import compiling
 from keras_ultimus.training.evaluation import accuracies
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
-from keras_ultimus.training.recipe_options import RecipeOptions, add_recipe_flags
+from keras_ultimus.config import RecipeOptions, add_flags
 
 pytestmark = pytest.mark.multi_backend
 
@@ -108,7 +108,7 @@ def test_options_come_from_a_config_with_defaults_for_older_runs_and_check_their
 
 def test_every_option_is_a_flag_with_its_default():
     parser = argparse.ArgumentParser()
-    add_recipe_flags(parser)
+    add_flags(parser, list(RecipeOptions.__dataclass_fields__))
     assert vars(parser.parse_args([])) == vars(RecipeOptions())
     args = parser.parse_args(["--optimizer", "sgd", "--label-smoothing", "0.1", "--tta", "flip"])
     assert RecipeOptions.from_config(vars(args)) == RecipeOptions(optimizer="sgd", label_smoothing=0.1, tta="flip")

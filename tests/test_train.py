@@ -13,7 +13,7 @@ import pytest
 import keras
 import keras_ultimus
 from keras_ultimus import train
-from keras_ultimus.training import flags
+from keras_ultimus.training.recipe import check_model
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.training.schedules import OneCycle
 
@@ -107,20 +107,20 @@ def write(path, text):
 
 # (flags, a piece of the one error line); {tmp} is the test's folder. README's bad-input table lists these.
 BAD_INPUTS = [
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--batch-size", "-1"], "--batch-size must be at least 1"),
-    (["--limit-train", "0"], "--limit-train must be at least 1"),
-    (["--max-lr", "0"], "--max-lr must be a positive number"),
-    (["--max-lr", "nan"], "--max-lr must be a positive number"),
-    (["--pct-start", "1.5"], "--pct-start must be in [0, 1)"),
-    (["--blocks", "0"], "model flags: `num_blocks` must be an integer of at least 1, got 0"),
-    (["--key-dim", "0"], "model flags: `key_dim` must be an integer of at least 1, got 0"),
-    (["--bn-momentum", "1.5"], "model flags: `bn_momentum` must be a number in [0, 1), got 1.5"),
-    (["--conv-widths", "0,8,8"], "model flags: conv widths '0,8,8': every width must be at least 1"),
-    (["--conv-widths", "4,x"], "model flags: conv widths '4,x': expected comma-separated integers"),
-    (["--conv-widths", ""], "model flags: conv widths '': expected comma-separated integers"),
-    (["--downsample", "pool,max"], "model flags: downsample 'pool,max': 'max' is not one of none, pool, stride"),
-    (["--downsample", "pool"], "model flags: `downsample` needs one entry per gap between the 3 convs (2)"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--batch-size", "-1"], "--batch-size -1: must be at least 1"),
+    (["--limit-train", "0"], "--limit-train 0: must be at least 1"),
+    (["--max-lr", "0"], "--max-lr 0.0: must be a positive number"),
+    (["--max-lr", "nan"], "--max-lr nan: must be a positive number"),
+    (["--pct-start", "1.5"], "--pct-start 1.5: must be in [0, 1)"),
+    (["--blocks", "0"], "model settings: `num_blocks` must be an integer of at least 1, got 0"),
+    (["--key-dim", "0"], "model settings: `key_dim` must be an integer of at least 1, got 0"),
+    (["--bn-momentum", "1.5"], "model settings: `bn_momentum` must be a number in [0, 1), got 1.5"),
+    (["--conv-widths", "0,8,8"], "model settings: conv widths '0,8,8': every width must be at least 1"),
+    (["--conv-widths", "4,x"], "model settings: conv widths '4,x': expected comma-separated integers"),
+    (["--conv-widths", ""], "model settings: conv widths '': expected comma-separated integers"),
+    (["--downsample", "pool,max"], "model settings: downsample 'pool,max': 'max' is not one of none, pool, stride"),
+    (["--downsample", "pool"], "model settings: `downsample` needs one entry per gap between the 3 convs (2)"),
     (["--conv-widths", "4,4,4,4", "--downsample", "pool,pool,pool"], "conv4 gets a 2x2 feature map"),
     (["--out", "{tmp}/file.txt"], "is a file, not a folder"),
     (["--out", "{tmp}/file.txt/run"], "file.txt is a file, not a folder"),
@@ -131,7 +131,7 @@ BAD_INPUTS = [
     (["--config", "{tmp}/type.json"], "--config key 'epochs': expected int, got '3'"),
     (["--config", "{tmp}/bool.json"], "--config key 'residual': expected true or false, got 'yes'"),
     (["--config", "{tmp}/choice.json"], "--config key 'scale': expected one of ['pre', 'post'], got 'mid'"),
-    (["--config", "{tmp}/widths.json"], "model flags: `conv_widths` must be one or more positive integers"),
+    (["--config", "{tmp}/widths.json"], "model settings: `conv_widths` must be one or more positive integers"),
     (["--config", "{tmp}/typo.json"], "unknown key(s) epoch, num_block; valid keys: attention, augment, batch_size"),
     (["--resume", "{tmp}"], "not a run folder (no run.json)"),
     (["--sync-bn"], "--sync-bn needs --distribute mirrored (TensorFlow)"),
@@ -199,8 +199,7 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     config.write_text(json.dumps({"num_blocks": 6, "residual": True, "max_lr": 1, "conv_widths": "4,8"}))
     args = train.parse_args(["--config", str(config), "--max-lr", "0.002"])
     assert (args.num_blocks, args.residual, args.max_lr, args.epochs) == (6, True, 0.002, 24)
-    flags.check_model_flags(args)
-    assert args.conv_widths == [4, 8]
+    assert check_model(vars(args))["conv_widths"] == [4, 8]
     assert train.parse_args(["--config", str(config)]).max_lr == 1.0
 
 
@@ -210,11 +209,11 @@ def test_config_rebuilds_a_pooled_stem_trial(tmp_path):
     config.write_text(json.dumps({"conv_widths": [8, 16, 16, 8], "downsample": ["pool", "stride", "none"],
                                   "num_blocks": 2, "max_lr": 0.004, "batch_size": 64}))
     args = train.parse_args(["--config", str(config)])
-    flags.check_model_flags(args)
-    assert (args.conv_widths, args.downsample) == ([8, 16, 16, 8], ["pool", "stride", "none"])
+    config = check_model(vars(args))
+    assert (config["conv_widths"], config["downsample"]) == ([8, 16, 16, 8], ["pool", "stride", "none"])
     from keras_ultimus.training.recipe import build
 
-    model = build(vars(args))
+    model = build(config)
     assert model.get_layer("pool1") is not None and model.get_layer("conv3").strides == (2, 2)
 
 
@@ -341,7 +340,7 @@ def test_recipe_options_and_model_options_train_and_are_recorded(tmp_path, fake_
 
 def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys):
     for given, match in ((["--ema", "1.5"], "ema"), (["--optimizer", "lion"], "invalid choice"),
-                         (["--weight-decay", "-1"], "weight_decay")):
+                         (["--weight-decay", "-1"], "--weight-decay -1.0: must be at least 0")):
         try:
             code = train.main(["--out", str(tmp_path / "run"), *given])
         except SystemExit as e:  # argparse's own checks exit; ours return

@@ -68,8 +68,8 @@ def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_ta
     (dict(data=((np.zeros((4, 32, 32, 3)), np.zeros(4, int)),) * 2), "uint8"),
     (dict(data=((np.zeros((4, 32, 32, 3), np.uint8), np.full(4, 10)),) * 2), "label"),
     (dict(conv_widths=[4, 0]), "conv"),
-    (dict(epochs=0), "--epochs must be at least 1"),
-    (dict(max_lr=-1.0), "--max-lr must be a positive number"),
+    (dict(epochs=0), "epochs=0: must be at least 1"),
+    (dict(max_lr=-1.0), "max_lr=-1.0: must be a positive number"),
     (dict(distribute="mirrored"), "one device"),
 ])
 def test_bad_settings_and_data_are_one_line_user_errors(kwargs, match):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_ultimus.errors import UserError, one_line
+from keras_ultimus.errors import MissingFileError, UserError, one_line
 
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
@@ -90,7 +90,7 @@ def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
     """Load (train, test) arrays from a local copy of the official binary files."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
+        raise MissingFileError(f"{path}: no such file or folder")
     members = _read_folder(path) if path.is_dir() else _read_tarball(path)
     train = [decode_batch(members[n], str(path / n)) for n in TRAIN_FILES]
     test = decode_batch(members[TEST_FILE], str(path / TEST_FILE))

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from keras_ultimus.constants import PIPELINES
 from keras_ultimus.errors import UserError
 
-KINDS = ("auto", "tfdata", "numpy", "device")
+KINDS = PIPELINES
 
 
 def tensorflow_importable() -> bool:
@@ -35,7 +36,7 @@ def resolve(kind: str = "auto") -> str:
     if tensorflow_importable():
         return "tfdata"
     if kind == "tfdata":
-        raise UserError("the tfdata pipeline needs TensorFlow, which can't be imported here; use --pipeline numpy")
+        raise UserError("the tfdata pipeline needs TensorFlow, which can't be imported here; use pipeline='numpy'")
     return "numpy"
 
 

@@ -5,8 +5,8 @@ import math
 import keras
 from keras import ops
 
-# How the attention map is formed (see `UltimusLayer`); "sample" is the reference.
-ATTENTION = ("sample", "batch", "elementwise")
+# ATTENTION: how the attention map is formed (see `UltimusLayer`); "sample" is the reference.
+from keras_ultimus.constants import ATTENTION
 
 
 @keras.saving.register_keras_serializable(package="keras_ultimus")

@@ -7,22 +7,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_ultimus.constants import (  # noqa: F401  CLASS_NAMES: kept importable from here
+    CIFAR10_MEAN, CIFAR10_STD, CLASS_NAMES, DOWNSAMPLE, IMAGE_SIZE, POOLING, STEMS,
+)
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
-
-CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-# Per-channel statistics of the CIFAR-10 training set, on the 0-255 scale.
-CIFAR10_MEAN = (125.307, 122.950, 113.865)
-CIFAR10_STD = (62.993, 62.089, 66.705)
-IMAGE_SIZE = 32
-# What happens between two convs of the stem: nothing (the reference), a 2x2
-# max-pool, or a stride of 2 on the next conv.
-DOWNSAMPLE = ("none", "pool", "stride")
-# "plain": 3x3 valid convs with optional downsampling (the reference); "resnet": one residual stage per width.
-STEMS = ("plain", "resnet")
-POOLING = ("avg", "max")
 # The frozen whitening conv: 2x2 patches of 3 channels (12 dimensions), each eigen-direction with both signs.
 WHITEN_PATCH = 2
 WHITEN_WIDTH = 2 * WHITEN_PATCH * WHITEN_PATCH * 3

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from keras_ultimus.models.ultimus import CLASS_NAMES
+from keras_ultimus.constants import CLASS_NAMES
 from keras_ultimus.plotting import save_png
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run

@@ -12,7 +12,7 @@ from keras_ultimus.errors import UserError, one_line
 from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.models.ultimus import build_model
-from keras_ultimus.training.recipe import model_kwargs
+from keras_ultimus.config import model_kwargs
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run, read_info, read_log
 from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keras_ultimus.models import ultimus as model
 from keras_ultimus.errors import UserError
-from keras_ultimus.training.recipe import model_kwargs
+from keras_ultimus.config import model_kwargs
 from keras_ultimus.training.run_folder import CSV_NAME
 from keras_ultimus.report import charts
 from keras_ultimus.report.predictions import Evaluation

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_ultimus.models.ultimus import CLASS_NAMES
+from keras_ultimus.constants import CLASS_NAMES
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from keras_ultimus.errors import UserError, one_line
+from keras_ultimus.errors import MissingFileError, UserError, one_line
 from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def require_file(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected a file")
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     return path
 
 

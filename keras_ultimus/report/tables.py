@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_ultimus.models.ultimus import CLASS_NAMES
+from keras_ultimus.constants import CLASS_NAMES
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import OPTIONAL_COLUMNS, Run
 

@@ -51,7 +51,7 @@ def serving_fn(model: keras.Model):
     """The serving function: uint8 images in; probabilities, class ids and names out."""
     import tensorflow as tf
 
-    from keras_ultimus.models.ultimus import CLASS_NAMES
+    from keras_ultimus.constants import CLASS_NAMES
 
     class_names = tf.constant(CLASS_NAMES)
     shape = image_spec().shape

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_ultimus.backend import INSTALL
-from keras_ultimus.errors import UserError, one_line
+from keras_ultimus.errors import MissingFileError, UserError, one_line
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -77,7 +77,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     """Load MODEL as a function from uint8 images (N, 32, 32, 3) to probabilities (N, 10)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
+        raise MissingFileError(f"{path}: no such file or folder")
     if path.suffix == ".onnx" and path.is_file():
         return onnx_predictor(path)
     if path.is_dir() and (found := saved_model_dir(path)):

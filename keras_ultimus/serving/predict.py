@@ -165,7 +165,7 @@ def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
 def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
     """The `k` most likely classes per row, most likely first."""
-    from keras_ultimus.models.ultimus import CLASS_NAMES
+    from keras_ultimus.constants import CLASS_NAMES
 
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return [

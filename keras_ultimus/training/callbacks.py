@@ -12,7 +12,7 @@ import keras
 import pandas as pd
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.config import RecipeOptions
 from keras_ultimus.training.run_folder import fsync_tree, write_atomic
 
 

@@ -4,7 +4,7 @@ import keras
 
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 from keras_ultimus.training.schedules import OneCycle
-from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.config import RecipeOptions
 
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
 JIT = {"auto": "auto", "on": True, "off": False}

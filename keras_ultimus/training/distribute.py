@@ -22,9 +22,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_ultimus.constants import DISTRIBUTE_MODES
 from keras_ultimus.errors import UserError
 
-MODES = ("none", "mirrored", "data-parallel", "multi-worker")
+MODES = DISTRIBUTE_MODES
 ENGINES = {"mirrored": "tensorflow", "data-parallel": "jax", "multi-worker": "tensorflow"}
 PROCESS_VARS = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
                 "KERAS_DISTRIBUTION_PROCESS_ID")
@@ -108,24 +109,24 @@ def setup(mode: str = "none", devices: int | None = None, batch_size: int | None
     """
     backend = keras.backend.backend()
     if mode not in MODES:
-        raise UserError(f"--distribute must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"distribute={mode!r}: must be one of {', '.join(MODES)}")
     if devices is not None and devices < 1:
-        raise UserError(f"--devices must be at least 1, got {devices}")
+        raise UserError(f"devices={devices}: must be at least 1")
     if mode == "none":
         if devices and devices > 1:
-            raise UserError("--devices needs --distribute mirrored (TensorFlow) or data-parallel (JAX)")
+            raise UserError(f"devices={devices} needs distribute='mirrored' (TensorFlow) or 'data-parallel' (JAX)")
         return Plan()
     if ENGINES[mode] != backend:
         hint = {"tensorflow": "mirrored", "jax": "data-parallel"}.get(backend)
         raise UserError(
-            f"--distribute {mode} needs the {ENGINES[mode]} backend, not {backend}; "
-            + (f"use --distribute {hint} on {backend}" if hint else
+            f"distribute={mode!r} needs the {ENGINES[mode]} backend, not {backend}; "
+            + (f"use distribute={hint!r} on {backend}" if hint else
                f"Keras {keras.__version__} has no distribution engine for {backend}: "
                "use KERAS_BACKEND=jax with data-parallel or tensorflow with mirrored")
         )
     plan = {"mirrored": _mirrored, "data-parallel": _data_parallel, "multi-worker": _multi_worker}[mode](devices)
     if batch_size is not None and batch_size % plan.replicas:
-        raise UserError(f"--batch-size {batch_size} must be a multiple of the {plan.replicas} replicas")
+        raise UserError(f"batch_size={batch_size} must be a multiple of the {plan.replicas} replicas")
     return plan
 
 
@@ -163,7 +164,7 @@ def _split_cpu(tf, count: int) -> None:
         if count > 1 and "TF_NUM_INTEROP_THREADS" not in os.environ:
             tf.config.threading.set_inter_op_parallelism_threads(count)
     except RuntimeError:
-        raise UserError("--devices must be set before TensorFlow starts; run it in a fresh process") from None
+        raise UserError(f"devices={count} must be set before TensorFlow starts; run it in a fresh process") from None
 
 
 def _data_parallel(devices: int | None) -> Plan:

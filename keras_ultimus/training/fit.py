@@ -1,6 +1,5 @@
 """Train from Python: `model, history = keras_ultimus.fit(epochs=2)`, the notebook face of `python -m keras_ultimus.train`."""
 
-import argparse
 import os
 from pathlib import Path
 
@@ -8,8 +7,7 @@ import keras
 import numpy as np
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.training.flags import check_model_flags
-from keras_ultimus.training.run_config import check, check_settings, default_config
+from keras_ultimus.config import check_config, check_settings, default_config
 from keras_ultimus.training.run_folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -45,17 +43,15 @@ def fit(
     history.history["val_accuracy"]
     ```
     """
-    from keras_ultimus.training.recipe import fit_run
+    from keras_ultimus.training.recipe import check_model, fit_run
 
     config = {**default_config(), **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit")}
     if config["max_lr"] == "auto":
         raise UserError("keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number")
     if config["distribute"] != "none" or config["devices"]:
-        raise UserError("keras_ultimus.fit trains on one device; spread a run with the train command's --distribute")
-    parsed = argparse.Namespace(**config)
-    check(parsed)  # the ranges train checks: epochs, batch size, peak LR, recipe options...
-    check_model_flags(parsed)  # parses conv_widths and downsample strings, checks the model settings
-    config = vars(parsed)
+        raise UserError("keras_ultimus.fit trains on one device: distribute='none' and no devices; spread a run with the train command")
+    check_config(config)  # the ranges train checks: epochs, batch size, peak LR, recipe options...
+    config = check_model(config)  # parses conv_widths and downsample strings, checks the model settings
     arrays = check_arrays(data) if isinstance(data, tuple) else None
     config["data"] = None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
     if arrays is None:

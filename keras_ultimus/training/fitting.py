@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_ultimus.datasets.pipelines import eval_data, train_data
 from keras_ultimus.training.callbacks import EpochStats, recipe_callbacks
-from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.config import RecipeOptions
 
 
 def fit_arrays(

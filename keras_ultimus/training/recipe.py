@@ -25,16 +25,28 @@ from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.provenance import git_state
-from keras_ultimus.training.recipe_options import RecipeOptions
+from keras_ultimus.config import RecipeOptions, model_kwargs
 from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 
-MODEL_ARGS = ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample", "bn_momentum", "sync_bn", "whiten",
-              "attention", "pooling", "stem")
 
 
-def model_kwargs(config: dict) -> dict:
-    """Pick the `build_model` arguments out of a run config (sync_bn and whiten only when set: most runs predate them)."""
-    return {k: config[k] for k in MODEL_ARGS if k in config and (k not in ("sync_bn", "whiten") or config[k])}
+def check_model(config: dict) -> dict:
+    """`config` with --conv-widths/--downsample text parsed, its model settings checked by `build_model`'s checks.
+
+    Bad values raise a one-line UserError.
+    """
+    from keras_ultimus.models.ultimus import parse_conv_widths, parse_downsample, trainable_params
+
+    config = dict(config)
+    try:
+        if isinstance(config.get("conv_widths"), str):
+            config["conv_widths"] = parse_conv_widths(config["conv_widths"])
+        if isinstance(config.get("downsample"), str):
+            config["downsample"] = parse_downsample(config["downsample"])
+        trainable_params(**model_kwargs(config))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model settings: {e}") from None
+    return config
 
 
 def build(config: dict, precision: str = "float32") -> keras.Model:
@@ -117,7 +129,7 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     run_info = json.loads((out / INFO_NAME).read_text()) if resume else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
-        raise UserError(f"--data {config['data']}: not the data run {out} trained on")
+        raise UserError(f"data={config['data']}: not the data run {out} trained on")
     precision, jit = config.get("precision", "float32"), config.get("jit", "auto")
     try:
         options = RecipeOptions.from_config(config)
@@ -180,7 +192,7 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+        raise UserError(f"out={out}: cannot create the run folder ({e.strerror})") from None
     clock = RunClock(run_info, out / INFO_NAME, start)
     clock.update()  # first: a folder with a run.json is one that --resume can take up
     if not resume:

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from keras_ultimus.errors import UserError
+from keras_ultimus.errors import FolderExistsError, UserError
 
 CSV_NAME = "log.csv"
 INFO_NAME = "run.json"
@@ -54,17 +54,17 @@ def drop_partial_last_line(path: Path) -> None:
 def check_folder_path(out: Path) -> None:
     """A run folder's path must not be a file, nor sit below one."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
+        raise UserError(f"out={out}: is a file, not a folder")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
-            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            raise UserError(f"out={out}: {parent} is a file, not a folder")
 
 
 def check_new_folder(out: Path) -> None:
     """A new run folder must not exist yet (an empty folder, or one holding only its lock, is fine)."""
     check_folder_path(out)
     if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
-        raise UserError(f"--out {out}: run folder exists; pick a new --out or --resume it")
+        raise FolderExistsError(f"out={out}: run folder exists; pick a new one, or resume it")
 
 
 def check_log(path: Path) -> None:

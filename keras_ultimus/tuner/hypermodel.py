@@ -12,12 +12,13 @@ import numpy as np
 
 from keras_ultimus.training import compiling
 from keras_ultimus.training import recipe
-from keras_ultimus.models.ultimus import DOWNSAMPLE, POOLING, STEMS, build_model, set_whitening, trainable_params
+from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, SPACES, STEMS
+from keras_ultimus.models.ultimus import build_model, set_whitening, trainable_params
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
-from keras_ultimus.training.recipe_options import RecipeOptions
-from keras_ultimus.training.run_config import check_settings, default_config
+from keras_ultimus.config import RecipeOptions
+from keras_ultimus.config import check_settings, default_config, model_kwargs
 from keras_ultimus.training.run_folder import CSV_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
@@ -25,8 +26,7 @@ MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 REFERENCE_WIDTHS = (32, 256, 48)
 # The search spaces: "reference" searches the model and peak LR around the reference; "wide" adds the
-# residual stem, max pooling, the whitening conv and the recipe options (keras_ultimus.training.recipe_options).
-SPACES = ("reference", "wide")
+# residual stem, max pooling, the whitening conv and the recipe options (keras_ultimus.config.RecipeOptions).
 # Run-config keys that size the search or say where it ran, not what it trained: `best.json` leaves them to
 # `train`'s defaults, so it trains in full on any machine (a search's resolved "tfdata" would fail without TF).
 BUDGET_KEYS = ("epochs", "limit_train", "limit_test", "data", "pipeline", "jit", "distribute", "devices")
@@ -36,7 +36,7 @@ def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
     """Declare every searched axis of `space`; the defaults are the reference model and recipe."""
     hp.Int("num_blocks", 1, 8, default=4)
     hp.Choice("key_dim", [4, 8, 16], default=8)
-    hp.Choice("scale", ["pre", "post"], default="pre")
+    hp.Choice("scale", list(SCALES), default="pre")
     hp.Boolean("residual", default=False)
     hp.Float("max_lr", 3e-4, 1e-2, sampling="log", default=3e-3)
     hp.Int("num_convs", 2, MAX_CONVS, default=len(REFERENCE_WIDTHS))
@@ -84,7 +84,7 @@ def budget_reason(values: dict, max_params: int) -> str | None:
     """Why a trial's values must not be trained (an impossible stem, or over the parameter budget), else None."""
     config = trial_config(values)
     try:
-        params = trainable_params(**recipe.model_kwargs(config))
+        params = trainable_params(**model_kwargs(config))
     except ValueError as e:
         return f"invalid: {e}"
     if params > max_params:
@@ -149,7 +149,7 @@ class UltimusHyperModel(kt.HyperModel):
         recipe.seed_everything(config["seed"])
         keras.config.set_dtype_policy(config["precision"])  # this process builds trial models only
         with self._scope():
-            return build_model(**recipe.model_kwargs(config))
+            return build_model(**model_kwargs(config))
 
     def _scope(self):
         return self.plan.scope() if self.plan is not None else nullcontext()
@@ -194,7 +194,7 @@ class UltimusHyperModel(kt.HyperModel):
             )
         record = {
             "tuner_id": tuner_id,
-            "trainable_params": trainable_params(**recipe.model_kwargs(config)),
+            "trainable_params": trainable_params(**model_kwargs(config)),
             "epochs_run": len(history.epoch),
             "schedule_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),

@@ -4,8 +4,9 @@ from argparse import Namespace
 from importlib.util import find_spec
 from pathlib import Path
 
-from keras_ultimus.errors import ArgumentParser, UserError
-from keras_ultimus.training.run_config import add_run_flags
+from keras_ultimus.config import add_flags, check_config
+from keras_ultimus.constants import SPACES
+from keras_ultimus.errors import ArgumentParser, UserError, in_flag_terms
 from keras_ultimus.training.run_folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
@@ -13,16 +14,17 @@ ALGORITHMS = ("hyperband", "bayesian", "random")
 MAX_PARAMS = 250_000  # the trainable-parameter budget of a searched model
 # Flags that define a search; resuming with other values would mix two searches.
 # (--max-trials may change: a search can be resumed with a larger budget.)
+# The run settings a search takes from the run config (`keras_ultimus.config`): flags, types and ranges.
+RUN_SETTINGS = ("batch_size", "precision", "jit", "pipeline", "distribute", "devices")
 SETTINGS = ("algorithm", "epochs", "limit_train", "val_fraction", "seed", "batch_size", "max_params", "precision",
             "space")
-SPACES = ("reference", "wide")  # as keras_ultimus.tuner.hypermodel.SPACES (tested), without Keras
 
 
 def parser() -> ArgumentParser:
     """The search flags; they import no Keras."""
     p = ArgumentParser(prog=PROG, description="Search the Ultimus model's hyperparameters with KerasTuner.",
                        allow_abbrev=False)
-    add_run_flags(p, "data")
+    add_flags(p, ["data"])
     p.add_argument("--out", default="runs/search", help="search folder; re-run to resume (default: runs/search)")
     p.add_argument("--fresh", action="store_true", help="delete the search folder's trials and start over")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="hyperband")
@@ -35,11 +37,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out "
                    "for the objective (default: 0.1, i.e. 45,000 / 5,000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
-    add_run_flags(p, "batch_size")
+    add_flags(p, ["batch_size"])
     p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
                    "the reference; wide: also the residual stem, max pooling, whitening, label smoothing, weight decay, EMA")
     g = p.add_argument_group("how each trial trains (train's own flags)")
-    add_run_flags(g, "precision", "jit", "pipeline", "distribute", "devices")
+    add_flags(g, RUN_SETTINGS[1:])
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p
 
@@ -48,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     """Parse and check the search flags; bad values exit with code 2 and one line."""
     p = parser()
     args = p.parse_args(argv)
-    for flag in ("epochs", "max_trials", "batch_size", "max_params", "devices"):
+    try:
+        check_config({name: getattr(args, name) for name in RUN_SETTINGS})
+    except UserError as e:
+        p.error(in_flag_terms(str(e)))
+    for flag in ("epochs", "max_trials", "max_params"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -69,8 +75,8 @@ def settings(args: Namespace) -> dict:
 def check_out(out: Path) -> None:
     """--out must be a search folder (one the tuner or the launcher made), or not exist yet."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a search folder")
+        raise UserError(f"out={out}: is a file, not a search folder")
     markers = ("oracle.json", "search.json", "logs")  # logs/: the launcher made it for its children
     contents = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
     if contents and not any((out / m).exists() for m in markers):
-        raise UserError(f"--out {out}: a folder that is not a search folder; pick a new --out")
+        raise UserError(f"out={out}: a folder that is not a search folder; pick a new one")

@@ -268,11 +268,11 @@ def check_settings(out: Path, settings: dict) -> None:
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); add --fresh to start over") from None
+        raise UserError(f"{path}: unreadable ({e}); start over with fresh=True") from None
     for k in SETTINGS:
         if k in old and old[k] != settings[k]:
-            raise UserError(f"{out} was searched with --{k.replace('_', '-')} {old[k]}, not {settings[k]}: "
-                            "repeat its flags to resume, or add --fresh to start over")
+            raise UserError(f"{out} was searched with {k}={old[k]!r}, not {settings[k]!r}: "
+                            "repeat its settings to resume, or start over with fresh=True")
 
 
 def search_data(data: str | None, limit_train: int | None, val_fraction: float, seed: int, batch_size: int):
