@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gpu.py`
 from benchmarks.original import PUBLISHED_TEST_ACCURACY, TRAIN_FLAGS  # noqa: E402
 from keras_ultimus.errors import ArgumentParser, UserError, cli  # noqa: E402
 from keras_ultimus.datasets.fake_data import write_fake_tarball  # noqa: E402
-from keras_ultimus.training.run_folder import INFO_NAME  # noqa: E402
+from keras_ultimus.runs.folder import INFO_NAME  # noqa: E402
 from keras_ultimus.constants import SPACES  # noqa: E402
 
 STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "ablation", "search", "confirm")

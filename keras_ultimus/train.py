@@ -13,7 +13,7 @@ from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
 from keras_ultimus.config import FIELDS, check_settings, default_config, flag_of
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
-from keras_ultimus.training.run_folder import (
+from keras_ultimus.runs.folder import (
     CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
 )
 

@@ -13,7 +13,7 @@ import pytest
 
 from keras_ultimus import train
 
-from keras_ultimus.training import run_folder
+from keras_ultimus.runs import folder as run_folder
 from keras_ultimus.errors import UserError
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
@@ -39,7 +39,7 @@ def test_a_held_folder_lock_refuses_a_second_holder_naming_the_pid(tmp_path):
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from keras_ultimus.training.run_folder import FolderLock\n"
+        "import sys, time; from pathlib import Path; from keras_ultimus.runs.folder import FolderLock\n"
         f"lock = FolderLock(Path({str(folder)!r})).__enter__(); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

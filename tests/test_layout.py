@@ -12,7 +12,9 @@ COMMANDS = {"keras_ultimus.train", "keras_ultimus.lr_find", "keras_ultimus.expor
 SHARED = {"keras_ultimus", "keras_ultimus.backend", "keras_ultimus.errors", "keras_ultimus.provenance",
           "keras_ultimus.config", "keras_ultimus.constants",
           "keras_ultimus.plotting"}
-KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner"}
+KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner", "runs"}
+# Packages that must not import each other in either direction (sideways), besides the no-two-way rule.
+APART = [("report", "tuner"), ("serving", "training")]
 MAX_LINES = 300
 
 
@@ -57,6 +59,70 @@ def test_keras_ultimus_modules_import_each_other_in_no_circle():
 
     for module in sorted(graph):
         visit(module)
+
+
+def package(module: str) -> str:
+    """The node of a module in the package graph: its subpackage, or itself for a top-level module."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or module.split(".")[-1] in KINDS else module
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Which packages import which, from a module graph."""
+    edges: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        edges.setdefault(package(module), set()).update(package(d) for d in deps if package(d) != package(module))
+    return edges
+
+
+def two_way_edges(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """The pairs of packages that import each other."""
+    edges = package_graph(graph)
+    return sorted((a, b) for a, deps in edges.items() for b in deps if a < b and a in edges.get(b, set()))
+
+
+def test_packages_depend_one_way():
+    assert not two_way_edges(imports()), "packages importing each other"
+
+
+def test_packages_import_each_other_in_no_circle():
+    edges, done, path = package_graph(imports()), set(), []
+
+    def visit(node):
+        if node in path:
+            raise AssertionError(" -> ".join(path[path.index(node):] + [node]))
+        if node in done:
+            return
+        path.append(node)
+        for dep in sorted(edges.get(node, ())):
+            visit(dep)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node)
+
+
+def test_the_package_check_fails_on_a_two_way_edge():
+    graph = {"keras_ultimus.serving.loading": {"keras_ultimus.training.recipe"},
+             "keras_ultimus.training.recipe": {"keras_ultimus.serving.loading"}}
+    assert two_way_edges(graph) == [("keras_ultimus.serving", "keras_ultimus.training")]
+
+
+def test_sideways_packages_do_not_import_each_other():
+    edges = package_graph(imports())
+    for a, b in APART:
+        a, b = f"keras_ultimus.{a}", f"keras_ultimus.{b}"
+        assert b not in edges.get(a, set()) and a not in edges.get(b, set()), (a, b)
+
+
+def test_the_runs_package_imports_no_keras_and_no_other_kind():
+    for path in (PACKAGE / "runs").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {n for n in names if n.split(".")[0] in ("keras", "keras_tuner", "tensorflow")}, path
+        assert {package(n) for n in names if n.startswith("keras_ultimus.")} <= SHARED | {"keras_ultimus.runs"}
 
 
 def test_library_modules_are_grouped_by_kind_and_top_level_modules_are_commands_or_shared():

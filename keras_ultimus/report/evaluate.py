@@ -15,7 +15,7 @@ from keras_ultimus.models.ultimus import build_model
 from keras_ultimus.config import model_kwargs
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run, read_info, read_log
-from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME
+from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME
 
 BATCH_SIZE = 250
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from keras_ultimus.models import ultimus as model
 from keras_ultimus.errors import UserError
 from keras_ultimus.config import model_kwargs
-from keras_ultimus.training.run_folder import CSV_NAME
+from keras_ultimus.runs.folder import CSV_NAME
 from keras_ultimus.report import charts
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run
-from keras_ultimus.training.run_folder import INFO_NAME, MODEL_NAME
+from keras_ultimus.runs.folder import INFO_NAME, MODEL_NAME
 from keras_ultimus.report.tables import (
     duration,
     epoch_table,

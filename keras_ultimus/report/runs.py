@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus.errors import MissingFileError, UserError, one_line
-from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME
+from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME
 
 if TYPE_CHECKING:
     import keras

@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.training.run_folder import CSV_NAME
+from keras_ultimus.runs.folder import (
+    BEST_NAME, CSV_NAME, LEADERBOARD_NAME, RESULT_NAME, SEARCH_NAME, SKIPPED,
+)
 from keras_ultimus.report import charts
 from keras_ultimus.report.markdown import portable, portable_command, shown_path
 from keras_ultimus.report.runs import read_json, read_log, read_table
 from keras_ultimus.report.tables import leaderboard_table, markdown_table, pct
-from keras_ultimus.tuner.search import BEST_NAME, LEADERBOARD_NAME, RESULT_NAME, SEARCH_NAME, SKIPPED
 
 # What the report reads from the tuner's files.
 LEADERBOARD_COLUMNS = ("trial_id", "status", "num_blocks", "residual", "best_val_accuracy")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from keras_ultimus.backend import INSTALL
 from keras_ultimus.errors import NO_SPACE, UserError, one_line
-from keras_ultimus.training.run_folder import FolderLock
+from keras_ultimus.runs.folder import FolderLock
 
 if TYPE_CHECKING:
     import keras

@@ -1,7 +1,6 @@
-"""Save and load models for inference: slim `.keras` files, and any model `predict` and `bench` take, as a predictor."""
+"""Load models for inference: `.keras` files, and any model `predict` and `bench` take, as a predictor."""
 
 import os
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from keras_ultimus.backend import INSTALL
 from keras_ultimus.errors import MissingFileError, UserError, one_line
+from keras_ultimus.models.saving import deflate, save_for_inference  # noqa: F401  importable from here too
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -25,29 +25,6 @@ def load_keras_model(path: str | os.PathLike) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # a corrupt zip or config raises many different types
         raise UserError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
-
-
-def save_for_inference(model: keras.Model, path: str | os.PathLike) -> None:
-    """Save `model` to a `.keras` file without optimizer state: a third of the size, all that inference reads.
-
-    The file is written beside `path`, deflated, and then moved over it, so a kill never leaves half a model.
-    """
-    path = Path(path)
-    copy = model.__class__.from_config(model.get_config())  # uncompiled, unlike `clone_model`'s copy
-    copy.set_weights(model.get_weights())
-    partial = path.with_name(f".{path.stem}.partial.keras")
-    copy.save(partial)
-    deflate(partial)
-    partial.replace(path)
-
-
-def deflate(path: Path) -> None:
-    """Recompress a `.keras` zip, which Keras stores uncompressed; its weights then take about 16% less room."""
-    with zipfile.ZipFile(path) as archive:
-        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for name, data in members:
-            archive.writestr(name, data)
 
 
 def float32_copy(model: keras.Model) -> keras.Model:

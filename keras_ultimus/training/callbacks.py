@@ -13,7 +13,7 @@ import pandas as pd
 
 from keras_ultimus.errors import UserError
 from keras_ultimus.config import RecipeOptions
-from keras_ultimus.training.run_folder import fsync_tree, write_atomic
+from keras_ultimus.runs.folder import fsync_tree, write_atomic
 
 
 class EpochStats(keras.callbacks.Callback):

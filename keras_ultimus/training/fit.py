@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_ultimus.errors import UserError
 from keras_ultimus.config import check_config, check_settings, default_config
-from keras_ultimus.training.run_folder import FolderLock, check_folder_path, check_new_folder
+from keras_ultimus.runs.folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 

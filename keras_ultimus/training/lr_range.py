@@ -198,7 +198,7 @@ def find_lr(
     from keras_ultimus.training.fitting import fit_arrays
     from keras_ultimus.training.recipe import build, environment, seed_everything
     from keras_ultimus.config import RecipeOptions
-    from keras_ultimus.training.run_folder import write_atomic
+    from keras_ultimus.runs.folder import write_atomic
 
     env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
     seed_everything(config["seed"], config.get("deterministic", False))

@@ -19,14 +19,14 @@ from keras_ultimus.training.callbacks import RunClock, TrimLog, WholeBackup, ten
 from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.training.evaluation import accuracies
-from keras_ultimus.serving.loading import save_for_inference
+from keras_ultimus.models.saving import save_for_inference
 from keras_ultimus.models.ultimus import build_model, set_whitening
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.provenance import git_state
 from keras_ultimus.config import RecipeOptions, model_kwargs
-from keras_ultimus.training.run_folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
+from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
 
 
 

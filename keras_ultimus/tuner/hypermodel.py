@@ -19,7 +19,7 @@ from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.config import RecipeOptions
 from keras_ultimus.config import check_settings, default_config, model_kwargs
-from keras_ultimus.training.run_folder import CSV_NAME
+from keras_ultimus.runs.folder import CSV_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6

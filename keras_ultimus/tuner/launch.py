@@ -20,7 +20,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
-from keras_ultimus.training.run_folder import FolderLock, clear_folder
+from keras_ultimus.runs.folder import FolderLock, clear_folder
 from keras_ultimus.tuner import options
 
 PROG = "python -m keras_ultimus.tuner.launch"

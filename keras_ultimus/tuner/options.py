@@ -7,7 +7,7 @@ from pathlib import Path
 from keras_ultimus.config import add_flags, check_config
 from keras_ultimus.constants import SPACES
 from keras_ultimus.errors import ArgumentParser, UserError, in_flag_terms
-from keras_ultimus.training.run_folder import LOCK_NAME
+from keras_ultimus.runs.folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
 ALGORITHMS = ("hyperband", "bayesian", "random")

@@ -20,14 +20,14 @@ import pandas as pd
 from keras_ultimus.datasets.cifar10 import load_cifar10, split_validation
 from keras_ultimus.errors import NO_SPACE, UserError
 from keras_ultimus.datasets.pipelines import eval_data
-from keras_ultimus.training.run_folder import write_atomic
+from keras_ultimus.runs.folder import (  # noqa: F401  the file names, importable from here as before
+    BEST_NAME, LEADERBOARD_NAME, RESULT_NAME, SEARCH_NAME, SKIPPED, write_atomic,
+)
 from keras_ultimus.tuner.options import MAX_PARAMS, SETTINGS
 from keras_ultimus.tuner.hypermodel import BUDGET_KEYS, FIT_NAME, budget_reason, declare_space, searched_values, trial_config
 
 OBJECTIVE = "val_accuracy"
 # The files of a search folder.
-LEADERBOARD_NAME, BEST_NAME, RESULT_NAME, SEARCH_NAME = "leaderboard.csv", "best.json", "result.json", "search.json"
-SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
 MAX_DRAWS = 1000  # rejected samples per request before the oracle gives up on the space
 ATTEMPTS_NAME = "attempts.json"  # per trial: the processes that started it
 MAX_ATTEMPTS = 2  # starts of one trial (a killed worker's trial runs once more) before it fails

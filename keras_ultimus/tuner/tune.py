@@ -17,7 +17,7 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import UserError, cli
-from keras_ultimus.training.run_folder import FolderLock, clear_folder, write_atomic
+from keras_ultimus.runs.folder import FolderLock, clear_folder, write_atomic
 from keras_ultimus.tuner.options import check_out, parse_args, settings
 
 

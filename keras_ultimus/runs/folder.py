@@ -1,4 +1,7 @@
-"""A run folder's file names, the atomic writes that keep each file whole or absent, and its lock. Imports no Keras."""
+"""A run or search folder's file names, the atomic writes that keep each file whole or absent, and its lock.
+
+Imports no Keras.
+"""
 
 import csv
 import fcntl
@@ -12,6 +15,12 @@ CSV_NAME = "log.csv"
 INFO_NAME = "run.json"
 MODEL_NAME = "model.keras"
 LOCK_NAME = ".lock"
+# A search folder's files (the tuner writes them, report reads them).
+LEADERBOARD_NAME = "leaderboard.csv"
+BEST_NAME = "best.json"
+RESULT_NAME = "result.json"
+SEARCH_NAME = "search.json"
+SKIPPED = "SKIPPED"  # the leaderboard status of a configuration the oracle did not train
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_ultimus.training import run_folder
+from keras_ultimus.runs import folder as run_folder
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
