@@ -155,3 +155,52 @@ def test_choices_are_defined_once_in_the_keras_free_constants_module():
     assert (pipelines.KINDS, distribute.MODES) == (constants.PIPELINES, constants.DISTRIBUTE_MODES)
     assert pipelines.KINDS is constants.PIPELINES and distribute.MODES is constants.DISTRIBUTE_MODES
     assert constants.__doc__ and not [n for n in vars(constants) if n.islower() and not n.startswith("__")]
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_members_used() -> set[str]:
+    """The private Keras and KerasTuner members the package reads, sets or overrides.
+
+    A name one of our classes defines (a method, or set on `self`) is theirs when a Keras or
+    KerasTuner class in the MRO of one of our classes has it (in its dict or its source); a private
+    name only read (`model._flatten_layers()`, `self._tried_so_far`) is theirs when we never define it.
+    """
+    import importlib
+    import inspect
+
+    defined: dict[tuple[str, str], set[str]] = {}
+    read, everything_defined = set(), set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and is_private(node.attr) and isinstance(node.ctx, ast.Load) \
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "argparse"):
+                read.add(node.attr)
+            if isinstance(node, ast.ClassDef):
+                names = {f.name for f in node.body if isinstance(f, ast.FunctionDef) and is_private(f.name)}
+                names |= {a.attr for a in ast.walk(node) if isinstance(a, ast.Attribute) and is_private(a.attr)
+                          and isinstance(a.ctx, ast.Store)}
+                defined[(module_name(path), node.name)] = names
+                everything_defined |= names
+    theirs = read - everything_defined
+    ours = {}
+    for module, name in defined:
+        cls = getattr(importlib.import_module(module), name, None)
+        if isinstance(cls, type):
+            ours[cls] = defined[(module, name)]
+    for cls in ours:
+        external = [c for c in cls.__mro__ if c.__module__.split(".")[0] in ("keras", "keras_tuner")]
+        sources = "".join(inspect.getsource(c) for c in external)
+        for mine in (c for c in cls.__mro__ if c in ours):
+            theirs |= {n for n in ours[mine] if any(n in vars(c) for c in external) or f"self.{n}" in sources}
+    return theirs
+
+
+def test_the_private_keras_and_kerastuner_members_used_are_the_ones_with_contract_tests():
+    from test_contracts import PRIVATE_MEMBERS
+
+    theirs = private_members_used()
+    assert not theirs - set(PRIVATE_MEMBERS), "private members used without a contract test (tests/test_contracts.py)"
+    assert not set(PRIVATE_MEMBERS) - theirs, "listed in tests/test_contracts.py but no longer used: unlist them"

@@ -92,12 +92,6 @@ def budget_reason(values: dict, max_params: int) -> str | None:
     return None
 
 
-def trial_dir(callbacks: Sequence[keras.callbacks.Callback]) -> str:
-    """The running trial's folder, found through the callback KerasTuner adds to every fit."""
-    tuner_callback = next(c for c in callbacks if hasattr(c, "tuner") and hasattr(c, "trial"))
-    return tuner_callback.tuner.get_trial_dir(tuner_callback.trial.trial_id)
-
-
 class UltimusHyperModel(kt.HyperModel):
     """Ultimus models over depth, key size, scale, residual, peak LR and the conv stem.
 
@@ -165,8 +159,16 @@ class UltimusHyperModel(kt.HyperModel):
         initial_epoch: int = 0,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         verbose="auto",
+        trial_folder: str | None = None,
     ) -> keras.callbacks.History:
-        """Train the trial from scratch over `epochs` epochs, its one-cycle schedule spanning all of them."""
+        """Train the trial from scratch over `epochs` epochs, its one-cycle schedule spanning all of them.
+
+        `trial_folder` (where its log and fit.json go) is passed by `UltimusTuner.run_trial`.
+        """
+        if trial_folder is None:
+            raise kt.errors.FatalValueError(
+                "UltimusHyperModel.fit needs trial_folder=, which keras_ultimus.tuner.search.UltimusTuner passes"
+            )
         if initial_epoch:
             # A continuation would either restart the one-cycle schedule or cut it short: refuse both.
             raise kt.errors.FatalValueError(
@@ -174,7 +176,7 @@ class UltimusHyperModel(kt.HyperModel):
                 f"got initial_epoch={initial_epoch} (use keras_ultimus.tuner.search.UltimusTuner)"
             )
         start = time.perf_counter()
-        folder = trial_dir(callbacks)
+        folder = trial_folder
         config = {**trial_config(hp.values, self.settings), "epochs": epochs}
         pipeline = resolve(config["pipeline"])
         steps = batches_per_epoch(len(x), config["batch_size"]) * epochs

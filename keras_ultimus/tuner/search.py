@@ -132,6 +132,7 @@ class UltimusTuner(kt.Tuner):
             record_attempt(Path(self.get_trial_dir(trial.trial_id)))
         if "tuner/epochs" in trial.hyperparameters.values:
             kwargs["epochs"] = trial.hyperparameters.values["tuner/epochs"]
+        kwargs["trial_folder"] = self.get_trial_dir(trial.trial_id)  # public: run_trial's kwargs reach fit
         try:
             return super().run_trial(trial, *args, **kwargs)
         except OSError as e:
