@@ -99,6 +99,9 @@ class RunConfig:
                                   "use its suggestion", "max_lr", above=0)
     pct_start: float = setting(0.25, "fraction of steps spent warming up", "float", minimum=0, below=1)
     seed: int = setting(0, "seeds weights, shuffling and augmentation", "int")
+    val_split: float | None = setting(None, "hold out this fraction of the training images (a seeded split) and "
+                                      "keep best.keras by its accuracy; without it no best.keras is written "
+                                      "(the per-epoch val_* figures are the test set's)", "float", above=0, below=1)
     augment: bool = setting(True, "no crop/flip augmentation", "bool", flag="--no-augment")
     limit_train: int | None = setting(None, "use only the first N training images", "int", minimum=1)
     limit_test: int | None = setting(None, "use only the first N test images", "int", minimum=1)
@@ -192,7 +195,8 @@ def check_range(f: dataclasses.Field, value: object) -> None:
         rule = "a positive number" if above == 0 else f"above {above}"
         raise UserError(f"{f.name}={value!r}: must be {rule}" + (" or 'auto'" if meta["kind"] == "max_lr" else ""))
     if (low is not None and value < low) or (below is not None and not value < below):
-        rule = f"in [{low}, {below})" if below is not None else f"at least {low}"
+        rule = (f"in [{low}, {below})" if low is not None and below is not None else f"below {below}"
+                if below is not None else f"at least {low}")
         raise UserError(f"{f.name}={value!r}: must be {rule}")
 
 

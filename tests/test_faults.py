@@ -240,7 +240,7 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_pa
 
     out, straight = tmp_path / "run", tmp_path / "straight"
     moved = str(shutil.copy(fake_cifar_tarball, tmp_path / "moved.tar.gz"))
-    common = ["--data", str(fake_cifar_tarball), "--epochs", "5", "--deterministic", *TINY]
+    common = ["--data", str(fake_cifar_tarball), "--epochs", "5", "--deterministic", "--val-split", "0.25", *TINY]
     reference = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     rng, kills, inside, finished = random.Random(0), 0, [], False

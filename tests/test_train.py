@@ -51,8 +51,8 @@ def tensorboard_scalars(folder) -> set[str]:
 def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
     assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2", *TINY]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "best.keras", "log.csv", "model.keras", "run.json", "summary.txt", "tensorboard"]
+    assert sorted(p.name for p in out.iterdir()) == [  # no best.keras: no held-out split to choose it on
+        "log.csv", "model.keras", "run.json", "summary.txt", "tensorboard"]
     log = pd.read_csv(out / "log.csv")
     assert list(log.columns) == COLUMNS and log["epoch"].tolist() == [0, 1]
     info = json.loads((out / "run.json").read_text())
@@ -316,7 +316,7 @@ def test_trains_where_tensorflow_cannot_be_imported(tmp_path, fake_cifar_tarball
     info = json.loads((out / "run.json").read_text())
     assert info["backend"] == backend and info["pipeline"] == "numpy" and "tensorflow" not in info["versions"]
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0, 1]
-    assert (out / "model.keras").is_file() and (out / "best.keras").is_file()
+    assert (out / "model.keras").is_file() and not (out / "best.keras").exists()
 
 
 @pytest.mark.multi_backend
@@ -347,4 +347,28 @@ def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys):
             code = e.code
         assert code == 2
         assert match in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_split_holds_out_training_images_and_picks_best_keras_on_them(tmp_path, fake_cifar_tarball):
+    from keras_ultimus.datasets.cifar10 import load_cifar10, split_validation
+
+    out = tmp_path / "run"
+    assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2", "--val-split", "0.25",
+                       "--limit-train", "64", "--limit-test", "32", *TINY]) == 0
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == sorted([*COLUMNS, "heldout_accuracy", "heldout_loss"], key=lambda c: (
+        c != "epoch", c))
+    assert json.loads((out / "run.json").read_text())["config"]["val_split"] == 0.25
+    best = keras.saving.load_model(out / "best.keras")
+    (x, y), _ = load_cifar10(str(fake_cifar_tarball))
+    _, (x_held, y_held) = split_validation(x[:64], y[:64], 0.25, 0)
+    assert len(x_held) == 16
+    predicted = keras.ops.convert_to_numpy(best.predict(x_held.astype("float32"), verbose=0)).argmax(1)
+    assert np.mean(predicted == y_held) == pytest.approx(log["heldout_accuracy"].max())
+
+
+def test_val_split_must_be_a_fraction(tmp_path, capsys):
+    assert train.main(["--out", str(tmp_path / "run"), "--val-split", "1.5"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "error: --val-split 1.5: must be below 1"
     assert not (tmp_path / "run").exists()

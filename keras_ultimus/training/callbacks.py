@@ -36,7 +36,7 @@ class TrimLog(keras.callbacks.Callback):
     scaling would otherwise shift the count).
     """
 
-    def __init__(self, csv_path: Path, checkpoint: keras.callbacks.ModelCheckpoint):
+    def __init__(self, csv_path: Path, checkpoint: keras.callbacks.ModelCheckpoint | None):
         super().__init__()
         self.csv_path, self.checkpoint, self._first = csv_path, checkpoint, True
 
@@ -52,8 +52,8 @@ class TrimLog(keras.callbacks.Callback):
                 # One truncate, in place: CSVLogger already holds the file open, and the kept rows are its prefix.
                 lines = self.csv_path.read_bytes().splitlines(keepends=True)
                 os.truncate(self.csv_path, sum(map(len, lines[: 1 + len(kept)])))
-            if len(kept):
-                self.checkpoint.best = float(kept["val_accuracy"].max())
+            if len(kept) and self.checkpoint is not None and self.checkpoint.monitor in kept:
+                self.checkpoint.best = float(kept[self.checkpoint.monitor].max())
         if epoch:
             print(f"Resumed after epoch {epoch}.")
 
@@ -109,6 +109,24 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(old)
         for legacy in ("latest.weights.h5", "training_metadata.json"):
             (self.folder / legacy).unlink(missing_ok=True)
+
+
+class HeldOutScore(keras.callbacks.Callback):
+    """Score the model on a part of the training set held out from fitting, at every epoch end.
+
+    Adds `heldout_loss` and `heldout_accuracy` to the epoch's logs (so to log.csv and to
+    the checkpoint that picks best.keras), with the EMA weights when the recipe keeps an EMA.
+    """
+
+    def __init__(self, data, ema: bool = False):
+        super().__init__()
+        self.data, self.ema = data, ema
+
+    def on_epoch_end(self, epoch, logs=None):
+        swap = [keras.callbacks.SwapEMAWeights()] if self.ema else []
+        scores = self.model.evaluate(self.data, verbose=0, return_dict=True, callbacks=swap)
+        if logs is not None:
+            logs["heldout_loss"], logs["heldout_accuracy"] = scores["loss"], scores["accuracy"]
 
 
 class RunClock(keras.callbacks.Callback):

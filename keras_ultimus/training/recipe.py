@@ -15,14 +15,15 @@ import pandas as pd
 
 import keras_ultimus
 from keras_ultimus.training import distribute
-from keras_ultimus.training.callbacks import RunClock, TrimLog, WholeBackup, tensorboard
+from keras_ultimus.training.callbacks import HeldOutScore, RunClock, TrimLog, WholeBackup, tensorboard
 from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.training.evaluation import accuracies
 from keras_ultimus.models.saving import save_for_inference
 from keras_ultimus.models.ultimus import build_model, set_whitening
 from keras_ultimus.datasets.batching import batches_per_epoch
-from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.datasets.cifar10 import split_validation
+from keras_ultimus.datasets.pipelines import eval_data, resolve
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.provenance import git_state
 from keras_ultimus.config import RecipeOptions, model_kwargs
@@ -139,8 +140,12 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     seed_everything(config["seed"], config.get("deterministic", False))
 
     (x_train, y_train), (x_test, y_test) = data
-    whiten_from = x_train[: config["limit_train"]]  # every process whitens with the same, unsharded images
-    x_train, y_train = plan.shard(x_train[: config["limit_train"]], y_train[: config["limit_train"]])
+    x_train, y_train = x_train[: config["limit_train"]], y_train[: config["limit_train"]]
+    heldout = None
+    if config.get("val_split"):  # chosen on, never trained on; the test split stays the per-epoch val_*
+        (x_train, y_train), heldout = split_validation(x_train, y_train, config["val_split"], config["seed"])
+    whiten_from = x_train  # every process whitens with the same, unsharded images
+    x_train, y_train = plan.shard(x_train, y_train)
     x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
     steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
@@ -160,12 +165,15 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
         run_info.setdefault("resumed", []).append(
             {"command": command, "at": datetime.now().isoformat(timespec="seconds"), **environment()}
         )
-    folder_callbacks = run_folder_callbacks(model, out, run_info, start, resume) if out is not None else []
+    scoring = [HeldOutScore(eval_data(*plan.shard(*heldout), batch, kind=pipeline), bool(options.ema))] \
+        if heldout is not None else []
+    folder_callbacks = run_folder_callbacks(model, out, run_info, start, resume, bool(scoring)) \
+        if out is not None else []
     with plan.scope():
         history = fit_arrays(
             model, x_train, y_train, batch_size=batch, seed=config["seed"], augment=config["augment"],
             pipeline=pipeline, epochs=config["epochs"], options=options, validation=(x_test, y_test),
-            callbacks=folder_callbacks, verbose=verbose,
+            callbacks=[*scoring, *folder_callbacks], verbose=verbose,
         )
         if out is not None:
             with distribute.portable_batchnorm(model):
@@ -183,8 +191,11 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
 
 
 def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: float,
-                         resume: bool) -> list[keras.callbacks.Callback]:
+                         resume: bool, heldout: bool = False) -> list[keras.callbacks.Callback]:
     """Create or reopen run folder `out` and return the callbacks that keep it; the RunClock comes last.
+
+    With a `heldout` score in the logs, best.keras keeps the epoch that scored best on it; without,
+    no best.keras is written (choosing by the per-epoch test figures would select on the test set).
 
     On each epoch's end the CSV row is written before the backup, and on resume
     TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
@@ -201,11 +212,12 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
         write_atomic(out / "summary.txt", "".join(lines))
         model.summary()
     csv_path = out / CSV_NAME
-    best = distribute.PortableCheckpoint(out / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True)
+    best = distribute.PortableCheckpoint(out / "best.keras", monitor="heldout_accuracy", mode="max",
+                                         save_best_only=True) if heldout else None
     return [
         *tensorboard(out / "tensorboard"),
         keras.callbacks.CSVLogger(csv_path, append=True),
-        best,
+        *([best] if best else []),
         WholeBackup(out / "backup"),
         TrimLog(csv_path, best),
         clock,
