@@ -40,11 +40,11 @@ def test_every_refusal_is_one_user_error(monkeypatch):
 
     assert "no distribution engine for torch" in refusal("torch", "data-parallel")
     assert "no distribution engine for torch" in refusal("torch", "mirrored")
-    assert "use --distribute data-parallel on jax" in refusal("jax", "mirrored")
-    assert "use --distribute mirrored on tensorflow" in refusal("tensorflow", "data-parallel")
+    assert "use distribute='data-parallel' on jax" in refusal("jax", "mirrored")
+    assert "use distribute='mirrored' on tensorflow" in refusal("tensorflow", "data-parallel")
     assert "keras-team/keras/issues/20585" in refusal("tensorflow", "multi-worker")
     assert "data-parallel" in refusal("tensorflow", "multi-worker")
-    assert "--devices needs" in refusal("tensorflow", "none", 2)
+    assert "devices=2 needs" in refusal("tensorflow", "none", 2)
     assert "must be one of" in refusal("tensorflow", "ring-allreduce")
     # Multi-process settings are checked before JAX's runtime starts.
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")

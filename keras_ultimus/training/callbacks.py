@@ -187,10 +187,11 @@ class EventScalars(keras.callbacks.Callback):
 def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
     """Keras' TensorBoard callback where TensorFlow is importable, else the `tensorboard` package's own writer."""
     try:
-        from keras_ultimus.datasets import tfdata  # noqa: F401  hides GPUs from TensorFlow under torch/jax first
+        from keras_ultimus.datasets.tfdata import hide_gpus_from_tensorflow
     except ImportError:
         if find_spec("tensorboard") is None:
             print("TensorBoard logs need TensorFlow or the tensorboard package; skipping")
             return []
         return [EventScalars(log_dir)]
+    hide_gpus_from_tensorflow(keras.backend.backend())  # before TensorBoard starts TF under torch or jax
     return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]

@@ -186,13 +186,13 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
         run_info["final"]["test_accuracy_flip_tta"] = tta
         print(f"Test accuracy: {run_info['final']['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA")
     if out is not None:
-        folder_callbacks[-1].update()  # the RunClock: final figures and wall time into run.json
+        next(c for c in folder_callbacks if isinstance(c, RunClock)).update()  # final figures, wall time
     return model, history, run_info
 
 
 def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: float,
                          resume: bool, heldout: bool = False) -> list[keras.callbacks.Callback]:
-    """Create or reopen run folder `out` and return the callbacks that keep it; the RunClock comes last.
+    """Create or reopen run folder `out` and return the callbacks that keep it (RunClock: run.json).
 
     With a `heldout` score in the logs, best.keras keeps the epoch that scored best on it; without,
     no best.keras is written (choosing by the per-epoch test figures would select on the test set).
