@@ -16,10 +16,10 @@ import sys
 import warnings
 
 __version__ = "0.2.0"
-__all__ = ["OneCycle", "UltimusLayer", "build_model", "fit"]
+__all__ = ["OneCycle", "UltimusLayer", "build_model", "fit", "from_preset", "list_presets"]
 
 _PUBLIC = {"UltimusLayer": "models.layers", "build_model": "models.ultimus", "OneCycle": "training.schedules",
-           "fit": "training.fit"}
+           "fit": "training.fit", "from_preset": "serving.presets", "list_presets": "serving.presets"}
 # The modules whose import registers a Keras serializable.
 _SERIALIZABLES = ("keras_ultimus.models.layers", "keras_ultimus.training.schedules", "keras_ultimus.training.losses",
                   "keras_ultimus.training.compiling")

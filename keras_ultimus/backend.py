@@ -21,6 +21,8 @@ INSTALL = {
     "torch": "pip install torch==2.13.0",
     "jax": "pip install jax==0.10.2 jaxlib==0.10.2",
 }
+# ONNX export and predict, pinned as in requirements.txt.
+INSTALL_ONNX = "pip install tf2onnx==1.17.0 onnx==1.23.2 onnxruntime==1.32.0"
 
 
 QUIET_MARK = "KERAS_ULTIMUS_QUIET_TF"
@@ -49,23 +51,40 @@ def configured_backend() -> tuple[str, str]:
 
 
 def check_backend(quiet: bool = False) -> str:
-    """Return the configured backend; exit with code 2 and a one-line error if it can't load."""
+    """Return the backend to use: the configured one, else (KERAS_BACKEND unset) an installed one, with a note.
+
+    Exits with code 2 and a one-line error when none can load.
+    """
     name, source = configured_backend()
     if name not in INSTALL:
         fail(
             f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
             f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}"
         )
+    reason = import_failure(name, quiet)
+    if reason is None:
+        return name
+    if source != "KERAS_BACKEND":  # not the user's explicit choice: an installed backend will do, said in one line
+        for other in INSTALL:
+            if other != name and importlib.util.find_spec(other) and import_failure(other, quiet) is None:
+                os.environ["KERAS_BACKEND"] = other
+                print(f"note: Keras backend {name!r} (from {source}) is not installed; using {other!r}, which is "
+                      f"(set KERAS_BACKEND to choose)", file=sys.stderr)
+                return other
+    fail(
+        f"Keras backend {name!r} (from {source}) is not installed ({reason}); install it with "
+        f"`{INSTALL[name]}` (or `pip install -r requirements.txt` in the keras-ultimus checkout)"
+    )
+
+
+def import_failure(name: str, quiet: bool) -> str | None:
+    """Import backend `name`: None if it works, else why not in one line."""
     try:
         with silenced_stderr(quiet):
             importlib.import_module(name)
     except Exception as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(
-            f"Keras backend {name!r} (from {source}) is not installed ({reason}); "
-            f"install it with `pip install -r requirements.txt` or `{INSTALL[name]}`"
-        )
-    return name
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
 
 
 def fail(message: str) -> None:

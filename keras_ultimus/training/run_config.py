@@ -23,7 +23,14 @@ DISTRIBUTE_MODES = ("none", "mirrored", "data-parallel", "multi-worker")
 # Flags that --resume accepts: they don't change what the run computes.
 RESUME_FLAGS = {"resume", "data", "verbose"}
 # Not part of a run's config.
-NOT_CONFIG = {"config", "resume", "out", "verbose"}
+NOT_CONFIG = {"config", "quick", "resume", "out", "verbose"}
+# What `--quick` sets, defined once: the best family model (reports/whiten-bs256-cpu) on a subset, so a first run
+# shows learning in minutes on a laptop CPU (README). Explicit flags and --config values override these.
+QUICK = {
+    "stem": "resnet", "conv_widths": "32,64,64", "num_blocks": 1, "key_dim": 16, "pooling": "max", "whiten": True,
+    "label_smoothing": 0.1, "tta": "flip", "batch_size": 256, "max_lr": 0.004,
+    "epochs": 2, "limit_train": 25000, "limit_test": 2000,
+}
 
 
 def max_lr(text: str) -> float | str:
@@ -35,6 +42,9 @@ def max_lr(text: str) -> float | str:
 # Defined here once; `add_run_flags` gives any of them to another command.
 RUN_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "config": (("--config",), dict(help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")),
+    "quick": (("--quick",), dict(action="store_true", help="a first run that visibly learns in minutes on a CPU: "
+                                 "the best family model on a subset (" + ", ".join(
+                                     f"{k}={v}" for k, v in QUICK.items()) + "); other flags override these")),
     "data": (("--data",), dict(help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
                                     "(default: $CIFAR10_PATH, else TFDS)")),
     "out": (("--out",), dict(help="new run folder (default: runs/ultimus-<time>)")),
@@ -153,8 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags; --config values become defaults that flags override."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**read_config(args.config))
+    if args.quick or args.config:  # --config values over --quick's, and flags over both
+        parser.set_defaults(**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {}))
         args = parser.parse_args(argv)
     check(args)
     return args

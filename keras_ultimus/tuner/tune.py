@@ -25,7 +25,7 @@ from keras_ultimus.tuner.options import check_out, parse_args, settings
 def main(argv: list[str] | None = None) -> int:
     """Run or resume the search, then write its leaderboard, best config and test accuracy."""
     args = parse_args(argv)
-    prepare(verbose=args.verbose, devices=args.devices)
+    backend = prepare(verbose=args.verbose, devices=args.devices)
     out = Path(args.out)
     check_out(out)
     from keras_ultimus.training import distribute
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(f"best trial {result['best_trial']}: val_accuracy {result['val_accuracy']:.4f}, "
           f"test_accuracy {result['test_accuracy']:.4f} on {result['test_images']} test images")
+    env = f"KERAS_BACKEND={backend} " if os.environ.get("KERAS_BACKEND") else ""  # the backend this search ran on
     print(f"wrote {out / search.LEADERBOARD_NAME}; train it in full with:\n"
-          f"  python -m keras_ultimus.train --config {out / search.BEST_NAME}")
+          f"  {env}python -m keras_ultimus.train --config {out / search.BEST_NAME}")
     return 0
 
 
