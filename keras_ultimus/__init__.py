@@ -27,7 +27,10 @@ _SERIALIZABLES = ("keras_ultimus.models.layers", "keras_ultimus.training.schedul
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        return getattr(importlib.import_module(f"keras_ultimus.{_PUBLIC[name]}"), name)
+        from keras_ultimus.backend import quiet_keras_start
+
+        with quiet_keras_start():  # TensorFlow's C++ start-up lines (a cuInit "error" among them) are noise here
+            return getattr(importlib.import_module(f"keras_ultimus.{_PUBLIC[name]}"), name)
     raise AttributeError(f"module 'keras_ultimus' has no attribute {name!r}")
 
 

@@ -43,10 +43,9 @@ class EpilogHelpFormatter(DefaultsHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
-def prog(module: str) -> str:
-    """The command as the user ran it, for usage lines: `ultimus-train` from its console script, else `python -m`."""
-    name = Path(sys.argv[0]).name
-    return name if name.startswith("ultimus-") else f"python -m {module}"
+def prog(module: str, script: str) -> str:
+    """A command's name as the user runs them, for usage lines: its console `script` when this process is one."""
+    return script if Path(sys.argv[0]).name.startswith("ultimus-") else f"python -m {module}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

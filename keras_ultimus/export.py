@@ -23,7 +23,7 @@ from keras_ultimus.serving.presets import describe_presets, preset_path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags: one model, as RUN_OR_MODEL or --preset."""
     p = ArgumentParser(
-        prog=prog("keras_ultimus.export"),
+        prog=prog("keras_ultimus.export", "ultimus-export"),
         description="Export a trained model or a shipped preset for serving: a TF Serving SavedModel or an ONNX "
         "file.", epilog="presets (no training needed):\n" + describe_presets(), formatter_class=EpilogHelpFormatter,
     )

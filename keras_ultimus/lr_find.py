@@ -12,14 +12,14 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.training.flags import add_model_flags, check_model_flags
 from keras_ultimus.training.recipe_options import add_recipe_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags for the sweep, the data and the model; every value is checked before anything runs."""
-    p = ArgumentParser(prog="python -m keras_ultimus.lr_find", description="LR range test for the Ultimus recipe.")
+    p = ArgumentParser(prog=prog("keras_ultimus.lr_find", "ultimus-lr-find"), description="LR range test for the Ultimus recipe.")
     p.add_argument("--data", help="local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
                    "(default: $CIFAR10_PATH, else TFDS)")
     p.add_argument("--out", help="new folder for sweep.csv, lr_find.png, lr_find.json (default: runs/lr_find-<time>)")

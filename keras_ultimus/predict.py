@@ -23,7 +23,7 @@ from keras_ultimus.serving.presets import describe_presets, preset_path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; with --preset, every positional argument is an image."""
-    name = prog("keras_ultimus.predict")
+    name = prog("keras_ultimus.predict", "ultimus-predict")
     p = ArgumentParser(
         prog=name, usage=f"{name} [-h] [--json] [-v] (MODEL | --preset NAME) IMAGE [IMAGE ...]",
         description="Classify images with a shipped preset, a trained (.keras, run folder) or an exported "

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,12 +14,14 @@ import pytest
 import keras
 import keras_ultimus
 from keras_ultimus import train
-from keras_ultimus.training import flags
+from keras_ultimus.training import flags, run_config
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.training.schedules import OneCycle
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
-COLUMNS = ["epoch", "accuracy", "epoch_seconds", "learning_rate", "loss", "val_accuracy", "val_loss"]
+ROOT = Path(__file__).resolve().parents[1]
+# The README's order.
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"]
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ log lines: glog prefixes (I1127 ...) and its usual start-up chatter.
 TF_LOG_LINE = re.compile(r"^[IWEF]\d{4}|oneDNN|cuda|cpu_feature_guard", re.IGNORECASE | re.MULTILINE)
@@ -252,10 +255,79 @@ def test_resume_refuses_different_data(tmp_path, fake_cifar_tarball, capsys):
     assert (run / "run.json").read_text() == before and sorted(p.name for p in run.iterdir()) == ["run.json"]
 
 
-def test_resume_refuses_a_finished_run(tmp_path, capsys):
-    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00"}))
+def test_resume_refuses_a_finished_run_with_the_command_that_trains_longer(tmp_path, capsys):
+    command = "python -m keras_ultimus.train --epochs 2 --limit-train 64 --out runs/a"
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00",
+                                                   "command": command}))
+    assert train.main(["--resume", str(tmp_path), "--epochs", "5"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "already finished" in line
+    assert line.endswith(f"python -m keras_ultimus.train --limit-train 64 --epochs 5 --out {tmp_path}-5ep")
     assert train.main(["--resume", str(tmp_path)]) == 2
-    assert "already finished" in one_error_line(capsys.readouterr().err)
+    assert one_error_line(capsys.readouterr().err).endswith(f"--epochs N --out {tmp_path}-Nep")
+
+
+def test_resume_of_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
+    assert train.main(["--resume", str(tmp_path / "nope")]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: --resume {tmp_path / 'nope'}: no such folder"
+    assert train.main(["--resume", str(tmp_path)]) == 2
+    assert "not a run folder (no run.json)" in one_error_line(capsys.readouterr().err)
+
+
+def test_quick_resolves_to_the_quick_table_and_flags_override_it(tmp_path):
+    quick = vars(train.parse_args(["--quick"]))
+    assert {k: quick[k] for k in run_config.QUICK} == run_config.QUICK
+    assert quick["stem"] == "resnet" and quick["whiten"] and quick["limit_train"] < 50_000
+    assert train.parse_args(["--quick", "--epochs", "1", "--no-augment"]).epochs == 1
+    config = tmp_path / "c.json"
+    config.write_text('{"epochs": 7, "batch_size": 64}')
+    args = train.parse_args(["--quick", "--config", str(config), "--batch-size", "32"])
+    assert (args.epochs, args.batch_size, args.limit_train) == (7, 32, run_config.QUICK["limit_train"])
+    assert vars(train.parse_args([]))["stem"] == "plain"  # not sticky: the default run is the faithful model
+
+
+def test_quick_settings_are_the_best_family_models(tmp_path):
+    report = json.loads((ROOT / "reports" / "whiten-bs256-cpu" / "s0-run.json").read_text())["config"]
+    args = train.parse_args(["--quick"])
+    flags.check_model_flags(args)
+    model_keys = ("stem", "conv_widths", "num_blocks", "key_dim", "pooling", "whiten", "label_smoothing", "tta")
+    assert {k: getattr(args, k) for k in model_keys} == {k: report[k] for k in model_keys}
+
+
+def test_path_errors_come_before_tensorflow_starts(tmp_path):
+    (tmp_path / "empty.tar.gz").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("x")
+    cases = {("--data", str(tmp_path / "missing.tar.gz")): "no such file or folder",
+             ("--data", str(tmp_path / "empty.tar.gz")): "empty file (0 bytes)",
+             ("--out", str(tmp_path / "run")): "run folder exists"}
+    probe = ("import sys, runpy; sys.argv = ['train', *sys.argv[1:]]\n"
+             "try: runpy.run_module('keras_ultimus.train', run_name='__main__')\n"
+             "except SystemExit as e: print(sorted({'keras', 'tensorflow'} & set(sys.modules))); raise")
+    for argv, message in cases.items():
+        result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and message in one_error_line(result.stderr)
+        assert result.stdout.strip() == "[]", "nothing heavy imported before the path check"
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_no_empty_runs_folder(tmp_path, fake_cifar_tarball):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # importing TF here set it
+    result = run_cli("--data", str(junk), *TINY, cwd=tmp_path, env=env)  # default --out: runs/ultimus-<time>
+    assert result.returncode == 2 and "corrupt tarball" in one_error_line(result.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_final_summary_reads_as_words():
+    info = {"final": {"epoch": 1.0, "accuracy": 0.5, "loss": 1.25, "val_accuracy": 0.6123,
+                      "test_accuracy_flip_tta": 0.625}, "config": {"epochs": 2, "limit_test": 2000},
+            "wall_seconds": 149.6}
+    assert train.final_summary("runs/a", info).splitlines() == [
+        "Run folder: runs/a",
+        "After 2 of 2 epochs in 150 s: test accuracy 61.23% (62.50% with flip TTA) on the first 2,000 test "
+        "images; training accuracy 50.00%, loss 1.2500"]
 
 
 def weights(path):

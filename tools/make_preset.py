@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     source, info = report / f"{args.prefix}model.keras", json.loads((report / f"{args.prefix}run.json").read_text())
     model = load_keras_model(source)
     final = info["final"]
-    scores = {"test_accuracy": final["val_accuracy"], "test_accuracy_flip_tta": final.get("test_accuracy_flip_tta"),
+    tta = final.get("test_accuracy_flip_tta")
+    scores = {"test_accuracy": round(final["val_accuracy"], 4), "test_accuracy_flip_tta": tta and round(tta, 4),
               "test_images": info["config"].get("limit_test") or 10000, "scored_by": "the run (run.json final)"}
     if args.data:
         _, (x_test, y_test) = load_cifar10(args.data)

@@ -15,7 +15,7 @@ import pandas as pd
 
 import keras_ultimus
 from keras_ultimus.training import distribute
-from keras_ultimus.training.callbacks import RunClock, TrimLog, WholeBackup, tensorboard
+from keras_ultimus.training.callbacks import OrderedCSVLogger, RunClock, TrimLog, WholeBackup, tensorboard
 from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.training.evaluation import accuracies
@@ -192,7 +192,7 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
     best = distribute.PortableCheckpoint(out / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True)
     return [
         *tensorboard(out / "tensorboard"),
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        OrderedCSVLogger(csv_path, append=True),
         best,
         WholeBackup(out / "backup"),
         TrimLog(csv_path, best),

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from keras_ultimus.errors import ArgumentParser, UserError
+from keras_ultimus.errors import ArgumentParser, UserError, prog
 from keras_ultimus.training.flags import add_model_flags
 from keras_ultimus.training.recipe_options import RecipeOptions, add_recipe_flags
 
@@ -56,8 +56,9 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "pct_start": (("--pct-start",), dict(type=float, default=0.25, help="fraction of steps spent warming up")),
     "seed": (("--seed",), dict(type=int, default=0, help="seeds weights, shuffling and augmentation")),
     "augment": (("--no-augment",), dict(dest="augment", action="store_false", help="no crop/flip augmentation")),
-    "limit_train": (("--limit-train",), dict(type=int, help="use only the first N training images")),
-    "limit_test": (("--limit-test",), dict(type=int, help="use only the first N test images")),
+    "limit_train": (("--limit-train",), dict(type=int, help="use only the first N training images "
+                                               "(default: all 50,000)")),
+    "limit_test": (("--limit-test",), dict(type=int, help="use only the first N test images (default: all 10,000)")),
     "deterministic": (("--deterministic",), dict(action="store_true", help="reruns with the same seed give "
                                                  "identical logs and weights (TF op determinism)")),
     "precision": (("--precision",), dict(choices=PRECISIONS, default="float32",
@@ -81,7 +82,7 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
 
 def parser_and_actions() -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
     """`train`'s parser, and the actions of its flags in --help order."""
-    p = ArgumentParser(prog="python -m keras_ultimus.train",
+    p = ArgumentParser(prog=prog("keras_ultimus.train", "ultimus-train"),
                        description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
     return p, [*add_run_flags(p, *RUN_FLAGS), *add_model_flags(p), *add_recipe_flags(p)]
 
@@ -164,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick or args.config:  # --config values over --quick's, and flags over both
-        parser.set_defaults(**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {}))
+        parser.set_defaults(**{**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {})})
         args = parser.parse_args(argv)
     check(args)
     return args

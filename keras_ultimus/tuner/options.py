@@ -4,7 +4,7 @@ from argparse import Namespace
 from importlib.util import find_spec
 from pathlib import Path
 
-from keras_ultimus.errors import ArgumentParser, UserError
+from keras_ultimus.errors import ArgumentParser, UserError, prog
 from keras_ultimus.training.run_config import add_run_flags
 from keras_ultimus.training.run_folder import LOCK_NAME
 
@@ -20,22 +20,24 @@ SPACES = ("reference", "wide")  # as keras_ultimus.tuner.hypermodel.SPACES (test
 
 def parser() -> ArgumentParser:
     """The search flags; they import no Keras."""
-    p = ArgumentParser(prog=PROG, description="Search the Ultimus model's hyperparameters with KerasTuner.",
+    p = ArgumentParser(prog=prog("keras_ultimus.tuner.tune", "ultimus-tune"), description="Search the Ultimus model's hyperparameters with KerasTuner.",
                        allow_abbrev=False)
     add_run_flags(p, "data")
     p.add_argument("--out", default="runs/search", help="search folder; re-run to resume (default: runs/search)")
     p.add_argument("--fresh", action="store_true", help="delete the search folder's trials and start over")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default="hyperband")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="hyperband", help="KerasTuner's search algorithm "
+                   "(bayesian needs scikit-learn)")
     p.add_argument("--max-trials", type=int, help="stop after this many trials (default: 10 for "
                    "bayesian/random; for hyperband, its own schedule)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (hyperband: the most for one model)")
     p.add_argument("--max-params", type=int, default=MAX_PARAMS,
                    help="trainable-parameter budget; larger configurations are listed, not trained (default: 250000)")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images (before the split)")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images (before the split; "
+                   "default: all 50,000)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out "
                    "for the objective (default: 0.1, i.e. 45,000 / 5,000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the oracle and the training")
-    add_run_flags(p, "batch_size")
+    add_run_flags(p, "limit_test", "batch_size")
     p.add_argument("--space", choices=SPACES, default="reference", help="reference: the model and peak LR around "
                    "the reference; wide: also the residual stem, max pooling, whitening, label smoothing, weight decay, EMA")
     g = p.add_argument_group("how each trial trains (train's own flags)")
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     """Parse and check the search flags; bad values exit with code 2 and one line."""
     p = parser()
     args = p.parse_args(argv)
-    for flag in ("epochs", "max_trials", "batch_size", "max_params", "devices"):
+    for flag in ("epochs", "max_trials", "limit_test", "batch_size", "max_params", "devices"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")

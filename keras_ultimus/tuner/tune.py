@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python -m keras_ultimus.tuner.launch --workers N")
     (x_fit, y_fit), val, test = search.search_data(args.data, args.limit_train, args.val_fraction, args.seed,
                                                    args.batch_size)
+    test = (test[0][: args.limit_test], test[1][: args.limit_test])  # scores the best trial's model at the end
     print(f"{mode}: {len(x_fit)} training, {len(val[0])} validation images; search folder {out}")
     # Workers share the chief's folder: the chief (or a single search) holds its lock, and only it wipes it.
     with contextlib.nullcontext() if mode == "worker" else FolderLock(out):
