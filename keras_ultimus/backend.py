@@ -66,11 +66,14 @@ def check_backend(quiet: bool = False) -> str:
         return name
     if source != "KERAS_BACKEND":  # not the user's explicit choice: an installed backend will do, said in one line
         for other in INSTALL:
-            if other != name and importlib.util.find_spec(other) and import_failure(other, quiet) is None:
-                os.environ["KERAS_BACKEND"] = other
+            if other == name or importlib.util.find_spec(other) is None:
+                continue
+            os.environ["KERAS_BACKEND"] = other  # first: importing TensorFlow may import Keras, which reads it
+            if import_failure(other, quiet) is None:
                 print(f"note: Keras backend {name!r} (from {source}) is not installed; using {other!r}, which is "
                       f"(set KERAS_BACKEND to choose)", file=sys.stderr)
                 return other
+            del os.environ["KERAS_BACKEND"]
     fail(
         f"Keras backend {name!r} (from {source}) is not installed ({reason}); install it with "
         f"`{INSTALL[name]}` (or `pip install -r requirements.txt` in the keras-ultimus checkout)"

@@ -1,8 +1,10 @@
 """The one user-error type, the CLI wrapper and the one-line argument parser."""
 
+import sys
+
 import pytest
 
-from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
+from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line, prog
 
 
 @cli
@@ -64,3 +66,20 @@ def test_help_lines_end_with_the_default_unless_unset_off_a_switch_or_already_gi
     assert "folder (default" not in text and "a switch (default" not in text
     assert "no augmentation (default" not in text  # a store_false switch defaults to True: saying so would mislead
     assert text.count("default: 0.1") == 1
+
+
+def test_help_shows_a_zero_default_and_not_an_unset_one(capsys):
+    parser = ArgumentParser(prog="p")
+    parser.add_argument("--seed", type=int, default=0, help="seeds it")
+    parser.add_argument("--limit", type=int, help="first N")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "seeds it (default: 0)" in out and "first N\n" in out
+
+
+def test_prog_is_the_console_script_when_run_as_one(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ultimus-launch"])
+    assert prog("keras_ultimus.train", "ultimus-train") == "ultimus-train"
+    monkeypatch.setattr(sys, "argv", ["/repo/keras_ultimus/train.py"])
+    assert prog("keras_ultimus.train", "ultimus-train") == "python -m keras_ultimus.train"

@@ -51,9 +51,15 @@ def tensorboard_scalars(folder) -> set[str]:
 
 
 @pytest.mark.multi_backend
-def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball):
+def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball, capsys):
     out = tmp_path / "run"
     assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    printed = capsys.readouterr().out  # not a terminal: one plain line per epoch, and a summary in words
+    assert "\x1b[" not in printed and "\r" not in printed
+    assert len(re.findall(r"^4/4 - \S+ - .*val_accuracy: ", printed, re.M)) == 2
+    assert printed.rstrip().splitlines()[-2] == f"Run folder: {out}"
+    assert re.fullmatch(r"After 2 of 2 epochs in \d+ s: test accuracy [\d.]+%; training accuracy [\d.]+%, loss [\d.]+",
+                        printed.rstrip().splitlines()[-1])
     assert sorted(p.name for p in out.iterdir()) == [
         "best.keras", "log.csv", "model.keras", "run.json", "summary.txt", "tensorboard"]
     log = pd.read_csv(out / "log.csv")
@@ -421,3 +427,12 @@ def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys):
         assert code == 2
         assert match in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    probe = "import keras_ultimus; help(keras_ultimus.fit); keras_ultimus.build_model(conv_widths=[4, 8, 8])"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
