@@ -28,7 +28,7 @@ NOT_CONFIG = {"config", "quick", "resume", "out", "verbose"}
 # shows learning in minutes on a laptop CPU (README). Explicit flags and --config values override these.
 QUICK = {
     "stem": "resnet", "conv_widths": "32,64,64", "num_blocks": 1, "key_dim": 16, "pooling": "max", "whiten": True,
-    "label_smoothing": 0.1, "tta": "flip", "batch_size": 256, "max_lr": 0.004,
+    "label_smoothing": 0.1, "tta": "flip", "batch_size": 128, "max_lr": 0.004,
     "epochs": 2, "limit_train": 25000, "limit_test": 2000,
 }
 
