@@ -629,3 +629,12 @@ def test_depth_chart_has_a_legend_entry_only_for_what_trials_used(tmp_path, monk
         t.get_text() for t in fig.axes[0].get_legend().get_texts()), original(fig, path)))
     charts.plot_search_depth(board, "1", tmp_path / "depth.png")
     assert labels == ["residual off", "best: trial 1"]
+
+
+def test_a_report_silences_tensorflow_retracing_warnings(tmp_path):
+    """Scoring several models retraces predict once per model, as it must; TF's warning about it is noise here."""
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    assert main([str(write_run(tmp_path / "a")), "--out", str(tmp_path / "out"), "--no-model"]) == 0
+    assert not logging.getLogger("tensorflow").isEnabledFor(logging.WARNING)

@@ -133,12 +133,18 @@ def test_oracle_draws_only_trainable_values_and_records_the_rest(oracle_class, t
 
 
 @pytest.mark.slow
-def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar_tarball, tmp_path):
+def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar_tarball, tmp_path, capsys,
+                                                                      monkeypatch):
     """Hyperband (max 3 epochs) runs three 1-epoch trials, then promotes the best to 3 epochs (initial_epoch 1)."""
     out = tmp_path / "hb"
     flags = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "3", "--max-trials", "4",
              "--limit-test", "12", *TINY]
+    backend = keras.backend.backend()
+    monkeypatch.setenv("KERAS_BACKEND", backend)
     assert tune.main(flags) == 0
+    # The closing hint trains on the backend the search ran on.
+    assert f"  KERAS_BACKEND={backend} python -m keras_ultimus.train --config {out / 'best.json'}\n" in \
+        capsys.readouterr().out
     records = oracle_records(out)
     assert len(records) == 4 and {r["status"] for r in records.values()} == {"COMPLETED"}
     table = assert_leaderboard_matches_oracle(out)
