@@ -436,3 +436,15 @@ def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=300)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
+    """The README's quick start: `train --quick` (minutes on a CPU) reaches 60% on its 2,000 test images."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "CIFAR10_PATH": real_cifar}
+    result = run_cli("--quick", cwd=tmp_path, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    final = json.loads((run / "run.json").read_text())["final"]
+    assert final["epoch"] == 1 and final["val_accuracy"] >= 0.60, final
