@@ -14,7 +14,7 @@ from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
 from keras_ultimus.training.flags import check_model_flags
 from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, check_settings, default_config, parse_args
 from keras_ultimus.training.run_folder import (
-    CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
+    CSV_NAME, INFO_NAME, LOCK_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
 )
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or (previous["config"].get("data") if previous else os.environ.get("CIFAR10_PATH"))
     if data:
         check_local_path(data)  # path errors come first: before TensorFlow starts, any data is read or model built
-    if args.out and not previous:
+    if args.out and not previous and not (Path(args.out) / LOCK_NAME).exists():  # a held lock is named below
         check_new_folder(Path(args.out))
     devices = previous["config"].get("devices") if previous else args.devices
     backend = prepare(verbose=args.verbose, devices=devices)
