@@ -21,6 +21,8 @@ INSTALL = {
     "torch": "pip install torch==2.13.0",
     "jax": "pip install jax==0.10.2 jaxlib==0.10.2",
 }
+# ONNX export and predict, pinned as in requirements.txt.
+INSTALL_ONNX = "pip install tf2onnx==1.17.0 onnx==1.23.2 onnxruntime==1.32.0"
 
 
 QUIET_MARK = "KERAS_ULTIMUS_QUIET_TF"
@@ -49,23 +51,44 @@ def configured_backend() -> tuple[str, str]:
 
 
 def backend_problem(quiet: bool = False) -> tuple[str, str | None]:
-    """The configured backend, and why it can't load (one line), or None when it imports."""
+    """The backend to use, and why it can't load (one line), or None when it imports.
+
+    When KERAS_BACKEND is unset and the configured backend isn't installed, an installed one is used:
+    KERAS_BACKEND is set to it (before TensorFlow's import, which may import Keras) with a one-line note.
+    """
     name, source = configured_backend()
     if name not in INSTALL:
         return name, (f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
                       f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}")
+    reason = import_failure(name, quiet)
+    if reason is None:
+        return name, None
+    if source != "KERAS_BACKEND":  # not the user's explicit choice: an installed backend will do, said in one line
+        for other in INSTALL:
+            if other == name or importlib.util.find_spec(other) is None:
+                continue
+            os.environ["KERAS_BACKEND"] = other
+            if import_failure(other, quiet) is None:
+                print(f"note: Keras backend {name!r} (from {source}) is not installed; using {other!r}, which is "
+                      f"(set KERAS_BACKEND to choose)", file=sys.stderr)
+                return other, None
+            del os.environ["KERAS_BACKEND"]
+    return name, (f"Keras backend {name!r} (from {source}) is not installed ({reason}); install it with "
+                  f"`{INSTALL[name]}` (or `pip install -r requirements.txt` in the keras-ultimus checkout)")
+
+
+def import_failure(name: str, quiet: bool) -> str | None:
+    """Import backend `name`: None if it works, else why not in one line."""
     try:
         with silenced_stderr(quiet):
             importlib.import_module(name)
     except Exception as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return name, (f"Keras backend {name!r} (from {source}) is not installed ({reason}); "
-                      f"install it with `pip install -r requirements.txt` or `{INSTALL[name]}`")
-    return name, None
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
 
 
 def check_backend(quiet: bool = False) -> str:
-    """Return the configured backend; exit with code 2 and a one-line error if it can't load."""
+    """Return the backend to use; exit with code 2 and a one-line error if none can load."""
     name, problem = backend_problem(quiet)
     if problem:
         fail(problem)
@@ -93,13 +116,18 @@ def quiet_tensorflow(verbose: bool) -> bool:
 
 
 def configure() -> None:
-    """Run by `import keras_ultimus` before it imports Keras: check the backend and, in a command, quiet TF.
+    """Run by `import keras_ultimus` before it imports Keras: check the backend and quiet TF's start-up.
 
     In a command (`python -m keras_ultimus...`, an `ultimus-*` script) a backend that can't
     load exits with code 2 and one line; a library user gets an ImportError saying the same.
+    A library user's import is quiet too (TF's C++ start-up lines, a cuInit "error" among them, are
+    noise there), unless Keras already runs or the user set `TF_CPP_MIN_LOG_LEVEL`.
     """
     args = command_args()
-    quiet = args is not None and quiet_tensorflow(bool({"-v", "--verbose"} & set(args)))
+    if args is not None:
+        quiet = quiet_tensorflow(bool({"-v", "--verbose"} & set(args)))
+    else:
+        quiet = "keras" not in sys.modules and quiet_tensorflow(False)
     _, problem = backend_problem(quiet)
     if problem and args is not None:
         fail(problem)
@@ -128,6 +156,20 @@ def silenced_stderr(quiet: bool = True) -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+@contextlib.contextmanager
+def quiet_keras_start() -> Iterator[None]:
+    """Let Keras (and TensorFlow under it) start inside this block without TF's C++ start-up lines.
+
+    For library use (`keras_ultimus.fit`): does nothing once Keras runs, or when the user set TF_CPP_MIN_LOG_LEVEL.
+    """
+    if "keras" in sys.modules or ("TF_CPP_MIN_LOG_LEVEL" in os.environ and QUIET_MARK not in os.environ):
+        yield
+        return
+    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", QUIET_MARK: "1"})
+    with silenced_stderr():
+        yield
 
 
 def import_tensorflow_beside(quiet: bool) -> None:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
 from keras_ultimus.provenance import git_state
 from keras_ultimus.config import add_flags
@@ -61,7 +61,7 @@ def choices(allowed: tuple[str, ...]):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
-    p = ArgumentParser(prog="python -m keras_ultimus.bench", description="Measure training and serving speed against the machine's limit and plain PyTorch.")
+    p = ArgumentParser(prog=prog("keras_ultimus.bench", "ultimus-bench"), description="Measure training and serving speed against the machine's limit and plain PyTorch.")
     p.add_argument("--out", help="output folder (default: runs/bench-<time>)")
     p.add_argument("--backends", type=choices(tuple(INSTALL)), help="comma-separated (default: every installed one)")
     p.add_argument("--precisions", type=choices(PRECISIONS), default=["float32", "mixed_bfloat16"],

@@ -103,8 +103,10 @@ class RunConfig:
                                       "keep best.keras by its accuracy; without it no best.keras is written "
                                       "(the per-epoch val_* figures are the test set's)", "float", above=0, below=1)
     augment: bool = setting(True, "no crop/flip augmentation", "bool", flag="--no-augment")
-    limit_train: int | None = setting(None, "use only the first N training images", "int", minimum=1)
-    limit_test: int | None = setting(None, "use only the first N test images", "int", minimum=1)
+    limit_train: int | None = setting(None, "use only the first N training images (default: all 50,000)", "int",
+                                      minimum=1)
+    limit_test: int | None = setting(None, "use only the first N test images (default: all 10,000)", "int",
+                                     minimum=1)
     deterministic: bool = setting(False, "reruns with the same seed give identical logs and weights (TF op "
                                   "determinism)", "bool")
     precision: str = setting("float32", "Keras dtype policy; mixed_float16 adds dynamic loss scaling", "str",
@@ -227,3 +229,13 @@ def check_config(config: dict) -> None:
 def model_kwargs(config: dict) -> dict:
     """The `build_model` arguments of a run config (keys a run predates take `build_model`'s defaults)."""
     return {k: config[k] for k in MODEL_ARGS if k in config}
+
+
+# What `--quick` sets, defined once: the best family model (reports/whiten-bs256-cpu) on a subset, so a first run
+# shows learning in minutes on a laptop CPU (README). Explicit flags and --config values override these.
+QUICK = check_settings({
+    "stem": "resnet", "conv_widths": [32, 64, 64], "num_blocks": 1, "key_dim": 16, "pooling": "max",
+    "whiten": True, "label_smoothing": 0.1, "tta": "flip", "batch_size": 128, "max_lr": 0.004,
+    "epochs": 2, "limit_train": 25000, "limit_test": 2000,
+}, "QUICK")
+check_config(QUICK)

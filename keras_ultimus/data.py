@@ -7,20 +7,21 @@ timing in `benchmark/speed.py` (`pipeline_speed`, as the bench times them).
 import statistics
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, cli
 from keras_ultimus.config import add_flags
 from keras_ultimus.constants import PIPELINES
+from keras_ultimus.datasets.batching import default_workers
+from keras_ultimus.errors import ArgumentParser, cli, prog
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
-    parser = ArgumentParser(prog="python -m keras_ultimus.data", description=main.__doc__)
+    parser = ArgumentParser(prog=prog("keras_ultimus.data", "ultimus-data"), description=main.__doc__)
     add_flags(parser, ["data"])
     parser.add_argument("--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy")
     parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the training set, after one warm-up pass (default 2)")
-    parser.add_argument("--workers", type=int, default=None, help="NumPy pipeline threads (default: pipelines.default_workers())")
+    parser.add_argument("--workers", type=int, default=None, help=f"NumPy pipeline threads (default: {default_workers()} here: one fewer than the CPUs, 1 to 4)")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N training images")
     parser.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import errno
 import functools
 import re
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -58,11 +59,24 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS
                 or not action.option_strings or action.nargs == 0):
             return text
         default = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
         return f"{text} (default: {default})".strip()
+
+
+class EpilogHelpFormatter(DefaultsHelpFormatter):
+    """DefaultsHelpFormatter that keeps the epilog's line breaks (a list of presets, one per line)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def prog(module: str, script: str) -> str:
+    """A command's name as the user runs them, for usage lines: its console `script` when this process is one."""
+    return script if Path(sys.argv[0]).name.startswith("ultimus-") else f"python -m {module}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -15,24 +15,31 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import ArgumentParser, EpilogHelpFormatter, UserError, cli, prog
 from keras_ultimus.serving.export import NEEDS_TENSORFLOW, export_onnx, export_saved_model
+from keras_ultimus.serving.presets import describe_presets, preset_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags."""
+    """Command-line flags: one model, as RUN_OR_MODEL or --preset."""
     p = ArgumentParser(
-        prog="ultimus-export",
-        description="Export a trained model for serving: a TF Serving SavedModel or an ONNX file.",
+        prog=prog("keras_ultimus.export", "ultimus-export"),
+        description="Export a trained model or a shipped preset for serving: a TF Serving SavedModel or an ONNX "
+        "file.", epilog="presets (no training needed):\n" + describe_presets(), formatter_class=EpilogHelpFormatter,
     )
-    p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder (uses its model.keras) or a .keras file")
+    p.add_argument("model", metavar="RUN_OR_MODEL", nargs="?",
+                   help="a run folder (uses its model.keras) or a .keras file")
+    p.add_argument("--preset", metavar="NAME", help="a shipped pretrained model instead of RUN_OR_MODEL (listed below)")
     p.add_argument("--out", default="export/ultimus",
                    help="SavedModel base folder, gets OUT/<version>/; for onnx the file OUT.onnx "
                    "(default: export/ultimus)")
     p.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
                    help="savedmodel: TF Serving layout (default); onnx: one file, same inputs and outputs")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.model is None) == (args.preset is None):
+        p.error("give one model: RUN_OR_MODEL or --preset NAME")
+    return args
 
 
 def export_in_child(argv: list[str]) -> int:
@@ -48,6 +55,7 @@ def export_in_child(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Load the model and export it in the chosen format; exit code 2 for bad input."""
     args = parse_args(argv)
+    model_path = preset_path(args.preset) if args.preset else args.model  # an unknown name fails before any setup
     if find_spec("tensorflow") is None:
         raise UserError(NEEDS_TENSORFLOW)
     keras = sys.modules.get("keras")
@@ -57,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         return export_in_child(sys.argv[1:] if argv is None else list(argv))
     from keras_ultimus.serving.loading import float32_copy, load_keras_model
 
-    model = float32_copy(load_keras_model(args.model))  # serve in float32, whatever precision it trained in
+    model = float32_copy(load_keras_model(model_path))  # serve in float32, whatever precision it trained in
     if args.format == "onnx":
         out = Path(args.out)
         written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
     else:
         written = export_saved_model(model, args.out)
-    print(f"Exported {args.model} -> {written}")
+    print(f"Exported {args.preset or args.model} -> {written}")
     return 0
 
 

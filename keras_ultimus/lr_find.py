@@ -12,13 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.config import ModelConfig, RecipeOptions, add_flags, check_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags for the sweep, the data and the model; every value is checked before anything runs."""
-    p = ArgumentParser(prog="python -m keras_ultimus.lr_find", description="LR range test for the Ultimus recipe.")
+    p = ArgumentParser(prog=prog("keras_ultimus.lr_find", "ultimus-lr-find"), description="LR range test for the Ultimus recipe.")
     add_flags(p, ["data"])
     p.add_argument("--out", help="new folder for sweep.csv, lr_find.png, lr_find.json (default: runs/lr_find-<time>)")
     p.add_argument("--min-lr", type=float, default=1e-5, help="first LR of the sweep")

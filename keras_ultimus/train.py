@@ -9,12 +9,13 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
+from keras_ultimus.datasets.cifar10 import check_local_path
 from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
 from keras_ultimus.config import FIELDS, check_settings, default_config, flag_of
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
 from keras_ultimus.runs.folder import (
-    CSV_NAME, INFO_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
+    CSV_NAME, INFO_NAME, LOCK_NAME, FolderLock, check_folder_path, check_log, check_new_folder, drop_partial_last_line,
 )
 
 
@@ -26,10 +27,15 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return {dest for dest, value in vars(given).items() if value is not unset}
 
 
-def read_run(folder: str) -> dict:
-    """The run.json of an unfinished run folder, for --resume; its config checked as a --config file is."""
+def read_run(folder: str, epochs: int | None = None) -> dict:
+    """The run.json of an unfinished run folder, for --resume; its config checked as a --config file is.
+
+    A finished run is refused with the command that trains a new run `epochs` long (N if not given).
+    """
     out = Path(folder)
     path = out / INFO_NAME
+    if not out.exists():
+        raise UserError(f"--resume {out}: no such folder")
     if not path.is_file():
         raise UserError(f"{out}: not a run folder (no run.json)")
     try:
@@ -39,10 +45,22 @@ def read_run(folder: str) -> dict:
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise UserError(f"{path}: not a run record (no \"config\" object)")
     if "finished" in info:
-        raise UserError(f"{out}: run already finished at {info['finished']}")
+        raise UserError(f"{out}: run already finished at {info['finished']}; its LR schedule ended with its last "
+                        f"epoch, so train longer in a new run: {longer_run(info.get('command'), out, epochs)}")
     # Keys a run predates take their defaults, which are what it ran with.
     info["config"] = {**default_config(), **check_settings(info["config"], str(path), str(path))}
     return info
+
+
+def longer_run(command: str | None, out: Path, epochs: int | None) -> str:
+    """A finished run's command with `--epochs epochs` (N if None) and a new --out."""
+    words, kept = iter(shlex.split(command or "python -m keras_ultimus.train")), []
+    for word in words:
+        if word in ("--epochs", "--out"):
+            next(words, None)
+        elif not word.startswith(("--epochs=", "--out=")):
+            kept.append(word)
+    return shlex.join([*kept, "--epochs", str(epochs or "N"), "--out", f"{out}-{epochs or 'N'}ep"])
 
 
 def resume_config(args: argparse.Namespace, argv: list[str] | None, info: dict) -> tuple[Path, dict]:
@@ -73,7 +91,12 @@ def new_run(args: argparse.Namespace) -> tuple[Path, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, check every input, then make or reopen the run folder and train."""
     args = parse_args(argv)
-    previous = read_run(args.resume) if args.resume else None
+    previous = read_run(args.resume, args.epochs if "epochs" in given_flags(argv) else None) if args.resume else None
+    data = args.data or (previous["config"].get("data") if previous else os.environ.get("CIFAR10_PATH"))
+    if data:
+        check_local_path(data)  # path errors come first: before any setup, data read or model built
+    if args.out and not previous and not (Path(args.out) / LOCK_NAME).exists():  # a held lock is named below
+        check_new_folder(Path(args.out))
     devices = previous["config"].get("devices") if previous else args.devices
     backend = prepare(verbose=args.verbose, devices=devices)
     vars(args).update(check_model(vars(args)))
@@ -124,8 +147,19 @@ def run(config: dict, out: Path, previous: dict | None, plan, argv: list[str] | 
               f"free space, then python -m keras_ultimus.train --resume {out}", file=sys.stderr)
         return EXIT_NO_SPACE
     if plan.is_chief:
-        print(f"Run folder: {out}  final: {info['final']}")
+        print(final_summary(out, info))
     return 0
+
+
+def final_summary(out: Path, info: dict) -> str:
+    """A finished run's closing lines: its folder, and the last epoch's figures in words."""
+    final, config = info["final"], info["config"]
+    tta = f" ({final['test_accuracy_flip_tta']:.2%} with flip TTA)" if "test_accuracy_flip_tta" in final else ""
+    images = f" on the first {config['limit_test']:,} test images" if config.get("limit_test") else ""
+    return (f"Run folder: {out}\n"
+            f"After {int(final['epoch']) + 1} of {config['epochs']} epochs in {info.get('wall_seconds', 0):.0f} s: "
+            f"test accuracy {final['val_accuracy']:.2%}{tta}{images}; "
+            f"training accuracy {final['accuracy']:.2%}, loss {final['loss']:.4f}")
 
 
 if __name__ == "__main__":

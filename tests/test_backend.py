@@ -19,7 +19,7 @@ CLIS = {
     "data": ["--data", "{tmp}/cifar-10-binary.tar.gz"],
     "export": ["{tmp}/model.keras", "--out", "{tmp}/export"],
     "predict": ["{tmp}/model.keras", "{tmp}/cat.png"],
-    "report": ["{tmp}/run", "--out", "{tmp}/report"],
+    "report": ["--evaluate", "{tmp}/run"],  # a report's RUN and --out are checked before the backend
     "bench": ["--out", "{tmp}/bench"],
     "lr_find": ["--out", "{tmp}/lr"],
     "tuner.tune": ["--out", "{tmp}/search", "--epochs", "1"],
@@ -100,3 +100,37 @@ def test_install_hints_pin_the_versions_in_requirements_txt():
     for command in INSTALL.values():
         for package, version in re.findall(r"([\w-]+)==(\S+)", command):
             assert pins.get(package) == version, f"{command!r} disagrees with requirements.txt"
+
+
+def test_an_uninstalled_configured_backend_falls_back_to_an_installed_one_with_a_note(tmp_path):
+    # keras.json asks for jax, and a `jax` that fails to import stands in for jax not being installed.
+    home = tmp_path.parent / f"{tmp_path.name}-keras-home"
+    home.mkdir()
+    (home / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    stub = tmp_path.parent / f"{tmp_path.name}-stub" / "jax"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
+    probe = "from keras_ultimus.backend import prepare; name = prepare(); import keras; print(name, keras.backend.backend())"
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**env, "KERAS_HOME": str(home), "PYTHONPATH": f"{stub.parent}{os.pathsep}{ROOT}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tensorflow", "tensorflow"]  # the first installed one, in INSTALL's order
+    assert result.stderr.strip().splitlines() == [
+        f"note: Keras backend 'jax' (from {home / 'keras.json'}) is not installed; using 'tensorflow', which is "
+        "(set KERAS_BACKEND to choose)"]
+
+
+def test_an_explicit_keras_backend_never_falls_back(tmp_path):
+    stub = tmp_path.parent / f"{tmp_path.name}-stub" / "jax"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
+    result = run_cli("train", tmp_path, KERAS_BACKEND="jax", PYTHONPATH=str(stub.parent))
+    assert_one_line_error(result, "'jax' (from KERAS_BACKEND) is not installed")
+
+
+def test_install_hints_are_commands_that_work_outside_a_checkout():
+    # No package named keras-ultimus is on the package index: hints name real packages, pinned.
+    for path in (ROOT / "keras_ultimus").rglob("*.py"):
+        assert "keras-ultimus[" not in path.read_text(), path
+    assert all(command.startswith("pip install ") and "==" in command for command in INSTALL.values())

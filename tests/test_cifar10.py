@@ -109,6 +109,28 @@ def test_missing_path(tmp_path):
         load_local(tmp_path / "nope.tar.gz")
 
 
+def test_empty_file_is_named_as_such_before_any_read(tmp_path):
+    empty = tmp_path / "cifar-10-binary.tar.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"cifar-10-binary\.tar\.gz: empty file \(0 bytes\)"):
+        load_local(empty)
+
+
+def test_tfds_miss_prints_no_absl_dataset_info_warning(monkeypatch, caplog):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import logging
+
+    def load(*args, **kwargs):
+        logging.getLogger("absl").warning("Variant folder /x/cifar10/3.0.2 has no dataset_info.json")
+        raise tfds.core.registered.DatasetNotFoundError("cifar10")
+
+    monkeypatch.setattr(tfds, "load", load)
+    monkeypatch.setattr(cifar10, "_reachable", lambda host: False)
+    with caplog.at_level(logging.WARNING, logger="absl"), pytest.raises(UserError, match="can't be reached"):
+        cifar10.load_tfds()
+    assert "dataset_info" not in caplog.text
+
+
 def test_truncated_tarball(tmp_path, fake_cifar_tarball):
     raw = fake_cifar_tarball.read_bytes()
     cut = tmp_path / "cut.tar.gz"

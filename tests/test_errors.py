@@ -1,8 +1,10 @@
 """The one user-error type, the CLI wrapper and the one-line argument parser."""
 
+import sys
+
 import pytest
 
-from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line
+from keras_ultimus.errors import ArgumentParser, UserError, cli, one_line, prog
 
 
 @cli
@@ -80,6 +82,7 @@ def test_a_user_error_is_a_value_error_and_file_errors_are_their_os_kinds():
     ("num_blocks=0: must be at least 1", "--blocks 0: must be at least 1"),
     ("runs/s: unreadable; start over with fresh=True", "runs/s: unreadable; start over with --fresh"),
     ("data.tar: truncated (x == 3)", "data.tar: truncated (x == 3)"),
+    ("preset='nope': unknown preset; valid presets: a, b", "--preset nope: unknown preset; valid presets: a, b"),
 ])
 def test_the_command_layer_names_flags_where_the_library_names_arguments(message, expected, capsys):
     from keras_ultimus.errors import in_flag_terms
@@ -92,3 +95,20 @@ def test_the_command_layer_names_flags_where_the_library_names_arguments(message
 
     assert command([]) == 2
     assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+def test_help_shows_a_zero_default_and_not_an_unset_one(capsys):
+    parser = ArgumentParser(prog="p")
+    parser.add_argument("--seed", type=int, default=0, help="seeds it")
+    parser.add_argument("--limit", type=int, help="first N")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "seeds it (default: 0)" in out and "first N\n" in out
+
+
+def test_prog_is_the_console_script_when_run_as_one(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ultimus-launch"])
+    assert prog("keras_ultimus.train", "ultimus-train") == "ultimus-train"
+    monkeypatch.setattr(sys, "argv", ["/repo/keras_ultimus/train.py"])
+    assert prog("keras_ultimus.train", "ultimus-train") == "python -m keras_ultimus.train"

@@ -610,3 +610,31 @@ def test_search_report_lists_configurations_skipped_by_the_budget(tmp_path):
     assert "Configurations not trained (over the parameter budget, or a stem too small for its convs): 1" in md
     rows = table_with(md, "trial_id")
     assert rows[-1][:2] == ["", "SKIPPED"] and rows[-1][-1] == "1,800,000 trainable parameters, over the budget of 250,000"
+
+
+def test_a_mean_over_runs_of_different_lengths_says_so(tmp_path):
+    short = {k: v[:2] for k, v in LOG.items()}
+    runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", log=short, seed=1)]
+    assert main([*map(str, runs), "--out", str(tmp_path / "cmp"), "--no-model"]) == 0
+    rows = table_with((tmp_path / "cmp" / "report.md").read_text(), "run")
+    assert rows[-1][0] == "mean ± std (of 2, 5 epochs: mixed)"
+
+
+def test_depth_chart_has_a_legend_entry_only_for_what_trials_used(tmp_path, monkeypatch):
+    board = pd.DataFrame({"trial_id": ["0", "1"], "num_blocks": [1, 2], "residual": [False, False],
+                          "best_val_accuracy": [0.5, 0.6]})
+    labels = []
+    original = charts.save
+    monkeypatch.setattr(charts, "save", lambda fig, path: (labels.extend(
+        t.get_text() for t in fig.axes[0].get_legend().get_texts()), original(fig, path)))
+    charts.plot_search_depth(board, "1", tmp_path / "depth.png")
+    assert labels == ["residual off", "best: trial 1"]
+
+
+def test_a_report_silences_tensorflow_retracing_warnings(tmp_path):
+    """Scoring several models retraces predict once per model, as it must; TF's warning about it is noise here."""
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    assert main([str(write_run(tmp_path / "a")), "--out", str(tmp_path / "out"), "--no-model"]) == 0
+    assert not logging.getLogger("tensorflow").isEnabledFor(logging.WARNING)

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,12 +14,15 @@ import pytest
 import keras
 import keras_ultimus
 from keras_ultimus import train
+from keras_ultimus.config import QUICK
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.training.schedules import OneCycle
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
-COLUMNS = ["epoch", "accuracy", "epoch_seconds", "learning_rate", "loss", "val_accuracy", "val_loss"]
+ROOT = Path(__file__).resolve().parents[1]
+# The README's order.
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"]
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ log lines: glog prefixes (I1127 ...) and its usual start-up chatter.
 TF_LOG_LINE = re.compile(r"^[IWEF]\d{4}|oneDNN|cuda|cpu_feature_guard", re.IGNORECASE | re.MULTILINE)
@@ -48,9 +52,15 @@ def tensorboard_scalars(folder) -> set[str]:
 
 
 @pytest.mark.multi_backend
-def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball):
+def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball, capsys):
     out = tmp_path / "run"
     assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    printed = capsys.readouterr().out  # not a terminal: one plain line per epoch, and a summary in words
+    assert "\x1b[" not in printed and "\r" not in printed
+    assert len(re.findall(r"^4/4 - \S+ - .*val_accuracy: ", printed, re.M)) == 2
+    assert printed.rstrip().splitlines()[-2] == f"Run folder: {out}"
+    assert re.fullmatch(r"After 2 of 2 epochs in \d+ s: test accuracy [\d.]+%; training accuracy [\d.]+%, loss [\d.]+",
+                        printed.rstrip().splitlines()[-1])
     assert sorted(p.name for p in out.iterdir()) == [  # no best.keras: no held-out split to choose it on
         "log.csv", "model.keras", "run.json", "summary.txt", "tensorboard"]
     log = pd.read_csv(out / "log.csv")
@@ -251,10 +261,85 @@ def test_resume_refuses_different_data(tmp_path, fake_cifar_tarball, capsys):
     assert (run / "run.json").read_text() == before and sorted(p.name for p in run.iterdir()) == ["run.json"]
 
 
-def test_resume_refuses_a_finished_run(tmp_path, capsys):
-    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00"}))
+def test_resume_refuses_a_finished_run_with_the_command_that_trains_longer(tmp_path, capsys):
+    command = "python -m keras_ultimus.train --epochs 2 --limit-train 64 --out runs/a"
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "finished": "2026-01-01T00:00:00",
+                                                   "command": command}))
+    assert train.main(["--resume", str(tmp_path), "--epochs", "5"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "already finished" in line
+    assert line.endswith(f"python -m keras_ultimus.train --limit-train 64 --epochs 5 --out {tmp_path}-5ep")
     assert train.main(["--resume", str(tmp_path)]) == 2
-    assert "already finished" in one_error_line(capsys.readouterr().err)
+    assert one_error_line(capsys.readouterr().err).endswith(f"--epochs N --out {tmp_path}-Nep")
+
+
+def test_resume_of_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
+    assert train.main(["--resume", str(tmp_path / "nope")]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: --resume {tmp_path / 'nope'}: no such folder"
+    assert train.main(["--resume", str(tmp_path)]) == 2
+    assert "not a run folder (no run.json)" in one_error_line(capsys.readouterr().err)
+
+
+def test_quick_resolves_to_the_quick_table_and_flags_override_it(tmp_path):
+    quick = vars(train.parse_args(["--quick"]))
+    assert {k: quick[k] for k in QUICK} == QUICK
+    assert quick["stem"] == "resnet" and quick["whiten"] and quick["limit_train"] < 50_000
+    assert train.parse_args(["--quick", "--epochs", "1", "--no-augment"]).epochs == 1
+    config = tmp_path / "c.json"
+    config.write_text('{"epochs": 7, "batch_size": 64}')
+    args = train.parse_args(["--quick", "--config", str(config), "--batch-size", "32"])
+    assert (args.epochs, args.batch_size, args.limit_train) == (7, 32, QUICK["limit_train"])
+    assert vars(train.parse_args([]))["stem"] == "plain"  # not sticky: the default run is the faithful model
+
+
+def test_quick_settings_are_the_best_family_models(tmp_path):
+    report = json.loads((ROOT / "reports" / "whiten-bs256-cpu" / "s0-run.json").read_text())["config"]
+    args = vars(train.parse_args(["--quick"]))
+    args.update(check_model(args))
+    model_keys = ("stem", "conv_widths", "num_blocks", "key_dim", "pooling", "whiten", "label_smoothing", "tta")
+    assert {k: args[k] for k in model_keys} == {k: report[k] for k in model_keys}
+
+
+def test_path_errors_come_before_any_setup_data_or_model(tmp_path):
+    # `import keras_ultimus` imports Keras (and TensorFlow under it) the keras-hub way, so a path error can't come
+    # before TensorFlow starts; it comes before the command's setup (prepare), any data read or any model built.
+    (tmp_path / "empty.tar.gz").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("x")
+    cases = {("--data", str(tmp_path / "missing.tar.gz")): "no such file or folder",
+             ("--data", str(tmp_path / "empty.tar.gz")): "empty file (0 bytes)",
+             ("--out", str(tmp_path / "run")): "run folder exists"}
+    probe = ("import sys, runpy; sys.argv = ['train', *sys.argv[1:]]; done = []\n"
+             "import keras_ultimus.backend as b, keras_ultimus.datasets.cifar10 as c, keras_ultimus.training.recipe as r\n"
+             "b.prepare = lambda *a, **k: done.append('prepare')\n"
+             "c.load_cifar10 = lambda *a, **k: done.append('data')\n"
+             "r.build_model = lambda *a, **k: done.append('model')\n"
+             "try: runpy.run_module('keras_ultimus.train', run_name='__main__')\n"
+             "except SystemExit as e: print(sorted(done)); raise")
+    for argv, message in cases.items():
+        result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and message in one_error_line(result.stderr)
+        assert result.stdout.strip() == "[]", "nothing set up, read or built before the path check"
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_no_empty_runs_folder(tmp_path, fake_cifar_tarball):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # importing TF here set it
+    result = run_cli("--data", str(junk), *TINY, cwd=tmp_path, env=env)  # default --out: runs/ultimus-<time>
+    assert result.returncode == 2 and "corrupt tarball" in one_error_line(result.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_final_summary_reads_as_words():
+    info = {"final": {"epoch": 1.0, "accuracy": 0.5, "loss": 1.25, "val_accuracy": 0.6123,
+                      "test_accuracy_flip_tta": 0.625}, "config": {"epochs": 2, "limit_test": 2000},
+            "wall_seconds": 149.6}
+    assert train.final_summary("runs/a", info).splitlines() == [
+        "Run folder: runs/a",
+        "After 2 of 2 epochs in 150 s: test accuracy 61.23% (62.50% with flip TTA) on the first 2,000 test "
+        "images; training accuracy 50.00%, loss 1.2500"]
 
 
 def weights(path):
@@ -357,8 +442,7 @@ def test_val_split_holds_out_training_images_and_picks_best_keras_on_them(tmp_pa
     assert train.main(["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "2", "--val-split", "0.25",
                        "--limit-train", "64", "--limit-test", "32", *TINY]) == 0
     log = pd.read_csv(out / "log.csv")
-    assert list(log.columns) == sorted([*COLUMNS, "heldout_accuracy", "heldout_loss"], key=lambda c: (
-        c != "epoch", c))
+    assert list(log.columns) == [*COLUMNS[:5], "heldout_loss", "heldout_accuracy", *COLUMNS[5:]]  # README order
     assert json.loads((out / "run.json").read_text())["config"]["val_split"] == 0.25
     best = keras.saving.load_model(out / "best.keras")
     (x, y), _ = load_cifar10(str(fake_cifar_tarball))
@@ -372,3 +456,24 @@ def test_val_split_must_be_a_fraction(tmp_path, capsys):
     assert train.main(["--out", str(tmp_path / "run"), "--val-split", "1.5"]) == 2
     assert one_error_line(capsys.readouterr().err) == "error: --val-split 1.5: must be below 1"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    probe = "import keras_ultimus; help(keras_ultimus.fit); keras_ultimus.build_model(conv_widths=[4, 8, 8])"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
+    """The README's quick start: `train --quick` (minutes on a CPU) reaches 60% on its 2,000 test images."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "CIFAR10_PATH": real_cifar}
+    result = run_cli("--quick", cwd=tmp_path, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    final = json.loads((run / "run.json").read_text())["final"]
+    assert final["epoch"] == 1 and final["val_accuracy"] >= 0.60, final

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from keras_ultimus import predict
 from keras_ultimus.datasets.cifar10 import load_local
 from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.models.ultimus import build_model, trainable_params
@@ -132,11 +133,18 @@ def test_oracle_draws_only_trainable_values_and_records_the_rest(oracle_class, t
 
 
 @pytest.mark.slow
-def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar_tarball, tmp_path):
+def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar_tarball, tmp_path, capsys,
+                                                                      monkeypatch):
     """Hyperband (max 3 epochs) runs three 1-epoch trials, then promotes the best to 3 epochs (initial_epoch 1)."""
     out = tmp_path / "hb"
-    flags = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "3", "--max-trials", "4", *TINY]
+    flags = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "3", "--max-trials", "4",
+             "--limit-test", "12", *TINY]
+    backend = keras.backend.backend()
+    monkeypatch.setenv("KERAS_BACKEND", backend)
     assert tune.main(flags) == 0
+    # The closing hint trains on the backend the search ran on.
+    assert f"  KERAS_BACKEND={backend} python -m keras_ultimus.train --config {out / 'best.json'}\n" in \
+        capsys.readouterr().out
     records = oracle_records(out)
     assert len(records) == 4 and {r["status"] for r in records.values()} == {"COMPLETED"}
     table = assert_leaderboard_matches_oracle(out)
@@ -160,7 +168,12 @@ def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar
     trained = table[table["status"] == "COMPLETED"]
     assert (trained["trainable_params"] <= 20_000).all()
     result = json.loads((out / "result.json").read_text())
-    assert result["configurations_skipped"] == len(skipped) and result["test_images"] == 20
+    assert result["configurations_skipped"] == len(skipped) and result["test_images"] == 12  # --limit-test
+    # Each trial keeps its model, so predict and export take a trial folder as they take a run folder.
+    assert all((out / f"trial_{trial}" / "model.keras").is_file() for trial in trained["trial_id"])
+    images = out / "images.npy"
+    np.save(images, np.zeros((2, 32, 32, 3), np.uint8))
+    assert predict.main([str(out / f"trial_{row['trial_id']}"), str(images)]) == 0
     best = json.loads((out / "best.json").read_text())
     assert set(best) == set(default_config()) - set(BUDGET_KEYS)  # a whole run config but the search's budget
     assert "pipeline" not in best  # the search's resolved pipeline ("tfdata" here) would fail where TF is missing
@@ -201,7 +214,7 @@ def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["--epochs", "0"], ["--val-fraction", "1"], ["--algorithm", "grid"], ["--max-trials", "0"],
-    ["--limit-train", "1"], ["--batch-size", "0"], ["--max-params", "0"], ["--precision", "fp8"],
+    ["--limit-train", "1"], ["--limit-test", "0"], ["--batch-size", "0"], ["--max-params", "0"], ["--precision", "fp8"],
     ["--jit", "maybe"], ["--pipeline", "grain"], ["--distribute", "ring"], ["--devices", "0"], ["--epochs", "x"],
 ])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):

@@ -7,6 +7,7 @@ not a readable copy raises `UserError` with one line naming the file.
 TensorFlow is imported only by `load_tfds`.
 """
 
+import logging
 import lzma
 import os
 import socket
@@ -86,11 +87,19 @@ def _read_tarball(path: Path) -> dict[str, bytes]:
     return members
 
 
-def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
-    """Load (train, test) arrays from a local copy of the official binary files."""
+def check_local_path(path: str | os.PathLike) -> Path:
+    """Check, without reading it, that a local copy exists and is no empty file; commands call it first of all."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes); download cifar-10-binary.tar.gz again")
+    return path
+
+
+def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
+    """Load (train, test) arrays from a local copy of the official binary files."""
+    path = check_local_path(path)
     members = _read_folder(path) if path.is_dir() else _read_tarball(path)
     train = [decode_batch(members[n], str(path / n)) for n in TRAIN_FILES]
     test = decode_batch(members[TEST_FILE], str(path / TEST_FILE))
@@ -130,6 +139,8 @@ def load_tfds(data_dir: str | None = None) -> tuple[Arrays, Arrays]:
             arrays.append(tuple(np.concatenate(a) for a in zip(*batches)))
         return arrays
 
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.ERROR)  # TFDS warns "Variant folder ... has no dataset_info.json" before a miss
     try:
         train, test = load(download=False)
     except (AssertionError, tfds.core.registered.DatasetNotFoundError, OSError):
@@ -140,7 +151,10 @@ def load_tfds(data_dir: str | None = None) -> tuple[Arrays, Arrays]:
                 f"{TFDS_HOST[0]} can't be reached: pass --data PATH or set "
                 "CIFAR10_PATH to a local cifar-10-binary.tar.gz"
             ) from None
+        absl.setLevel(level)
         train, test = load(download=True)
+    finally:
+        absl.setLevel(level)
     return (train[0], train[1].astype(np.int32)), (test[0], test[1].astype(np.int32))
 
 

@@ -6,13 +6,13 @@ pipeline, which needs no TensorFlow. `device` keeps the images on the
 accelerator (`keras_ultimus.datasets.device`). This module imports no TensorFlow itself.
 """
 
-import os
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from keras_ultimus.constants import PIPELINES
+from keras_ultimus.datasets.batching import default_workers
 from keras_ultimus.errors import UserError
 
 KINDS = PIPELINES
@@ -38,11 +38,6 @@ def resolve(kind: str = "auto") -> str:
     if kind == "tfdata":
         raise UserError("the tfdata pipeline needs TensorFlow, which can't be imported here; use pipeline='numpy'")
     return "numpy"
-
-
-def default_workers() -> int:
-    """Threads for the NumPy pipeline: enough that batches are ready before the model asks, at most 4."""
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 class DataEpoch(keras.callbacks.Callback):

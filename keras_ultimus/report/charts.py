@@ -163,8 +163,9 @@ def plot_search_depth(board: pd.DataFrame, best_trial: str | None, path: Path) -
     on = board["residual"].astype(str) == "True"  # a column with gaps reads as text
     x = board["num_blocks"] + np.where(on, -0.08, 0.08)  # side by side, not on top of each other
     y = 100 * board["best_val_accuracy"]
-    ax.scatter(x[on], y[on], marker="o", s=40, alpha=0.8, color="C0", label="residual on")
-    ax.scatter(x[~on], y[~on], marker="s", s=40, alpha=0.8, color="C1", label="residual off")
+    for kind, marker, color, label in ((on, "o", "C0", "residual on"), (~on, "s", "C1", "residual off")):
+        if kind.any():  # a legend entry only for what some trial used
+            ax.scatter(x[kind], y[kind], marker=marker, s=40, alpha=0.8, color=color, label=label)
     if best_trial is not None:
         best = board["trial_id"] == best_trial
         ax.scatter(x[best], y[best], marker="*", s=300, facecolor="none", edgecolor="k",

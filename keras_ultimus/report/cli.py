@@ -1,6 +1,7 @@
 """The report command line: `python -m keras_ultimus.report --help` (console script `ultimus-report`)."""
 
 import argparse
+import logging
 import os
 import shlex
 import shutil
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import NO_SPACE, ArgumentParser, UserError, cli
+from keras_ultimus.errors import NO_SPACE, ArgumentParser, UserError, cli, prog
 
 DESCRIPTION = (
     "Report on training runs or a KerasTuner search: Markdown with PNG charts, from each run's log.csv, "
@@ -21,7 +22,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The report's flags."""
-    p = ArgumentParser(prog="python -m keras_ultimus.report", description=DESCRIPTION)
+    p = ArgumentParser(prog=prog("keras_ultimus.report", "ultimus-report"), description=DESCRIPTION)
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s) holding log.csv and run.json, "
                    "or one search folder of the tuner (holding leaderboard.csv)")
     p.add_argument("--out", help="report folder to write (e.g. reports/NAME); required unless --evaluate")
@@ -99,19 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give RUN folder(s) and --out, or --evaluate RUN_OR_MODEL")
     if args.tolerance < 0:
         parser.error(f"--tolerance {args.tolerance}: must be 0 or more")
+    from keras_ultimus.report.runs import require_folder
+
+    if args.evaluate is None:  # path errors before the backend is set up or any run is read
+        out = Path(args.out)
+        check_out(out)
+        folders = [require_folder(Path(r)) for r in args.runs]
     prepare(args.verbose)
+    # Evaluating several models retraces predict once per model, as it must: TF's warning about it is noise here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
     from keras_ultimus.report.evaluate import attach_models
     from keras_ultimus.report.markdown import write_report
-    from keras_ultimus.report.runs import read_run, require_folder, run_names
+    from keras_ultimus.report.runs import read_run, run_names
     from keras_ultimus.report.search import is_search, read_search, write_search_report
 
     if args.evaluate is not None:
         return evaluate_main(Path(args.evaluate), args.data, args.tolerance)
     command = shlex.join(["python", "-m", "keras_ultimus.report", *(sys.argv[1:] if argv is None else argv)])
-    out = Path(args.out)
-    check_out(out)
-    folders = [require_folder(Path(r)) for r in args.runs]
     if any(is_search(f) for f in folders):
         if len(folders) > 1:
             raise UserError("a search folder (with leaderboard.csv) is reported on its own")

@@ -86,7 +86,9 @@ def comparison_table(runs: list[Run]) -> str:
                      len(run.log), duration(run.info.get("wall_seconds")), pct(s["accuracy"][0]),
                      f"{s['val_loss'][0]:.4f}", pct(s["val_accuracy"][0]),
                      f"{pct(s['val_accuracy'][1])} ({s['val_accuracy'][2]})"])
-    rows.append(["mean ± std", "", "", "", "", "", "",
+    epochs = sorted({len(run.log) for run in runs})
+    label = "mean ± std" if len(epochs) == 1 else f"mean ± std (of {', '.join(map(str, epochs))} epochs: mixed)"
+    rows.append([label, "", "", "", "", "", "",
                  f"{100 * np.mean(finals):.2f} ± {100 * np.std(finals, ddof=1):.2f}%",
                  f"{100 * np.mean(bests):.2f} ± {100 * np.std(bests, ddof=1):.2f}%"])
     return markdown_table(headers, rows, right=tuple(range(2, len(headers))))

@@ -112,10 +112,10 @@ class FolderLock:
     """
 
     def __init__(self, folder: Path, name: str = LOCK_NAME):
-        self.folder, self.path, self._file, self._made_folder = Path(folder), Path(folder) / name, None, False
+        self.folder, self.path, self._file, self._made = Path(folder), Path(folder) / name, None, []
 
     def __enter__(self) -> "FolderLock":
-        self._made_folder = not self.folder.exists()
+        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]  # deepest first
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             file = open(self.path, "a+")
@@ -140,5 +140,8 @@ class FolderLock:
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
         self._file.close()  # closing releases the flock
-        if self._made_folder and not any(self.folder.iterdir()):
-            self.folder.rmdir()  # refused before anything was written: leave no trace
+        for folder in self._made:  # refused before anything was written: leave no trace, `runs/` included
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            else:
+                break

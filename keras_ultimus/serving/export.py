@@ -13,14 +13,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keras_ultimus.backend import INSTALL
+from keras_ultimus.backend import INSTALL, INSTALL_ONNX
 from keras_ultimus.errors import NO_SPACE, UserError, one_line
 from keras_ultimus.runs.folder import FolderLock
 
 if TYPE_CHECKING:
     import keras
 
-NEEDS_TENSORFLOW = f"export needs TensorFlow: pip install 'keras-ultimus[tensorflow]' (or {INSTALL['tensorflow']})"
+NEEDS_TENSORFLOW = f"export needs TensorFlow: {INSTALL['tensorflow']}"
 
 
 def image_spec():
@@ -130,7 +130,7 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError as e:
         raise UserError(
-            f"ONNX export needs tf2onnx and onnxruntime ({e}): pip install 'keras-ultimus[onnx]'"
+            f"ONNX export needs tf2onnx and onnxruntime ({e}): {INSTALL_ONNX}"
         ) from None
     serve = tf.function(serving_fn(model), input_signature=[image_spec()])
     concrete = serve.get_concrete_function()

@@ -71,7 +71,7 @@ def onnx_predictor(path: Path) -> Predictor:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install 'keras-ultimus[onnx]'") from None
+        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install onnxruntime==1.32.0") from None
     try:
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for a bad file

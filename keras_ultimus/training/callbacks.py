@@ -28,6 +28,25 @@ class EpochStats(keras.callbacks.Callback):
         logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
 
 
+class OrderedCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger with log.csv's columns in the README's order, not alphabetical; an appended log keeps its header.
+
+    Keras' CSVLogger writes the columns in `self.keys`, which it sorts on the first epoch's end only while still
+    None (an internal attribute, guarded by tests/test_contracts.py).
+    """
+
+    ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "heldout_loss", "heldout_accuracy", "learning_rate",
+             "epoch_seconds")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and logs:
+            path = Path(self.filename)
+            header = path.read_text().partition("\n")[0].split(self.sep) if path.is_file() else [""]
+            known = {k: i for i, k in enumerate(self.ORDER)}
+            self.keys = header[1:] if header[0] == "epoch" else sorted(logs, key=lambda k: (known.get(k, 99), k))
+        super().on_epoch_end(epoch, logs)
+
+
 class TrimLog(keras.callbacks.Callback):
     """On a resumed fit, drop CSV rows of epochs that will run again and restore the best score.
 

@@ -1,5 +1,6 @@
 """The one fit wiring that `train`, `keras_ultimus.fit`, the tuner, the LR range test and the bench share."""
 
+import sys
 from collections.abc import Sequence
 
 import keras
@@ -34,6 +35,8 @@ def fit_arrays(
     train_ds, data_epoch = train_data(x, y, batch_size, seed, augment, kind=pipeline)
     val_ds = eval_data(*validation, batch_size, kind=pipeline) if validation is not None else None
     recipe = [*recipe_callbacks(options), EpochStats()] if options is not None else []
+    if verbose == "auto":  # a progress bar on a terminal or in a notebook; in a log file, one plain line per epoch
+        verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
     return model.fit(
         train_ds,
         validation_data=val_ds,

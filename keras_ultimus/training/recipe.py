@@ -15,7 +15,9 @@ import pandas as pd
 
 import keras_ultimus
 from keras_ultimus.training import distribute
-from keras_ultimus.training.callbacks import HeldOutScore, RunClock, TrimLog, WholeBackup, tensorboard
+from keras_ultimus.training.callbacks import (
+    HeldOutScore, OrderedCSVLogger, RunClock, TrimLog, WholeBackup, tensorboard,
+)
 from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.errors import UserError
 from keras_ultimus.training.evaluation import accuracies
@@ -216,7 +218,7 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
                                          save_best_only=True) if heldout else None
     return [
         *tensorboard(out / "tensorboard"),
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        OrderedCSVLogger(csv_path, append=True),
         *([best] if best else []),
         WholeBackup(out / "backup"),
         TrimLog(csv_path, best),

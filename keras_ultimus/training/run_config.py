@@ -9,15 +9,16 @@ import json
 from pathlib import Path
 
 from keras_ultimus.config import (
-    FIELDS, ModelConfig, RecipeOptions, RunConfig, add_flags, check_config, check_settings, default_config,
+    FIELDS, QUICK, ModelConfig, RecipeOptions, RunConfig, add_flags, check_config, check_settings,
+    default_config,
 )
-from keras_ultimus.errors import ArgumentParser, MissingFileError, UserError
+from keras_ultimus.errors import ArgumentParser, MissingFileError, UserError, prog
 
 __all__ = ["build_parser", "check_settings", "default_config", "parse_args", "read_config"]
 # Flags that --resume accepts: they don't change what the run computes.
 RESUME_FLAGS = {"resume", "data", "verbose"}
 # Not part of a run's config.
-NOT_CONFIG = {"config", "resume", "out", "verbose"}
+NOT_CONFIG = {"config", "quick", "resume", "out", "verbose"}
 
 
 def names(cls: type) -> list[str]:
@@ -25,11 +26,19 @@ def names(cls: type) -> list[str]:
     return [f.name for f in FIELDS.values() if f.name in cls.__dataclass_fields__]
 
 
+def quick_text(value: object) -> str:
+    """A --quick setting as its flag would take it (widths comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto the run config: `build_model`, the recipe and the run's own settings."""
-    p = ArgumentParser(prog="python -m keras_ultimus.train",
+    p = ArgumentParser(prog=prog("keras_ultimus.train", "ultimus-train"),
                        description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
     p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
+    p.add_argument("--quick", action="store_true", help="a first run that visibly learns in minutes on a CPU: the "
+                   "best family model on a subset (" + ", ".join(f"{k}={quick_text(v)}" for k, v in QUICK.items())
+                   + "); other flags and --config values override these")
     add_flags(p, ["data"])
     p.add_argument("--out", help="new run folder (default: runs/ultimus-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch")
@@ -62,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags; --config values become defaults that flags override."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**read_config(args.config))
+    if args.quick or args.config:  # --config values over --quick's, and flags over both
+        parser.set_defaults(**{**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {})})
         args = parser.parse_args(argv)
     check_config(vars(args))
     return args

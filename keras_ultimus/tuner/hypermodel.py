@@ -10,16 +10,18 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_ultimus.training import compiling
+from keras_ultimus.training import compiling, distribute
 from keras_ultimus.training import recipe
 from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, SPACES, STEMS
+from keras_ultimus.models.saving import save_for_inference
 from keras_ultimus.models.ultimus import build_model, set_whitening, trainable_params
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.training.callbacks import OrderedCSVLogger
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.config import RecipeOptions
 from keras_ultimus.config import check_settings, default_config, model_kwargs
-from keras_ultimus.runs.folder import CSV_NAME
+from keras_ultimus.runs.folder import CSV_NAME, MODEL_NAME
 
 FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
 MAX_CONVS = 6
@@ -186,7 +188,7 @@ class UltimusHyperModel(kt.HyperModel):
             compiling.compile_model(model, config["max_lr"], steps, config["pct_start"], config["jit"], options)
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
         print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {searched_values(hp.values)}")
-        csv = keras.callbacks.CSVLogger(os.path.join(folder, CSV_NAME))
+        csv = OrderedCSVLogger(os.path.join(folder, CSV_NAME))
         with self._scope():
             history = fit_arrays(
                 model, x, y, batch_size=config["batch_size"], seed=config["seed"], augment=config["augment"],
@@ -194,6 +196,8 @@ class UltimusHyperModel(kt.HyperModel):
                 epochs=epochs, options=options, validation=validation_data, callbacks=[csv, *callbacks],
                 verbose=verbose,
             )
+            with distribute.portable_batchnorm(model):  # the trial folder predicts and exports as a run folder does
+                save_for_inference(model, os.path.join(folder, MODEL_NAME))
         record = {
             "tuner_id": tuner_id,
             "trainable_params": trainable_params(**model_kwargs(config)),

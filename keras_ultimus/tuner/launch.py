@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli
+from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.runs.folder import FolderLock, clear_folder
 from keras_ultimus.tuner import options
 
-PROG = "python -m keras_ultimus.tuner.launch"
 # After the chief is done, a worker that is still alive has no trial and waits
 # on a server that is gone (KerasTuner's client waits up to an hour).
 WORKER_GRACE_S = 60
@@ -148,10 +147,12 @@ def raise_terminated(signum, frame):
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Parse the launcher's flags, check the search flags, launch, and stop every child on the way out."""
+    launch_prog, tune_prog = prog("keras_ultimus.tuner.launch", "ultimus-launch"), prog("keras_ultimus.tuner.tune",
+                                                                                       "ultimus-tune")
     p = ArgumentParser(
-        prog=PROG, description="Run one search as a KerasTuner chief and N workers on this machine.", allow_abbrev=False,
-        epilog=f"All other flags are the search's (see {options.PROG} --help); e.g. "
-        f"{PROG} --workers 2 --data cifar-10-binary.tar.gz --epochs 4",
+        prog=launch_prog, description="Run one search as a KerasTuner chief and N workers on this machine.", allow_abbrev=False,
+        epilog=f"All other flags are the search's (see {tune_prog} --help); e.g. "
+        f"{launch_prog} --workers 2 --data cifar-10-binary.tar.gz --epochs 4",
     )
     p.add_argument("--workers", type=int, default=2, help="number of worker processes (default: 2)")
     p.add_argument("--host", default="127.0.0.1", help="address the chief's oracle listens on")

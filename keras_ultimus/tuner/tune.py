@@ -25,7 +25,7 @@ from keras_ultimus.tuner.options import check_out, parse_args, settings
 def main(argv: list[str] | None = None) -> int:
     """Run or resume the search, then write its leaderboard, best config and test accuracy."""
     args = parse_args(argv)
-    prepare(verbose=args.verbose, devices=args.devices)
+    backend = prepare(verbose=args.verbose, devices=args.devices)
     out = Path(args.out)
     check_out(out)
     from keras_ultimus.training import distribute
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python -m keras_ultimus.tuner.launch --workers N")
     (x_fit, y_fit), val, test = search.search_data(args.data, args.limit_train, args.val_fraction, args.seed,
                                                    args.batch_size)
+    test = (test[0][: args.limit_test], test[1][: args.limit_test])  # scores the best trial's model at the end
     print(f"{mode}: {len(x_fit)} training, {len(val[0])} validation images; search folder {out}")
     # Workers share the chief's folder: the chief (or a single search) holds its lock, and only it wipes it.
     with contextlib.nullcontext() if mode == "worker" else FolderLock(out):
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(f"best trial {result['best_trial']}: val_accuracy {result['val_accuracy']:.4f}, "
           f"test_accuracy {result['test_accuracy']:.4f} on {result['test_images']} test images")
+    env = f"KERAS_BACKEND={backend} " if os.environ.get("KERAS_BACKEND") else ""  # the backend this search ran on
     print(f"wrote {out / search.LEADERBOARD_NAME}; train it in full with:\n"
-          f"  python -m keras_ultimus.train --config {out / search.BEST_NAME}")
+          f"  {env}python -m keras_ultimus.train --config {out / search.BEST_NAME}")
     return 0
 
 
