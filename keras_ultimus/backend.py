@@ -158,20 +158,6 @@ def silenced_stderr(quiet: bool = True) -> Iterator[None]:
         os.close(null)
 
 
-@contextlib.contextmanager
-def quiet_keras_start() -> Iterator[None]:
-    """Let Keras (and TensorFlow under it) start inside this block without TF's C++ start-up lines.
-
-    For library use (`keras_ultimus.fit`): does nothing once Keras runs, or when the user set TF_CPP_MIN_LOG_LEVEL.
-    """
-    if "keras" in sys.modules or ("TF_CPP_MIN_LOG_LEVEL" in os.environ and QUIET_MARK not in os.environ):
-        yield
-        return
-    os.environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", QUIET_MARK: "1"})
-    with silenced_stderr():
-        yield
-
-
 def import_tensorflow_beside(quiet: bool) -> None:
     """Import an installed TensorFlow under torch or jax, and hide the GPUs from it.
 
