@@ -24,7 +24,7 @@ from keras_ultimus.backend import INSTALL, prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli
 from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
 from keras_ultimus.provenance import git_state
-from keras_ultimus.config import add_flags
+from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PRECISIONS
 
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"

@@ -8,7 +8,7 @@ import statistics
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, cli
-from keras_ultimus.config import add_flags
+from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PIPELINES
 
 

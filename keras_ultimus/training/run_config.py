@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 from keras_ultimus.config import (
-    FIELDS, ModelConfig, RecipeOptions, RunConfig, add_flags, check_config, check_settings, default_config,
+    FIELDS, ModelConfig, RecipeOptions, RunConfig, check_config, check_settings, default_config,
 )
 from keras_ultimus.errors import ArgumentParser, MissingFileError, UserError
+from keras_ultimus.flags import add_flags
 
 __all__ = ["build_parser", "check_settings", "default_config", "parse_args", "read_config"]
 # Flags that --resume accepts: they don't change what the run computes.
