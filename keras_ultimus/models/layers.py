@@ -5,6 +5,10 @@ import math
 import keras
 from keras import ops
 
+# Importing this module registers every serializable layer of the package, these two included.
+from keras_ultimus.models.batch_normalization import BatchNormalization  # noqa: F401
+from keras_ultimus.models.conv2d import Conv2D  # noqa: F401
+
 # How the attention map is formed (see `UltimusLayer`); "sample" is the reference.
 ATTENTION = ("sample", "batch", "elementwise")
 

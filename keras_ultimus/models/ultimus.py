@@ -7,6 +7,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_ultimus.models.batch_normalization import BatchNormalization
+from keras_ultimus.models.conv2d import Conv2D
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
 
 CLASS_NAMES = (
@@ -164,15 +166,15 @@ def build_model(
         name="normalize",
     )(inputs)
     if whiten:
-        x = keras.layers.Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
+        x = Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
         x = keras.layers.Activation("gelu", name="whiten_gelu")(x)  # both signs of each direction, as in airbench
     if stem == "plain":
         for i, (width, stride, pool, _) in enumerate(plan, start=1):
-            x = keras.layers.Conv2D(
+            x = Conv2D(
                 width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
             )(x)
             x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
-            x = keras.layers.BatchNormalization(
+            x = BatchNormalization(
                 momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
             )(x)
             if pool:
@@ -199,8 +201,8 @@ def build_model(
 
 def conv_bn_gelu(x, width: int, bn_momentum: float, sync_bn: bool, name: str):
     """A 3x3 "same" conv without bias, BatchNorm and GELU: the unit of a residual stage."""
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
+    x = Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
+    x = BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
     return keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
