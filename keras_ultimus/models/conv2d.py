@@ -16,7 +16,7 @@ class Conv2D(keras.layers.Conv2D):
     config and math are Keras'; the class keeps Keras' name so weight files
     address it as they address Keras' layer. On other backends, or with options
     this path lacks (channels_first, groups, "same" padding with a stride or
-    an even kernel), it is Keras' layer unchanged.
+    an even kernel), or inside `torch.compile`, it is Keras' layer unchanged.
 
     Args:
         **kwargs: the arguments of `keras.layers.Conv2D`.
@@ -35,7 +35,11 @@ class Conv2D(keras.layers.Conv2D):
 
     def _padding(self):
         """torch's `padding` argument for this layer, or None where the fast path doesn't apply."""
-        if (keras.backend.backend() != "torch" or self.data_format != "channels_last" or self.groups != 1):
+        if keras.backend.backend() != "torch" or self.data_format != "channels_last" or self.groups != 1:
+            return None
+        import torch
+
+        if torch.compiler.is_compiling():  # inductor plans the layout itself, and fails on this view (torch 2.13)
             return None
         if self.padding == "valid":
             return 0

@@ -1,12 +1,27 @@
 """Compile a model with the run's recipe: optimizer on the one-cycle schedule, loss, loss scaling, XLA."""
 
+import sys
+
 import keras
 
 from keras_ultimus.training import losses, schedules  # modules, not names: either may be mid-import when Keras starts
 from keras_ultimus.training.recipe_options import RecipeOptions
 
-# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
+# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend, torch.compile on torch).
 JIT = {"auto": "auto", "on": True, "off": False}
+# Training steps from which jit="auto" compiles on torch: the first step's compilation took 35-140 s on the
+# 2-core CPU (reports/speed-cpu/), more than a shorter run saves.
+TORCH_COMPILE_MIN_STEPS = 500
+
+
+def resolve_jit(jit: str, model: keras.Model, total_steps: int) -> tuple[bool | str, str | None]:
+    """`jit_compile` for `Model.compile`, and why jit="auto" leaves torch eager where it does (else None)."""
+    if jit != "auto" or keras.backend.backend() != "torch":
+        return JIT[jit], None
+    if total_steps < TORCH_COMPILE_MIN_STEPS:
+        return False, (f"{total_steps} training steps are fewer than the {TORCH_COMPILE_MIN_STEPS} that repay "
+                       "torch.compile's compilation")
+    return True, None
 
 
 @keras.saving.register_keras_serializable(package="keras_ultimus")
@@ -60,7 +75,8 @@ def compile_model(
 ) -> None:
     """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
 
-    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
+    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it. `jit="auto"` compiles
+    with torch.compile on torch (see `resolve_jit`).
     """
     optimizer = make_optimizer(schedules.OneCycle(max_lr, total_steps, pct_start), options)
     if model.dtype_policy.name == "mixed_float16":
@@ -69,5 +85,8 @@ def compile_model(
         loss = losses.SmoothedSparseCrossentropy(options.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit],
+    jit_compile, eager_because = resolve_jit(jit, model, total_steps)
+    if eager_because and total_steps >= TORCH_COMPILE_MIN_STEPS:
+        print(f"jit='auto': torch.compile off: {eager_because}", file=sys.stderr)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
