@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
               f"commit {info['commit']}  \nVersions: "
               + "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) for b, r in results.items()))
-    text = markdown(table, serving, header) + (rounds_markdown(rounds) if rounds else "")
+    text = (markdown(table, serving, header) if results or serving else header + "\n") + (
+        rounds_markdown(rounds) if rounds else "")
     (out / "bench.md").write_text(text)
     if table and results:
         chart(table, out / "bench.png")
