@@ -24,7 +24,7 @@ from keras_ultimus.backend import INSTALL, prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
 from keras_ultimus.provenance import git_state
-from keras_ultimus.config import add_flags
+from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PRECISIONS
 
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=positive, default=200, help="batch-1 serving calls timed (default: 200)")
     p.add_argument("--batches", type=positive, default=20, help="batch-256 serving calls timed (default: 20)")
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds of the training-step comparison: Keras on each backend (torch eager "
+                        "and compiled), plain PyTorch eager and compiled; 0 skips it (default: 5)")
+    p.add_argument("--rounds-only", action="store_true", help="run only the interleaved rounds")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one backend, write JSON here
+    p.add_argument("--rounds-worker", action="store_true", help=argparse.SUPPRESS)  # internal: serve the rounds
     return p
 
 
@@ -111,12 +116,54 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def interleaved(args: argparse.Namespace, backends: list[str]) -> dict:
+    """The training-step comparison in interleaved rounds: one worker per backend, plain PyTorch beside them."""
+    from keras_ultimus.benchmark.rounds import ratios, run_rounds
+
+    common = ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    workers = [(f"keras-{b}", [sys.executable, "-m", "keras_ultimus.bench", "--rounds-worker", *common],
+                {**os.environ, "KERAS_BACKEND": b}) for b in backends]
+    if args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
+        workers.insert(0, ("plain-torch", [sys.executable, str(PLAIN_TORCH), "--rounds-worker", *common],
+                           dict(os.environ)))
+    result = run_rounds(workers, args.rounds, log=lambda line: print(line, file=sys.stderr, flush=True))
+    result["table"] = ratios(result, "plain-torch-eager")
+    result["compiled_ratio"] = ratios(result, "plain-torch-compiled")
+    return result
+
+
+def rounds_markdown(rounds: dict) -> str:
+    """The interleaved rounds as a Markdown table: img/s and the ratios to both plain PyTorch paths."""
+    lines = [f"\n## Training steps in {len(rounds['rounds'])} interleaved rounds\n",
+             "| path | img/s (median) | × plain PyTorch eager: median (min–max) | × plain PyTorch compiled |",
+             "|---|---:|---:|---:|"]
+    for row, other in zip(rounds["table"], rounds["compiled_ratio"]):
+        eager = f"{row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})" if "ratio" in row else "–"
+        compiled = f"{other['ratio']:.2f}" if "ratio" in other else "–"
+        lines.append(f"| {row['path']} | {row['img_s']:.0f} | {eager} | {compiled} |")
+    lines.append("\nWarm-up (first step, compilation included), seconds: "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in rounds["warmup_s"].items()))
+    lines.append("\nVersions: " + "; ".join(f"{w}: " + ", ".join(f"{k} {v}" for k, v in found.items())
+                                              for w, found in rounds["versions"].items()))
+    return "\n".join(lines) + "\n"
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Run the bench: one subprocess per backend, the plain PyTorch reference, serving; write the reports."""
     args = build_parser().parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.rounds_worker:
+        prepare(verbose=args.verbose)
+        import keras
+
+        from keras_ultimus.benchmark.rounds import KERAS_PATHS, keras_worker
+
+        backend = keras.backend.backend()
+        modes = {k: KERAS_PATHS[k] for k in (("eager", "compiled") if backend == "torch" else ("default",))}
+        keras_worker(backend, args.batch_size, args.steps, modes)
+        return 0
     prepare(verbose=args.verbose)
     backends = args.backends or installed_backends()
     missing = [b for b in backends if importlib.util.find_spec(b) is None]
@@ -147,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.mirrored:
         children.append((f"tensorflow-mirrored{args.mirrored}", "tensorflow", ["--mirrored", str(args.mirrored)]))
     results = {}
-    for name, backend, extra in children:
+    for name, backend, extra in [] if args.rounds_only else children:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         env = {**os.environ, "KERAS_BACKEND": backend}
         results[name] = run_child([sys.executable, "-m", "keras_ultimus.bench", *flags, *extra,
                                    *(["-v"] if args.verbose else [])], env, out, name)
     plain = None
-    if args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
+    if args.rounds_only:
+        pass
+    elif args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
         print("measuring plain PyTorch ...", file=sys.stderr, flush=True)
         plain = run_child([sys.executable, str(PLAIN_TORCH), "--batch-size", str(args.batch_size),
                            "--steps", str(args.steps), "--repeats", str(args.repeats)], dict(os.environ), out, "plain_torch")
@@ -169,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.serve:
             serving[model] = speed.serving_speed(load_predictor(model), args.calls, args.batches)
 
+    rounds = None
+    if args.rounds:
+        rounds = interleaved(args, backends)
     table = rows(results, plain)
     write_csv(table, out / "bench.csv")
     command = "python -m keras_ultimus.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -176,15 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpu_count": os.cpu_count()},
-            "commit": commit, "backends": results, "plain_torch": plain, "serving": serving}
+            "commit": commit, "backends": results, "plain_torch": plain, "serving": serving, "rounds": rounds}
     (out / "bench.json").write_text(json.dumps(info, indent=1))
     header = (f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
               f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
               f"commit {info['commit']}  \nVersions: "
               + "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) for b, r in results.items()))
-    text = markdown(table, serving, header)
+    text = (markdown(table, serving, header) if results or serving else header + "\n") + (
+        rounds_markdown(rounds) if rounds else "")
     (out / "bench.md").write_text(text)
-    if table:
+    if table and results:
         chart(table, out / "bench.png")
     print(text)
     print(f"wrote {out}/bench.csv, bench.md, bench.png, bench.json", file=sys.stderr)

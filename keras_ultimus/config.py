@@ -9,30 +9,23 @@ keys of a run config: the commands' flags are generated from them
 against them (`check_settings`, `check_config`). Imports no Keras.
 """
 
-import argparse
 import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from keras_ultimus.constants import (
-    ATTENTION, DISTRIBUTE_MODES, DOWNSAMPLE, JIT_MODES, OPTIMIZERS, PIPELINES, POOLING, PRECISIONS, SCALES, STEMS,
+    ATTENTION,
+    DISTRIBUTE_MODES,
+    JIT_MODES,
+    OPTIMIZERS,
+    PIPELINES,
+    POOLING,
+    PRECISIONS,
+    SCALES,
+    STEMS,
     TTA,
 )
-from keras_ultimus.errors import FLAG_NAMES, UserError
-
-# A field's kind says how a value is checked and how its flag parses text.
-KINDS = ("int", "float", "str", "bool", "max_lr", "widths", "steps")
-
-
-def setting(default: Any, help: str, kind: str, *, flag: str | None = None, choices: tuple | None = None,
-            minimum: float | None = None, above: float | None = None, below: float | None = None) -> Any:
-    """A dataclass field of a run setting, with what its flag and its checks need in the metadata."""
-    meta = {"help": help, "kind": kind, "flag": flag, "choices": choices, "minimum": minimum, "above": above,
-            "below": below}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from keras_ultimus.errors import UserError
+from keras_ultimus.fields import check_range, check_value, setting
 
 
 @dataclass(frozen=True)
@@ -43,18 +36,37 @@ class ModelConfig:
     key_dim: int = setting(8, "size of the q, k and v projections", "int")
     scale: str = setting("pre", "scale before or after softmax", "str", choices=SCALES)
     residual: bool = setting(False, "x + block(x) (a variant, not the reference)", "bool")
-    conv_widths: list = setting([32, 256, 48], "comma-separated conv widths, one per conv (default: 32,256,48)",
-                                "widths")
-    downsample: list | None = setting(None, "comma-separated none|pool|stride, one per gap between convs "
-                                      "(default: none everywhere, the reference)", "steps")
+    conv_widths: list = setting(
+        [32, 256, 48], "comma-separated conv widths, one per conv (default: 32,256,48)", "widths"
+    )
+    downsample: list | None = setting(
+        None,
+        "comma-separated none|pool|stride, one per gap between convs "
+        "(default: none everywhere, the reference)",
+        "steps",
+    )
     bn_momentum: float = setting(0.9, "BatchNorm momentum (0.9: PyTorch's default)", "float")
-    stem: str = setting("plain", "plain: 3x3 valid convs (the reference); resnet: one residual stage per "
-                        "--conv-widths entry", "str", choices=STEMS)
+    stem: str = setting(
+        "plain",
+        "plain: 3x3 valid convs (the reference); resnet: one residual stage per "
+        "--conv-widths entry",
+        "str",
+        choices=STEMS,
+    )
     pooling: str = setting("avg", "global pooling between stem and blocks", "str", choices=POOLING)
-    whiten: bool = setting(False, "a frozen 2x2 conv and GELU before the stem; the conv whitens the training "
-                           "set's patches (airbench)", "bool")
-    attention: str = setting("sample", "sample: per-sample 8x8 map (the reference); batch or elementwise: the "
-                             "original code's two readings", "str", choices=ATTENTION)
+    whiten: bool = setting(
+        False,
+        "a frozen 2x2 conv and GELU before the stem; the conv whitens the training "
+        "set's patches (airbench)",
+        "bool",
+    )
+    attention: str = setting(
+        "sample",
+        "sample: per-sample 8x8 map (the reference); batch or elementwise: the "
+        "original code's two readings",
+        "str",
+        choices=ATTENTION,
+    )
 
 
 @dataclass(frozen=True)
@@ -65,17 +77,38 @@ class RecipeOptions:
     computes exactly what it did before they existed.
     """
 
-    optimizer: str = setting("adam", "adam (AdamW when --weight-decay is set) or sgd (Nesterov momentum)", "str",
-                             choices=OPTIMIZERS)
-    momentum: float = setting(0.9, "SGD's Nesterov momentum (sgd only)", "float", minimum=0, below=1)
-    weight_decay: float = setting(0.0, "decoupled weight decay on conv and dense kernels (AdamW / SGD); 0: off",
-                                  "float", minimum=0)
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy; 0: off", "float", minimum=0,
-                                     below=1)
-    ema: float = setting(0.0, "momentum of an EMA of the weights that validation and the saved model use "
-                         "(e.g. 0.99); 0: off", "float", minimum=0, below=1)
-    tta: str = setting("none", "flip: also score the final model with flip test-time augmentation (reported "
-                       "apart)", "str", choices=TTA)
+    optimizer: str = setting(
+        "adam",
+        "adam (AdamW when --weight-decay is set) or sgd (Nesterov momentum)",
+        "str",
+        choices=OPTIMIZERS,
+    )
+    momentum: float = setting(
+        0.9, "SGD's Nesterov momentum (sgd only)", "float", minimum=0, below=1
+    )
+    weight_decay: float = setting(
+        0.0,
+        "decoupled weight decay on conv and dense kernels (AdamW / SGD); 0: off",
+        "float",
+        minimum=0,
+    )
+    label_smoothing: float = setting(
+        0.0, "label smoothing of the cross-entropy; 0: off", "float", minimum=0, below=1
+    )
+    ema: float = setting(
+        0.0,
+        "momentum of an EMA of the weights that validation and the saved model use "
+        "(e.g. 0.99); 0: off",
+        "float",
+        minimum=0,
+        below=1,
+    )
+    tta: str = setting(
+        "none",
+        "flip: also score the final model with flip test-time augmentation (reported apart)",
+        "str",
+        choices=TTA,
+    )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -91,128 +124,105 @@ class RecipeOptions:
 class RunConfig:
     """The data, the schedule and how a run executes."""
 
-    data: str | None = setting(None, "local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
-                               "(default: $CIFAR10_PATH, else TFDS)", "str")
+    data: str | None = setting(
+        None,
+        "local CIFAR-10 copy: cifar-10-binary.tar.gz or cifar-10-batches-bin/ "
+        "(default: $CIFAR10_PATH, else TFDS)",
+        "str",
+    )
     epochs: int = setting(24, "passes over the training set", "int", minimum=1)
     batch_size: int = setting(512, "images per optimizer step", "int", minimum=1)
-    max_lr: float | str = setting(0.003, "one-cycle peak LR for Adam, or 'auto': run the LR range test first and "
-                                  "use its suggestion", "max_lr", above=0)
-    pct_start: float = setting(0.25, "fraction of steps spent warming up", "float", minimum=0, below=1)
+    max_lr: float | str = setting(
+        0.003,
+        "one-cycle peak LR for Adam, or 'auto': run the LR range test first and use its suggestion",
+        "max_lr",
+        above=0,
+    )
+    pct_start: float = setting(
+        0.25, "fraction of steps spent warming up", "float", minimum=0, below=1
+    )
     seed: int = setting(0, "seeds weights, shuffling and augmentation", "int")
-    val_split: float | None = setting(None, "hold out this fraction of the training images (a seeded split) and "
-                                      "keep best.keras by its accuracy; without it no best.keras is written "
-                                      "(the per-epoch val_* figures are the test set's)", "float", above=0, below=1)
+    val_split: float | None = setting(
+        None,
+        "hold out this fraction of the training images (a seeded split) and "
+        "keep best.keras by its accuracy; without it no best.keras is written "
+        "(the per-epoch val_* figures are the test set's)",
+        "float",
+        above=0,
+        below=1,
+    )
     augment: bool = setting(True, "no crop/flip augmentation", "bool", flag="--no-augment")
-    limit_train: int | None = setting(None, "use only the first N training images (default: all 50,000)", "int",
-                                      minimum=1)
-    limit_test: int | None = setting(None, "use only the first N test images (default: all 10,000)", "int",
-                                     minimum=1)
-    deterministic: bool = setting(False, "reruns with the same seed give identical logs and weights (TF op "
-                                  "determinism)", "bool")
-    precision: str = setting("float32", "Keras dtype policy; mixed_float16 adds dynamic loss scaling", "str",
-                             choices=PRECISIONS)
-    jit: str = setting("auto", "XLA compilation of the train step (auto: Keras' default for the backend)", "str",
-                       choices=JIT_MODES)
-    pipeline: str = setting("auto", "input pipeline (auto: tf.data where TensorFlow imports, else NumPy; "
-                            "device: the images stay on the accelerator, and each batch is cropped and flipped "
-                            "there)", "str", choices=PIPELINES)
-    distribute: str = setting("none", "mirrored: TF MirroredStrategy; data-parallel: JAX "
-                              "keras.distribution.DataParallel (several processes via KERAS_DISTRIBUTION_* env "
-                              "vars); multi-worker: refused (keras#20585)", "str", choices=DISTRIBUTE_MODES)
-    devices: int | None = setting(None, "make N logical CPU devices (CPU-only machines, to try data "
-                                  "parallelism)", "int", minimum=1)
-    sync_bn: bool = setting(False, "TF: BatchNormalization(synchronized=True) across replicas", "bool")
+    limit_train: int | None = setting(
+        None, "use only the first N training images (default: all 50,000)", "int", minimum=1
+    )
+    limit_test: int | None = setting(None, "use only the first N test images (default: all 10,000)", "int", minimum=1)
+    deterministic: bool = setting(
+        False,
+        "reruns with the same seed give identical logs and weights (TF op determinism)",
+        "bool",
+    )
+    precision: str = setting(
+        "float32",
+        "Keras dtype policy; mixed_float16 adds dynamic loss scaling",
+        "str",
+        choices=PRECISIONS,
+    )
+    jit: str = setting(
+        "auto",
+        "XLA compilation of the train step (auto: Keras' default for the backend)",
+        "str",
+        choices=JIT_MODES,
+    )
+    pipeline: str = setting(
+        "auto",
+        "input pipeline (auto: tf.data where TensorFlow imports, else NumPy; "
+        "device: the images stay on the accelerator, and each batch is cropped and flipped "
+        "there)",
+        "str",
+        choices=PIPELINES,
+    )
+    distribute: str = setting(
+        "none",
+        "mirrored: TF MirroredStrategy; data-parallel: JAX "
+        "keras.distribution.DataParallel (several processes via KERAS_DISTRIBUTION_* env "
+        "vars); multi-worker: refused (keras#20585)",
+        "str",
+        choices=DISTRIBUTE_MODES,
+    )
+    devices: int | None = setting(
+        None,
+        "make N logical CPU devices (CPU-only machines, to try data parallelism)",
+        "int",
+        minimum=1,
+    )
+    sync_bn: bool = setting(
+        False, "TF: BatchNormalization(synchronized=True) across replicas", "bool"
+    )
 
 
 SECTIONS = (RunConfig, ModelConfig, RecipeOptions)
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for cls in SECTIONS for f in dataclasses.fields(cls)}
+FIELDS: dict[str, dataclasses.Field] = {
+    f.name: f for cls in SECTIONS for f in dataclasses.fields(cls)
+}
 # The `build_model` arguments among them.
 MODEL_ARGS = (*(f.name for f in dataclasses.fields(ModelConfig)), "sync_bn")
 
 
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a setting: `--name-with-dashes` unless its metadata names another."""
-    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
-
-
-FLAG_NAMES.update({f.name: flag_of(f)[2:] for f in FIELDS.values() if f.metadata["flag"] and f.default is not True})
-
-
-def parse_max_lr(text: str) -> float | str:
-    """A --max-lr value: a number, or "auto"."""
-    return text if text == "auto" else float(text)
-
-
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: list[str] | tuple[str, ...],
-              defaults: dict | None = None) -> list[argparse.Action]:
-    """Add the flags of the settings `names` (their dests are the names); return their actions."""
-    actions = []
-    for name in names:
-        f, meta = FIELDS[name], FIELDS[name].metadata
-        default = (defaults or {}).get(name, f.default_factory() if f.default_factory is not dataclasses.MISSING
-                                       else f.default)
-        kwargs: dict[str, Any] = {"dest": name, "help": meta["help"], "default": default}
-        if meta["kind"] == "bool":
-            kwargs["action"] = "store_false" if f.default is True else "store_true"
-        else:
-            kwargs["type"] = {"int": int, "float": float, "max_lr": parse_max_lr}.get(meta["kind"], str)
-            kwargs["choices"] = meta["choices"]
-        actions.append(parser.add_argument(flag_of(f), **kwargs))
-    return actions
-
-
-def check_value(f: dataclasses.Field, value: object, source: str = "--config") -> object:
-    """Check one value against its setting's type; return it (ints as floats where a float is due)."""
-    meta, kind = f.metadata, f.metadata["kind"]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if value is None:
-        ok = f.default is None
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    elif meta["choices"]:
-        ok = value in meta["choices"]
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind in ("float", "max_lr"):
-        ok = (number and math.isfinite(value)) or (kind == "max_lr" and value == "auto")
-        value = float(value) if ok and value != "auto" else value
-    elif kind in ("widths", "steps"):
-        ok = isinstance(value, (str, list, tuple))
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        expected = (f"one of {list(meta['choices'])}" if meta["choices"] else "true or false" if kind == "bool"
-                    else "a number or 'auto'" if kind == "max_lr" else {"float": "float", "int": "int"}.get(kind, "str"))
-        raise UserError(f"{source} key {f.name!r}: expected {expected}, got {value!r}")
-    return value
-
-
-def check_range(f: dataclasses.Field, value: object) -> None:
-    """Check a value against its setting's range; the error names the argument (`epochs=0: ...`)."""
-    meta = f.metadata
-    if value is None or value == "auto" or isinstance(value, (str, list, tuple, bool)):
-        return
-    low, above, below = meta["minimum"], meta["above"], meta["below"]
-    if above is not None and not value > above:
-        rule = "a positive number" if above == 0 else f"above {above}"
-        raise UserError(f"{f.name}={value!r}: must be {rule}" + (" or 'auto'" if meta["kind"] == "max_lr" else ""))
-    if (low is not None and value < low) or (below is not None and not value < below):
-        rule = (f"in [{low}, {below})" if low is not None and below is not None else f"below {below}"
-                if below is not None else f"at least {low}")
-        raise UserError(f"{f.name}={value!r}: must be {rule}")
-
-
 def default_config() -> dict:
     """The run config of `python -m keras_ultimus.train` with no flags: the reference model and recipe."""
-    return {name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for name, f in FIELDS.items()}
+    return {
+        name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        for name, f in FIELDS.items()
+    }
 
 
 def check_settings(settings: dict, source: str = "setting", key_source: str = "--config") -> dict:
     """Check run-config keys and value types; return them, each of its setting's type."""
     unknown = sorted(set(settings) - set(FIELDS))
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(FIELDS))}")
+        raise UserError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(FIELDS))}"
+        )
     return {key: check_value(FIELDS[key], value, key_source) for key, value in settings.items()}
 
 

@@ -7,7 +7,7 @@ timing in `benchmark/speed.py` (`pipeline_speed`, as the bench times them).
 import statistics
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.config import add_flags
+from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PIPELINES
 from keras_ultimus.datasets.batching import default_workers
 from keras_ultimus.errors import ArgumentParser, cli, prog

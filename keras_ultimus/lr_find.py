@@ -13,7 +13,8 @@ from pathlib import Path
 
 from keras_ultimus.backend import prepare
 from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
-from keras_ultimus.config import ModelConfig, RecipeOptions, add_flags, check_config
+from keras_ultimus.config import ModelConfig, RecipeOptions, check_config
+from keras_ultimus.flags import add_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,8 @@ from pathlib import Path
 from keras_ultimus.backend import prepare
 from keras_ultimus.datasets.cifar10 import check_local_path
 from keras_ultimus.errors import EXIT_NO_SPACE, NO_SPACE, UserError, cli
-from keras_ultimus.config import FIELDS, check_settings, default_config, flag_of
+from keras_ultimus.config import FIELDS, check_settings, default_config
+from keras_ultimus.flags import flag_of
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
 from keras_ultimus.runs.folder import (

@@ -172,7 +172,7 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     out = tmp_path / "bench"
     argv = ["--backends", backend, "--precisions", "float32", "--steps", "1", "--repeats", "1",
-            "--batch-size", "8", "--matmul-size", "64", "--out", str(out)]
+            "--batch-size", "8", "--matmul-size", "64", "--rounds", "0", "--out", str(out)]
     proc = subprocess.run([sys.executable, "-m", "keras_ultimus.bench", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -194,7 +194,8 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
 def test_mirrored_bench_times_two_replicas_against_their_summed_peak(tmp_path):
     out = tmp_path / "bench"
     argv = ["--backends", "tensorflow", "--mirrored", "2", "--precisions", "float32", "--steps", "1",
-            "--repeats", "1", "--batch-size", "8", "--matmul-size", "64", "--no-plain-torch", "--out", str(out)]
+            "--repeats", "1", "--batch-size", "8", "--matmul-size", "64", "--no-plain-torch", "--rounds", "0",
+            "--out", str(out)]
     proc = subprocess.run([sys.executable, "-m", "keras_ultimus.bench", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -36,36 +36,55 @@ INTERNAL_ATTRIBUTES = {
 
 
 def broken(member: str, what: str) -> str:
-    return (f"{member}: {what} in keras {keras.__version__} / keras-tuner {kt.__version__}; "
-            f"{PRIVATE_MEMBERS[member]} relies on it: update it before moving the pin")
+    return (
+        f"{member}: {what} in keras {keras.__version__} / keras-tuner {kt.__version__}; "
+        f"{PRIVATE_MEMBERS[member]} relies on it: update it before moving the pin"
+    )
 
 
 def params(function) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
-def test_backup_and_restore_loads_and_saves_through_the_methods_and_paths_whole_backup_overrides(tmp_path):
+def test_backup_and_restore_loads_and_saves_through_the_methods_and_paths_whole_backup_overrides(
+    tmp_path,
+):
     cls = keras.callbacks.BackupAndRestore
     for member in ("_load_model", "_save_model"):
-        assert params(getattr(cls, member, lambda: None)) == ["self"], broken(member, "not a method of self alone")
+        assert params(getattr(cls, member, lambda: None)) == ["self"], broken(
+            member, "not a method of self alone"
+        )
     source = inspect.getsource(cls)
-    assert "self._load_model()" in inspect.getsource(cls.on_train_begin), broken("_load_model", "not called")
+    assert "self._load_model()" in inspect.getsource(cls.on_train_begin), broken(
+        "_load_model", "not called"
+    )
     assert "self._save_model()" in source, broken("_save_model", "not called")
     callback = cls(str(tmp_path))
     for member in ("_weights_path", "_training_metadata_path", "_current_epoch"):
         assert hasattr(callback, member), broken(member, "no such attribute")
-        assert f"self.{member}" in inspect.getsource(cls._save_model) + inspect.getsource(cls._load_model) \
-            or member == "_current_epoch", broken(member, "not what _save_model/_load_model read")
+        assert (
+            f"self.{member}"
+            in inspect.getsource(cls._save_model) + inspect.getsource(cls._load_model)
+            or member == "_current_epoch"
+        ), broken(member, "not what _save_model/_load_model read")
     assert "self._current_epoch" in source, broken("_current_epoch", "not kept")
 
 
 def test_loss_scale_optimizer_handles_non_finite_grads_through_the_overridden_methods():
     cls = keras.optimizers.LossScaleOptimizer
-    expected = {"_stateful_handle_non_finite_grads": ["self"],
-                "_stateless_handle_non_finite_grads": ["self", "optimizer_variables", "trainable_variables"]}
+    expected = {
+        "_stateful_handle_non_finite_grads": ["self"],
+        "_stateless_handle_non_finite_grads": [
+            "self",
+            "optimizer_variables",
+            "trainable_variables",
+        ],
+    }
     source = inspect.getsource(cls)
     for member, names in expected.items():
-        assert params(getattr(cls, member, lambda: None)) == names, broken(member, "another signature")
+        assert params(getattr(cls, member, lambda: None)) == names, broken(
+            member, "another signature"
+        )
         assert f"self.{member}" in source, broken(member, "no longer called")
 
 
@@ -80,30 +99,41 @@ def test_flatten_layers_reaches_batchnorm_inside_nested_layers():
 def test_oracle_keeps_tried_values_as_a_set_of_hashes_and_draws_through_random_values():
     oracle = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=1, seed=0)
     assert isinstance(oracle._tried_so_far, set), broken("_tried_so_far", "not a set")
-    assert params(oracle._compute_values_hash) == ["values"], broken("_compute_values_hash", "another signature")
-    assert params(type(oracle)._random_values) == ["self"], broken("_random_values", "another signature")
-    assert "self._random_values()" in inspect.getsource(kt.oracles.RandomSearchOracle.populate_space), \
-        broken("_random_values", "no longer what populate_space draws with")
-    assert "self._duplicate(" in inspect.getsource(kt.Oracle._random_values), \
-        broken("_tried_so_far", "no longer what _random_values skips (through _duplicate)")
-    assert "in self._tried_so_far" in inspect.getsource(kt.Oracle._duplicate), \
-        broken("_tried_so_far", "no longer what _duplicate reads")
+    assert params(oracle._compute_values_hash) == ["values"], broken(
+        "_compute_values_hash", "another signature"
+    )
+    assert params(type(oracle)._random_values) == ["self"], broken(
+        "_random_values", "another signature"
+    )
+    assert "self._random_values()" in inspect.getsource(
+        kt.oracles.RandomSearchOracle.populate_space
+    ), broken("_random_values", "no longer what populate_space draws with")
+    assert "self._duplicate(" in inspect.getsource(kt.Oracle._random_values), broken(
+        "_tried_so_far", "no longer what _random_values skips (through _duplicate)"
+    )
+    assert "in self._tried_so_far" in inspect.getsource(kt.Oracle._duplicate), broken(
+        "_tried_so_far", "no longer what _duplicate reads"
+    )
 
 
 def test_tuner_declares_its_initial_space_through_populate_initial_space():
     from keras_tuner.src.engine import base_tuner
 
-    assert params(kt.Tuner._populate_initial_space) == ["self"], broken("_populate_initial_space", "signature")
-    assert "self._populate_initial_space()" in inspect.getsource(base_tuner.BaseTuner.__init__), \
+    assert params(kt.Tuner._populate_initial_space) == ["self"], broken(
+        "_populate_initial_space", "signature"
+    )
+    assert "self._populate_initial_space()" in inspect.getsource(base_tuner.BaseTuner.__init__), (
         broken("_populate_initial_space", "no longer called on construction")
+    )
 
 
 def test_run_trial_keywords_reach_the_hypermodels_fit():
     """The trial folder reaches UltimusHyperModel.fit as a run_trial keyword: KerasTuner's public hook."""
     source = inspect.getsource(kt.Tuner._build_and_fit_model)
-    assert "fit(hp, model, *args, **kwargs)" in source.replace("\n", " ").replace("  ", ""), \
-        "keras_tuner.Tuner no longer passes run_trial's keywords to HyperModel.fit; tuner/search.py's " \
+    assert "fit(hp, model, *args, **kwargs)" in source.replace("\n", " ").replace("  ", ""), (
+        "keras_tuner.Tuner no longer passes run_trial's keywords to HyperModel.fit; tuner/search.py's "
         "run_trial(trial_folder=...) relies on it"
+    )
 
 
 def test_csv_logger_writes_the_keys_it_is_given_and_sorts_them_only_while_unset():
@@ -116,6 +146,6 @@ def test_csv_logger_writes_the_keys_it_is_given_and_sorts_them_only_while_unset(
 
 def test_every_listed_member_is_checked_here():
     source = inspect.getsource(inspect.getmodule(test_every_listed_member_is_checked_here))
-    body = source[source.index("def broken"):]
+    body = source[source.index("def broken") :]
     assert all(f'"{member}"' in body or f"{member}" in body for member in PRIVATE_MEMBERS)
     assert np.all(np.array(sorted(PRIVATE_MEMBERS)) == np.array(sorted(set(PRIVATE_MEMBERS))))

@@ -10,7 +10,8 @@ COMMANDS = {"keras_ultimus.train", "keras_ultimus.lr_find", "keras_ultimus.expor
             "keras_ultimus.report.cli", "keras_ultimus.report.__main__"}
 # Top-level library modules every kind uses; everything else lives in the subpackage of its kind.
 SHARED = {"keras_ultimus", "keras_ultimus.backend", "keras_ultimus.errors", "keras_ultimus.provenance",
-          "keras_ultimus.config", "keras_ultimus.constants",
+          "keras_ultimus.config", "keras_ultimus.constants", "keras_ultimus.flags",
+          "keras_ultimus.fields",
           "keras_ultimus.plotting"}
 KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner", "runs"}
 # Packages that must not import each other in either direction (sideways), besides the no-two-way rule.

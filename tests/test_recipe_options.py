@@ -11,7 +11,8 @@ from keras_ultimus.training import callbacks
 from keras_ultimus.training import compiling
 from keras_ultimus.training.evaluation import accuracies
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
-from keras_ultimus.config import RecipeOptions, add_flags
+from keras_ultimus.config import RecipeOptions
+from keras_ultimus.flags import add_flags
 
 pytestmark = pytest.mark.multi_backend
 

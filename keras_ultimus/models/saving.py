@@ -13,7 +13,9 @@ def save_for_inference(model: keras.Model, path: str | os.PathLike) -> None:
     The file is written beside `path`, deflated, and then moved over it, so a kill never leaves half a model.
     """
     path = Path(path)
-    copy = model.__class__.from_config(model.get_config())  # uncompiled, unlike `clone_model`'s copy
+    copy = model.__class__.from_config(
+        model.get_config()
+    )  # uncompiled, unlike `clone_model`'s copy
     copy.set_weights(model.get_weights())
     partial = path.with_name(f".{path.stem}.partial.keras")
     copy.save(partial)

@@ -10,6 +10,8 @@ import numpy as np
 from keras_ultimus.constants import (  # noqa: F401  CLASS_NAMES: kept importable from here
     CIFAR10_MEAN, CIFAR10_STD, CLASS_NAMES, DOWNSAMPLE, IMAGE_SIZE, POOLING, STEMS,
 )
+from keras_ultimus.models.batch_normalization import BatchNormalization
+from keras_ultimus.models.conv2d import Conv2D
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
 # The frozen whitening conv: 2x2 patches of 3 channels (12 dimensions), each eigen-direction with both signs.
 WHITEN_PATCH = 2
@@ -152,15 +154,15 @@ def build_model(
         name="normalize",
     )(inputs)
     if whiten:
-        x = keras.layers.Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
+        x = Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
         x = keras.layers.Activation("gelu", name="whiten_gelu")(x)  # both signs of each direction, as in airbench
     if stem == "plain":
         for i, (width, stride, pool, _) in enumerate(plan, start=1):
-            x = keras.layers.Conv2D(
+            x = Conv2D(
                 width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
             )(x)
             x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
-            x = keras.layers.BatchNormalization(
+            x = BatchNormalization(
                 momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
             )(x)
             if pool:
@@ -187,8 +189,8 @@ def build_model(
 
 def conv_bn_gelu(x, width: int, bn_momentum: float, sync_bn: bool, name: str):
     """A 3x3 "same" conv without bias, BatchNorm and GELU: the unit of a residual stage."""
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
+    x = Conv2D(width, 3, padding="same", use_bias=False, name=name)(x)
+    x = BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
     return keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 

@@ -1,13 +1,34 @@
 """Compile a model with the run's recipe: optimizer on the one-cycle schedule, loss, loss scaling, XLA."""
 
+import sys
+
 import keras
 
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 from keras_ultimus.training.schedules import OneCycle
 from keras_ultimus.config import RecipeOptions
 
-# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend).
+# --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend, torch.compile on torch).
 JIT = {"auto": "auto", "on": True, "off": False}
+# Whether jit="auto" trains torch runs of TORCH_COMPILE_MIN_STEPS steps or more with torch.compile. Off, by
+# measurement (reports/speed-cpu/README.md, 2026-12-06): on the 2-core CPU Keras' compiled step was no faster
+# than its eager one with the torch fast paths of `models.conv2d` and `models.batch_normalization`, and
+# compiling took minutes; a GPU is unmeasured. `jit="on"` compiles, and trains as eager does
+# (benchmarks/jit_parity.py: float32, mixed_bfloat16 with EMA, mixed_float16).
+TORCH_COMPILE_ON_AUTO = False
+# Below this many steps, compiling (35 s to minutes on the 2-core CPU) costs more than any speed-up repays.
+TORCH_COMPILE_MIN_STEPS = 500
+
+
+def resolve_jit(jit: str, model: keras.Model, total_steps: int) -> tuple[bool | str, str | None]:
+    """`jit_compile` for `Model.compile`, and why jit="auto" can't use torch.compile where it can't (else None).
+
+    On torch, "auto" compiles runs of `TORCH_COMPILE_MIN_STEPS` steps or more where `TORCH_COMPILE_ON_AUTO`
+    says it pays; shorter runs (tests, quick tries) stay eager without a word.
+    """
+    if jit != "auto" or keras.backend.backend() != "torch":
+        return JIT[jit], None
+    return TORCH_COMPILE_ON_AUTO and total_steps >= TORCH_COMPILE_MIN_STEPS, None
 
 
 @keras.saving.register_keras_serializable(package="keras_ultimus")
@@ -61,7 +82,8 @@ def compile_model(
 ) -> None:
     """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
 
-    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it.
+    A `mixed_float16` model gets dynamic loss scaling, as `compile` would add it. `jit` is resolved by
+    `resolve_jit`.
     """
     optimizer = make_optimizer(OneCycle(max_lr, total_steps, pct_start), options)
     if model.dtype_policy.name == "mixed_float16":
@@ -70,5 +92,8 @@ def compile_model(
         loss = SmoothedSparseCrossentropy(options.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=JIT[jit],
+    jit_compile, eager_because = resolve_jit(jit, model, total_steps)
+    if eager_because:
+        print(f"jit='auto': torch.compile off: {eager_because}", file=sys.stderr)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)

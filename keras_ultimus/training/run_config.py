@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 from keras_ultimus.config import (
-    FIELDS, QUICK, ModelConfig, RecipeOptions, RunConfig, add_flags, check_config, check_settings,
-    default_config,
+    FIELDS, QUICK, ModelConfig, RecipeOptions, RunConfig, check_config, check_settings, default_config,
 )
 from keras_ultimus.errors import ArgumentParser, MissingFileError, UserError, prog
+from keras_ultimus.flags import add_flags
 
 __all__ = ["build_parser", "check_settings", "default_config", "parse_args", "read_config"]
 # Flags that --resume accepts: they don't change what the run computes.

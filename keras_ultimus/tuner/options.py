@@ -4,7 +4,8 @@ from argparse import Namespace
 from importlib.util import find_spec
 from pathlib import Path
 
-from keras_ultimus.config import add_flags, check_config
+from keras_ultimus.config import check_config
+from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import SPACES
 from keras_ultimus.errors import ArgumentParser, UserError, in_flag_terms, prog
 from keras_ultimus.runs.folder import LOCK_NAME
