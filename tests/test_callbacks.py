@@ -42,3 +42,32 @@ def test_fit_writes_the_readme_order(tmp_path):
     x, y = np.zeros((4, 2), "float32"), np.zeros(4, "int32")
     model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=[OrderedCSVLogger(tmp_path / "log.csv")])
     assert header(tmp_path / "log.csv") == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+
+
+def test_the_backup_size_bound_covers_the_weights_file_keras_writes(tmp_path):
+    from keras_ultimus.models.ultimus import build_model
+    from keras_ultimus.training.callbacks import H5_OVERHEAD, backup_bytes
+
+    model = build_model(conv_widths=(4, 8), num_blocks=1)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((4, 32, 32, 3), "float32"), np.zeros((4, 10)), epochs=1, verbose=0)  # Adam's slots
+    model.save_weights(tmp_path / "w.weights.h5")
+    written = (tmp_path / "w.weights.h5").stat().st_size
+    assert written <= backup_bytes(model) <= written + H5_OVERHEAD
+
+
+def test_claiming_space_past_a_file_size_limit_fails_in_python_and_leaves_nothing(tmp_path):
+    import errno
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from keras_ultimus.training.callbacks import claim_space\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+            "claim_space(Path(sys.argv[1]), 500)\n"
+            "try:\n    claim_space(Path(sys.argv[1]), 5000)\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.h5")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(errno.EFBIG) and not list(tmp_path.iterdir())

@@ -77,6 +77,30 @@ class TrimLog(keras.callbacks.Callback):
             print(f"Resumed after epoch {epoch}.")
 
 
+# Room for the weights file's own structure beside the variables' bytes (an h5 file of this model: about 40 KiB).
+H5_OVERHEAD = 1 << 20
+
+
+def backup_bytes(model: keras.Model) -> int:
+    """An upper bound on the size of `model`'s weights file: its and its optimizer's variables, plus overhead."""
+    variables = [*model.variables, *(model.optimizer.variables if model.optimizer else [])]
+    return sum(int(v.numpy().nbytes) for v in variables) + H5_OVERHEAD
+
+
+def claim_space(path: Path, size: int) -> None:
+    """Write `size` bytes to `path` and remove them, so a full disk fails here, in Python, as a clean OSError.
+
+    h5py takes the interpreter down when a write fails mid-file (a segfault in its
+    ObjectID dealloc, seen with h5py 3.14 on EFBIG), so the weights are written only
+    once the space they need was shown to be there.
+    """
+    try:
+        with open(path, "wb") as f:
+            f.write(bytes(size))
+    finally:
+        path.unlink(missing_ok=True)
+
+
 class WholeBackup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose state is whole or absent, so a kill at any moment resumes from the last whole epoch.
 
@@ -118,6 +142,7 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         self._point_at(partial)
+        claim_space(Path(self._weights_path), backup_bytes(self.model))
         super()._save_model()
         fsync_tree(partial)
         final = partial.with_name(f"epoch-{self._current_epoch}")
