@@ -53,8 +53,10 @@ def layer_fns(layer: keras.layers.Layer, x: np.ndarray):
         forward = jax.jit(loss)
         both = jax.jit(jax.grad(loss, argnums=(0, 1)))
         xj = jax.numpy.asarray(x)
-        return (lambda: jax.block_until_ready(forward(trainable, xj)),
-                lambda: jax.block_until_ready(both(trainable, xj)))
+        return (
+            lambda: jax.block_until_ready(forward(trainable, xj)),
+            lambda: jax.block_until_ready(both(trainable, xj)),
+        )
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -104,26 +106,50 @@ def main() -> None:
         shape = (args.batch_size, *layer.input.shape[1:])
         x = rng.normal(size=shape).astype("float32") * (50 if layer.name == "normalize" else 1)
         forward, both = layer_fns(layer, x)
-        rows.append({"layer": layer.name, "type": type(layer).__name__, "input": str(shape),
-                     "forward_ms": timed(forward, args.repeats), "forward_backward_ms": timed(both, args.repeats)})
-    images = rng.integers(0, 256, (args.batch_size * (args.repeats + 1), 32, 32, 3)).astype("float32")
+        rows.append(
+            {
+                "layer": layer.name,
+                "type": type(layer).__name__,
+                "input": str(shape),
+                "forward_ms": timed(forward, args.repeats),
+                "forward_backward_ms": timed(both, args.repeats),
+            }
+        )
+    images = rng.integers(0, 256, (args.batch_size * (args.repeats + 1), 32, 32, 3)).astype(
+        "float32"
+    )
     labels = rng.integers(0, 10, len(images)).astype("int32")
     compile_model(model, 3e-3, total_steps=1000)
-    model.fit(images[: args.batch_size], labels[: args.batch_size], batch_size=args.batch_size, verbose=0)  # compile
+    model.fit(
+        images[: args.batch_size], labels[: args.batch_size], batch_size=args.batch_size, verbose=0
+    )  # compile
     start = time.perf_counter()
     model.fit(images, labels, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
     step_ms = (time.perf_counter() - start) * 1000 / (args.repeats + 1)
     total = sum(r["forward_backward_ms"] for r in rows)
     backend = keras.backend.backend()
-    print(f"backend {backend}, batch {args.batch_size}, threads: {os.cpu_count()} CPUs; "
-          f"train step {step_ms:.0f} ms; layers' forward + backward sum {total:.0f} ms")
+    print(
+        f"backend {backend}, batch {args.batch_size}, threads: {os.cpu_count()} CPUs; "
+        f"train step {step_ms:.0f} ms; layers' forward + backward sum {total:.0f} ms"
+    )
     print(f"{'layer':<12} {'type':<22} {'forward ms':>10} {'fwd+bwd ms':>10} {'share':>6}")
     for r in rows:
-        print(f"{r['layer']:<12} {r['type']:<22} {r['forward_ms']:>10.1f} {r['forward_backward_ms']:>10.1f} "
-              f"{r['forward_backward_ms'] / total:>6.0%}")
+        print(
+            f"{r['layer']:<12} {r['type']:<22} {r['forward_ms']:>10.1f} {r['forward_backward_ms']:>10.1f} "
+            f"{r['forward_backward_ms'] / total:>6.0%}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"backend": backend, "batch_size": args.batch_size,
-                                               "train_step_ms": step_ms, "layers": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "backend": backend,
+                    "batch_size": args.batch_size,
+                    "train_step_ms": step_ms,
+                    "layers": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

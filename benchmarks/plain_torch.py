@@ -45,7 +45,11 @@ def build(widths=(32, 256, 48), blocks: int = 4) -> nn.Sequential:
     """The reference Ultimus model, taking normalised NCHW images."""
     layers, c_in = [], 3
     for width in widths:
-        layers += [nn.Conv2d(c_in, width, 3, bias=False), nn.GELU(), nn.BatchNorm2d(width, eps=1e-3, momentum=0.1)]
+        layers += [
+            nn.Conv2d(c_in, width, 3, bias=False),
+            nn.GELU(),
+            nn.BatchNorm2d(width, eps=1e-3, momentum=0.1),
+        ]
         c_in = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     layers += [Ultimus(c_in) for _ in range(blocks)]
@@ -59,7 +63,9 @@ def training_flops(widths=(32, 256, 48), blocks: int = 4, key_dim: int = 8) -> i
         size -= 2
         forward += 2 * size * size * width * 9 * c_in
         c_in = width
-    forward += blocks * (3 * 2 * c_in * key_dim + 2 * key_dim * c_in + 3 * key_dim**2) + 2 * c_in * 10
+    forward += (
+        blocks * (3 * 2 * c_in * key_dim + 2 * key_dim * c_in + 3 * key_dim**2) + 2 * c_in * 10
+    )
     return 3 * forward
 
 
@@ -101,7 +107,13 @@ def rounds_worker(batch_size: int, steps: int) -> None:
         run(1)
         warmups[f"plain-torch-{name}"] = time.perf_counter() - start
         paths[f"plain-torch-{name}"] = run
-    serve(paths, warmups, steps, batch_size, {"torch": torch.__version__, "threads": str(torch.get_num_threads())})
+    serve(
+        paths,
+        warmups,
+        steps,
+        batch_size,
+        {"torch": torch.__version__, "threads": str(torch.get_num_threads())},
+    )
 
 
 def main() -> None:
@@ -112,7 +124,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--rounds-worker", action="store_true", help="serve the bench's interleaved rounds")
+    p.add_argument(
+        "--rounds-worker", action="store_true", help="serve the bench's interleaved rounds"
+    )
     args = p.parse_args()
     if args.rounds_worker:
         return rounds_worker(args.batch_size, args.steps)
@@ -123,10 +137,17 @@ def main() -> None:
         run()
         if repeat:
             speeds.append(args.steps * args.batch_size / (time.perf_counter() - start))
-    result = {"train_img_s": speeds, "training_flops": training_flops(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "load_after": os.getloadavg()[0]}
-    print(f"plain PyTorch {torch.__version__}, {torch.get_num_threads()} threads: median "
-          f"{statistics.median(speeds):.0f} img/s ({', '.join(f'{s:.0f}' for s in speeds)})")
+    result = {
+        "train_img_s": speeds,
+        "training_flops": training_flops(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_after": os.getloadavg()[0],
+    }
+    print(
+        f"plain PyTorch {torch.__version__}, {torch.get_num_threads()} threads: median "
+        f"{statistics.median(speeds):.0f} img/s ({', '.join(f'{s:.0f}' for s in speeds)})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f)

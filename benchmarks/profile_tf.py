@@ -33,7 +33,9 @@ WRAPPERS = ("Process", "Run")
 def main() -> None:
     """Profile `fit` steps and print per-kernel ms per step and share."""
     p = argparse.ArgumentParser(prog="python benchmarks/profile_tf.py", description=main.__doc__)
-    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    p.add_argument(
+        "--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
+    )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
@@ -53,7 +55,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
-    space.ParseFromString(Path(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]).read_bytes())
+    space.ParseFromString(
+        Path(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]).read_bytes()
+    )
     kernels = collections.Counter()
     for plane in space.planes:
         if "host:CPU" not in plane.name:
@@ -64,11 +68,15 @@ def main() -> None:
                 name = names[event.metadata_id]
                 if ":" in name:  # TF op events read "op_name:KernelType"
                     kernel = name.split(":")[-1].strip()
-                    if kernel not in WRAPPERS and not kernel.startswith("__"):  # __inference_*: a whole tf.function
+                    if kernel not in WRAPPERS and not kernel.startswith(
+                        "__"
+                    ):  # __inference_*: a whole tf.function
                         kernels[kernel] += event.duration_ps
     total = sum(kernels.values())
-    print(f"{args.precision}, batch {args.batch_size}: {args.steps * args.batch_size / wall:.0f} img/s while traced; "
-          f"load average {os.getloadavg()[0]:.1f}; trace in {logdir}")
+    print(
+        f"{args.precision}, batch {args.batch_size}: {args.steps * args.batch_size / wall:.0f} img/s while traced; "
+        f"load average {os.getloadavg()[0]:.1f}; trace in {logdir}"
+    )
     for kernel, ps in kernels.most_common(args.top):
         print(f"  {kernel:36s} {ps / 1e9 / args.steps:9.1f} ms/step {100 * ps / total:5.1f}%")
 

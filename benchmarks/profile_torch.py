@@ -38,13 +38,21 @@ def main() -> None:
     y = rng.integers(0, 10, args.batch_size * args.steps).astype("int32")
     model = build_model()
     compile_model(model, 3e-3, total_steps=100)
-    model.fit(x[: 2 * args.batch_size], y[: 2 * args.batch_size], batch_size=args.batch_size, epochs=1, verbose=0)
+    model.fit(
+        x[: 2 * args.batch_size],
+        y[: 2 * args.batch_size],
+        batch_size=args.batch_size,
+        epochs=1,
+        verbose=0,
+    )
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
     ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(ops.values())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.steps} steps: {total / 1e3 / args.steps:.0f} ms of op time per step")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{args.steps} steps: {total / 1e3 / args.steps:.0f} ms of op time per step"
+    )
     for name, us in sorted(ops.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{us / 1e3 / args.steps:9.1f} ms/step {us / total:6.1%}  {name}")
     layout = sum(us for name, us in ops.items() if name in LAYOUT_OPS)

@@ -35,7 +35,9 @@ from keras_ultimus.training.recipe import environment  # noqa: E402
 def torch_init(model: keras.Model, seed: int) -> None:
     """Redraw each conv and dense kernel and bias from U(±1/sqrt(fan_in)), PyTorch's default initialisation."""
     rng = np.random.default_rng(seed)
-    kernels = {v.path.rsplit("/", 1)[0]: v for v in model.trainable_weights if v.path.endswith("/kernel")}
+    kernels = {
+        v.path.rsplit("/", 1)[0]: v for v in model.trainable_weights if v.path.endswith("/kernel")
+    }
     for weight in model.trainable_weights:
         layer, name = weight.path.rsplit("/", 1)
         if name in ("kernel", "bias"):
@@ -48,28 +50,53 @@ def probe_model(head: str, attention: str) -> keras.Model:
     model = build_model(attention=attention)
     if head == "blocks":
         return model
-    return keras.Model(model.input, model.get_layer("logits")(model.get_layer("gap").output), name="head_on_stem")
+    return keras.Model(
+        model.input, model.get_layer("logits")(model.get_layer("gap").output), name="head_on_stem"
+    )
 
 
-def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray, bn_batch_stats: bool) -> float:
+def accuracy(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, bn_batch_stats: bool
+) -> float:
     """Test accuracy in batches of 512; `bn_batch_stats` normalises each batch by its own statistics."""
     if not bn_batch_stats:
-        return float(np.mean(evaluation.logits(model, images, SCHEDULE["batch_size"]).argmax(-1) == labels))
-    hits, state = 0, ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        return float(
+            np.mean(evaluation.logits(model, images, SCHEDULE["batch_size"]).argmax(-1) == labels)
+        )
+    hits, state = (
+        0,
+        (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        ),
+    )
     for start in range(0, len(images), SCHEDULE["batch_size"]):
-        x = images[start:start + SCHEDULE["batch_size"]].astype("float32")
-        logits, _ = model.stateless_call(*state, x, training=True)  # the model's own variables stay unchanged
-        hits += int(np.sum(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)) == labels[start:start + len(x)]))
+        x = images[start : start + SCHEDULE["batch_size"]].astype("float32")
+        logits, _ = model.stateless_call(
+            *state, x, training=True
+        )  # the model's own variables stay unchanged
+        hits += int(
+            np.sum(
+                keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
+                == labels[start : start + len(x)]
+            )
+        )
     return hits / len(images)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--head", choices=("blocks", "stem"), default="blocks", help="what the logits read")
-    p.add_argument("--init", choices=("keras", "torch"), default="keras", help="weight initialisation")
+    p.add_argument(
+        "--head", choices=("blocks", "stem"), default="blocks", help="what the logits read"
+    )
+    p.add_argument(
+        "--init", choices=("keras", "torch"), default="keras", help="weight initialisation"
+    )
     p.add_argument("--attention", choices=("sample", "batch", "elementwise"), default="sample")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--epochs", type=int, default=1, help="how many of the schedule's 24 epochs to run")
+    p.add_argument(
+        "--epochs", type=int, default=1, help="how many of the schedule's 24 epochs to run"
+    )
     p.add_argument("--limit", type=int, help="first N training and test images (a dry run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the per-epoch figures here")
@@ -77,7 +104,7 @@ def main() -> None:
 
     (x, y), (xt, yt) = load_cifar10()
     if args.limit:
-        x, y, xt, yt = x[:args.limit], y[:args.limit], xt[:args.limit], yt[:args.limit]
+        x, y, xt, yt = x[: args.limit], y[: args.limit], xt[: args.limit], yt[: args.limit]
     keras.utils.set_random_seed(args.seed)
     model = probe_model(args.head, args.attention)
     if args.init == "torch":
@@ -86,14 +113,34 @@ def main() -> None:
     compile_model(model, SCHEDULE["max_lr"], SCHEDULE["epochs"] * steps, SCHEDULE["pct_start"])
     rows = []
     for epoch in range(args.epochs):
-        fit_arrays(model, x, y, batch_size=SCHEDULE["batch_size"], seed=args.seed, augment=args.augment,
-                   pipeline="numpy", initial_epoch=epoch, epochs=epoch + 1, verbose=2)
-        rows.append({"epoch": epoch + 1, "lr": float(model.optimizer.learning_rate),
-                     "test_accuracy": accuracy(model, xt, yt, bn_batch_stats=False),
-                     "test_accuracy_bn_batch_stats": accuracy(model, xt, yt, bn_batch_stats=True)})
+        fit_arrays(
+            model,
+            x,
+            y,
+            batch_size=SCHEDULE["batch_size"],
+            seed=args.seed,
+            augment=args.augment,
+            pipeline="numpy",
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=2,
+        )
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "lr": float(model.optimizer.learning_rate),
+                "test_accuracy": accuracy(model, xt, yt, bn_batch_stats=False),
+                "test_accuracy_bn_batch_stats": accuracy(model, xt, yt, bn_batch_stats=True),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    result = {"command": shlex.join(["python", *sys.argv]), "args": vars(args), **environment(),
-              "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights), "epochs": rows}
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "args": vars(args),
+        **environment(),
+        "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "epochs": rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -20,8 +20,9 @@ _backend.configure()
 
 import keras  # noqa: E402, F401  after the backend check, so a bad backend is one line
 
+from keras_ultimus.models import batch_normalization as _bn  # noqa: E402, F401  register
+from keras_ultimus.models import conv2d as _conv  # noqa: E402, F401  register
 from keras_ultimus.models.layers import UltimusLayer  # noqa: E402  registers UltimusLayer
-from keras_ultimus.models import batch_normalization as _bn, conv2d as _conv  # noqa: E402, F401  register
 from keras_ultimus.models.ultimus import build_model  # noqa: E402
 from keras_ultimus.serving.presets import from_preset, list_presets  # noqa: E402
 from keras_ultimus.training import compiling as _compiling  # noqa: E402, F401  registers LossScaleOptimizer

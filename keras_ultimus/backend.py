@@ -58,23 +58,32 @@ def backend_problem(quiet: bool = False) -> tuple[str, str | None]:
     """
     name, source = configured_backend()
     if name not in INSTALL:
-        return name, (f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
-                      f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}")
+        return name, (
+            f"Keras backend {name!r} (from {source}) is not one keras-ultimus runs on; "
+            f"set KERAS_BACKEND to one of: {', '.join(INSTALL)}"
+        )
     reason = import_failure(name, quiet)
     if reason is None:
         return name, None
-    if source != "KERAS_BACKEND":  # not the user's explicit choice: an installed backend will do, said in one line
+    if (
+        source != "KERAS_BACKEND"
+    ):  # not the user's explicit choice: an installed backend will do, said in one line
         for other in INSTALL:
             if other == name or importlib.util.find_spec(other) is None:
                 continue
             os.environ["KERAS_BACKEND"] = other
             if import_failure(other, quiet) is None:
-                print(f"note: Keras backend {name!r} (from {source}) is not installed; using {other!r}, which is "
-                      f"(set KERAS_BACKEND to choose)", file=sys.stderr)
+                print(
+                    f"note: Keras backend {name!r} (from {source}) is not installed; using {other!r}, which is "
+                    f"(set KERAS_BACKEND to choose)",
+                    file=sys.stderr,
+                )
                 return other, None
             del os.environ["KERAS_BACKEND"]
-    return name, (f"Keras backend {name!r} (from {source}) is not installed ({reason}); install it with "
-                  f"`{INSTALL[name]}` (or `pip install -r requirements.txt` in the keras-ultimus checkout)")
+    return name, (
+        f"Keras backend {name!r} (from {source}) is not installed ({reason}); install it with "
+        f"`{INSTALL[name]}` (or `pip install -r requirements.txt` in the keras-ultimus checkout)"
+    )
 
 
 def import_failure(name: str, quiet: bool) -> str | None:
@@ -82,7 +91,9 @@ def import_failure(name: str, quiet: bool) -> str | None:
     try:
         with silenced_stderr(quiet):
             importlib.import_module(name)
-    except Exception as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
+    except (
+        Exception
+    ) as e:  # a broken install (e.g. a jax/jaxlib mismatch) is not always an ImportError
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None
 
@@ -99,7 +110,7 @@ def command_args() -> list[str] | None:
     """This process's arguments when it runs one of the package's commands, else None (a library user)."""
     orig = getattr(sys, "orig_argv", [])
     if "-m" in orig[:-1] and orig[orig.index("-m") + 1].startswith("keras_ultimus"):
-        return orig[orig.index("-m") + 2:]
+        return orig[orig.index("-m") + 2 :]
     if sys.argv and Path(sys.argv[0]).name.startswith("ultimus-"):
         return sys.argv[1:]
     return None

@@ -1,4 +1,4 @@
-"""Measure training and serving speed against the machine's limit and plain PyTorch: `python -m keras_ultimus.bench --help`.
+"""Measure training and serving speed against the machine's limit and plain PyTorch (`ultimus-bench --help`).
 
 For each backend (each in its own process, since Keras picks one per process)
 and each precision: steady-state training img/s, evaluation img/s and
@@ -21,11 +21,11 @@ from datetime import datetime
 from pathlib import Path
 
 from keras_ultimus.backend import INSTALL, prepare
-from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
 from keras_ultimus.benchmark.results import chart, markdown, rows, run_child, versions, write_csv
-from keras_ultimus.provenance import git_state
-from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PRECISIONS
+from keras_ultimus.errors import ArgumentParser, UserError, cli, prog
+from keras_ultimus.flags import add_flags
+from keras_ultimus.provenance import git_state
 
 PLAIN_TORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_torch.py"
 
@@ -53,7 +53,9 @@ def choices(allowed: tuple[str, ...]):
         items = [item.strip() for item in text.split(",") if item.strip()]
         bad = [item for item in items if item not in allowed]
         if bad or not items:
-            raise argparse.ArgumentTypeError(f"{','.join(bad) or repr(text)} is not one of: {', '.join(allowed)}")
+            raise argparse.ArgumentTypeError(
+                f"{','.join(bad) or repr(text)} is not one of: {', '.join(allowed)}"
+            )
         return items
 
     return parse
@@ -61,55 +63,116 @@ def choices(allowed: tuple[str, ...]):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
-    p = ArgumentParser(prog=prog("keras_ultimus.bench", "ultimus-bench"), description="Measure training and serving speed against the machine's limit and plain PyTorch.")
+    p = ArgumentParser(
+        prog=prog("keras_ultimus.bench", "ultimus-bench"),
+        description="Measure training and serving speed against the machine's limit and plain PyTorch.",
+    )
     p.add_argument("--out", help="output folder (default: runs/bench-<time>)")
-    p.add_argument("--backends", type=choices(tuple(INSTALL)), help="comma-separated (default: every installed one)")
-    p.add_argument("--precisions", type=choices(PRECISIONS), default=["float32", "mixed_bfloat16"],
-                   help="comma-separated Keras policies (default: float32,mixed_bfloat16)")
-    p.add_argument("--steps", type=positive, default=5, help="training steps per timed repeat (default: 5)")
-    p.add_argument("--repeats", type=positive, default=3, help="timed repeats per figure; the median is reported (default: 3)")
+    p.add_argument(
+        "--backends",
+        type=choices(tuple(INSTALL)),
+        help="comma-separated (default: every installed one)",
+    )
+    p.add_argument(
+        "--precisions",
+        type=choices(PRECISIONS),
+        default=["float32", "mixed_bfloat16"],
+        help="comma-separated Keras policies (default: float32,mixed_bfloat16)",
+    )
+    p.add_argument(
+        "--steps", type=positive, default=5, help="training steps per timed repeat (default: 5)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive,
+        default=3,
+        help="timed repeats per figure; the median is reported (default: 3)",
+    )
     p.add_argument("--batch-size", type=positive, default=512)
     add_flags(p, ["jit"])
     p.add_argument("--steps-per-execution", type=positive, default=1)
-    p.add_argument("--mirrored", type=positive, metavar="N",
-                   help="also time TensorFlow under MirroredStrategy over N devices (the GPUs, else N logical CPUs "
-                        "with a share of the cores each), with synchronized BatchNorm: the math of one batch")
-    p.add_argument("--matmul-size", type=positive, default=2048, help="n of the n×n matmuls timed for the peak (default: 2048)")
+    p.add_argument(
+        "--mirrored",
+        type=positive,
+        metavar="N",
+        help="also time TensorFlow under MirroredStrategy over N devices (the GPUs, else N logical CPUs "
+        "with a share of the cores each), with synchronized BatchNorm: the math of one batch",
+    )
+    p.add_argument(
+        "--matmul-size",
+        type=positive,
+        default=2048,
+        help="n of the n×n matmuls timed for the peak (default: 2048)",
+    )
     add_flags(p, ["pipeline"])
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped images (the default)")
+    data.add_argument(
+        "--synthetic", action="store_true", help="random CIFAR-shaped images (the default)"
+    )
     data.add_argument("--data", help="time on a local CIFAR-10 copy instead of random images")
-    p.add_argument("--no-plain-torch", dest="plain_torch", action="store_false",
-                   help="skip the plain PyTorch reference")
-    p.add_argument("--serve", nargs="+", metavar="MODEL", default=[],
-                   help="also time serving these models (SavedModel folder, .onnx, .keras or run folder)")
-    p.add_argument("--calls", type=positive, default=200, help="batch-1 serving calls timed (default: 200)")
-    p.add_argument("--batches", type=positive, default=20, help="batch-256 serving calls timed (default: 20)")
+    p.add_argument(
+        "--no-plain-torch",
+        dest="plain_torch",
+        action="store_false",
+        help="skip the plain PyTorch reference",
+    )
+    p.add_argument(
+        "--serve",
+        nargs="+",
+        metavar="MODEL",
+        default=[],
+        help="also time serving these models (SavedModel folder, .onnx, .keras or run folder)",
+    )
+    p.add_argument(
+        "--calls", type=positive, default=200, help="batch-1 serving calls timed (default: 200)"
+    )
+    p.add_argument(
+        "--batches", type=positive, default=20, help="batch-256 serving calls timed (default: 20)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="interleaved rounds of the training-step comparison: Keras on each backend (torch eager "
-                        "and compiled), plain PyTorch eager and compiled; 0 skips it (default: 5)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds of the training-step comparison: Keras on each backend (torch eager "
+        "and compiled), plain PyTorch eager and compiled; 0 skips it (default: 5)",
+    )
     p.add_argument("--rounds-only", action="store_true", help="run only the interleaved rounds")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one backend, write JSON here
-    p.add_argument("--rounds-worker", action="store_true", help=argparse.SUPPRESS)  # internal: serve the rounds
+    p.add_argument(
+        "--worker", help=argparse.SUPPRESS
+    )  # internal: measure one backend, write JSON here
+    p.add_argument(
+        "--rounds-worker", action="store_true", help=argparse.SUPPRESS
+    )  # internal: serve the rounds
     return p
 
 
 def worker(args: argparse.Namespace) -> int:
     """Measure the current backend in this process and write the figures as JSON to `args.worker`."""
     prepare(verbose=args.verbose)
-    from keras_ultimus.training import distribute
     from keras_ultimus.benchmark import speed
+    from keras_ultimus.training import distribute
 
-    plan = distribute.setup("mirrored", args.mirrored) if args.mirrored else None  # before any tensor exists
+    plan = (
+        distribute.setup("mirrored", args.mirrored) if args.mirrored else None
+    )  # before any tensor exists
     images = labels = None
     if args.data:
         from keras_ultimus.datasets.cifar10 import load_cifar10
 
         (images, labels), _ = load_cifar10(args.data)
     result = speed.measure_backend(
-        args.precisions, args.batch_size, args.steps, args.repeats, args.jit, args.pipeline,
-        args.steps_per_execution, images, labels, args.matmul_size, plan,
+        args.precisions,
+        args.batch_size,
+        args.steps,
+        args.repeats,
+        args.jit,
+        args.pipeline,
+        args.steps_per_execution,
+        images,
+        labels,
+        args.matmul_size,
+        plan,
     )
     result["versions"] = versions()
     Path(args.worker).write_text(json.dumps(result, indent=1))
@@ -121,12 +184,26 @@ def interleaved(args: argparse.Namespace, backends: list[str]) -> dict:
     from keras_ultimus.benchmark.rounds import ratios, run_rounds
 
     common = ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
-    workers = [(f"keras-{b}", [sys.executable, "-m", "keras_ultimus.bench", "--rounds-worker", *common],
-                {**os.environ, "KERAS_BACKEND": b}) for b in backends]
+    workers = [
+        (
+            f"keras-{b}",
+            [sys.executable, "-m", "keras_ultimus.bench", "--rounds-worker", *common],
+            {**os.environ, "KERAS_BACKEND": b},
+        )
+        for b in backends
+    ]
     if args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
-        workers.insert(0, ("plain-torch", [sys.executable, str(PLAIN_TORCH), "--rounds-worker", *common],
-                           dict(os.environ)))
-    result = run_rounds(workers, args.rounds, log=lambda line: print(line, file=sys.stderr, flush=True))
+        workers.insert(
+            0,
+            (
+                "plain-torch",
+                [sys.executable, str(PLAIN_TORCH), "--rounds-worker", *common],
+                dict(os.environ),
+            ),
+        )
+    result = run_rounds(
+        workers, args.rounds, log=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     result["table"] = ratios(result, "plain-torch-eager")
     result["compiled_ratio"] = ratios(result, "plain-torch-compiled")
     return result
@@ -134,17 +211,30 @@ def interleaved(args: argparse.Namespace, backends: list[str]) -> dict:
 
 def rounds_markdown(rounds: dict) -> str:
     """The interleaved rounds as a Markdown table: img/s and the ratios to both plain PyTorch paths."""
-    lines = [f"\n## Training steps in {len(rounds['rounds'])} interleaved rounds\n",
-             "| path | img/s (median) | × plain PyTorch eager: median (min–max) | × plain PyTorch compiled |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"\n## Training steps in {len(rounds['rounds'])} interleaved rounds\n",
+        "| path | img/s (median) | × plain PyTorch eager: median (min–max) | × plain PyTorch compiled |",
+        "|---|---:|---:|---:|",
+    ]
     for row, other in zip(rounds["table"], rounds["compiled_ratio"]):
-        eager = f"{row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})" if "ratio" in row else "–"
+        eager = (
+            f"{row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
+            if "ratio" in row
+            else "–"
+        )
         compiled = f"{other['ratio']:.2f}" if "ratio" in other else "–"
         lines.append(f"| {row['path']} | {row['img_s']:.0f} | {eager} | {compiled} |")
-    lines.append("\nWarm-up (first step, compilation included), seconds: "
-                 + ", ".join(f"{k} {v:.1f}" for k, v in rounds["warmup_s"].items()))
-    lines.append("\nVersions: " + "; ".join(f"{w}: " + ", ".join(f"{k} {v}" for k, v in found.items())
-                                              for w, found in rounds["versions"].items()))
+    lines.append(
+        "\nWarm-up (first step, compilation included), seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in rounds["warmup_s"].items())
+    )
+    lines.append(
+        "\nVersions: "
+        + "; ".join(
+            f"{w}: " + ", ".join(f"{k} {v}" for k, v in found.items())
+            for w, found in rounds["versions"].items()
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -161,18 +251,27 @@ def main(argv: list[str] | None = None) -> int:
         from keras_ultimus.benchmark.rounds import KERAS_PATHS, keras_worker
 
         backend = keras.backend.backend()
-        modes = {k: KERAS_PATHS[k] for k in (("eager", "compiled") if backend == "torch" else ("default",))}
+        modes = {
+            k: KERAS_PATHS[k]
+            for k in (("eager", "compiled") if backend == "torch" else ("default",))
+        }
         keras_worker(backend, args.batch_size, args.steps, modes)
         return 0
     prepare(verbose=args.verbose)
     backends = args.backends or installed_backends()
     missing = [b for b in backends if importlib.util.find_spec(b) is None]
     if missing:
-        raise UserError(f"backend {missing[0]} is not installed; install it with `{INSTALL[missing[0]]}`")
+        raise UserError(
+            f"backend {missing[0]} is not installed; install it with `{INSTALL[missing[0]]}`"
+        )
     if args.mirrored and "tensorflow" not in backends:
-        raise UserError("--mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends")
+        raise UserError(
+            "--mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends"
+        )
     if args.mirrored and args.batch_size % args.mirrored:
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the {args.mirrored} --mirrored replicas")
+        raise UserError(
+            f"--batch-size {args.batch_size} must be a multiple of the {args.mirrored} --mirrored replicas"
+        )
     if args.data and not Path(args.data).exists():
         raise UserError(f"{args.data}: no such file or folder")
     serve_missing = [m for m in args.serve if not Path(m).exists()]
@@ -183,32 +282,79 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{out} already exists and is not empty; pick a new --out")
     out.mkdir(parents=True, exist_ok=True)
 
-    flags = ["--precisions", ",".join(args.precisions), "--steps", str(args.steps), "--repeats", str(args.repeats),
-             "--batch-size", str(args.batch_size), "--jit", args.jit, "--pipeline", args.pipeline,
-             "--steps-per-execution", str(args.steps_per_execution), "--matmul-size", str(args.matmul_size)] + (["--data", args.data] if args.data else [])
+    flags = [
+        "--precisions",
+        ",".join(args.precisions),
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--batch-size",
+        str(args.batch_size),
+        "--jit",
+        args.jit,
+        "--pipeline",
+        args.pipeline,
+        "--steps-per-execution",
+        str(args.steps_per_execution),
+        "--matmul-size",
+        str(args.matmul_size),
+    ] + (["--data", args.data] if args.data else [])
     started = datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()
     state = git_state()
     commit = state["commit"] and state["commit"][:7] + ("+dirty" if state["dirty"] else "")
     children = [(backend, backend, []) for backend in backends]
     if args.mirrored:
-        children.append((f"tensorflow-mirrored{args.mirrored}", "tensorflow", ["--mirrored", str(args.mirrored)]))
+        children.append(
+            (
+                f"tensorflow-mirrored{args.mirrored}",
+                "tensorflow",
+                ["--mirrored", str(args.mirrored)],
+            )
+        )
     results = {}
     for name, backend, extra in [] if args.rounds_only else children:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         env = {**os.environ, "KERAS_BACKEND": backend}
-        results[name] = run_child([sys.executable, "-m", "keras_ultimus.bench", *flags, *extra,
-                                   *(["-v"] if args.verbose else [])], env, out, name)
+        results[name] = run_child(
+            [
+                sys.executable,
+                "-m",
+                "keras_ultimus.bench",
+                *flags,
+                *extra,
+                *(["-v"] if args.verbose else []),
+            ],
+            env,
+            out,
+            name,
+        )
     plain = None
     if args.rounds_only:
         pass
     elif args.plain_torch and importlib.util.find_spec("torch") and PLAIN_TORCH.exists():
         print("measuring plain PyTorch ...", file=sys.stderr, flush=True)
-        plain = run_child([sys.executable, str(PLAIN_TORCH), "--batch-size", str(args.batch_size),
-                           "--steps", str(args.steps), "--repeats", str(args.repeats)], dict(os.environ), out, "plain_torch")
+        plain = run_child(
+            [
+                sys.executable,
+                str(PLAIN_TORCH),
+                "--batch-size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+                "--repeats",
+                str(args.repeats),
+            ],
+            dict(os.environ),
+            out,
+            "plain_torch",
+        )
     elif args.plain_torch:
-        print("plain PyTorch reference skipped: needs torch and benchmarks/plain_torch.py (a source checkout)",
-              file=sys.stderr)
+        print(
+            "plain PyTorch reference skipped: needs torch and benchmarks/plain_torch.py (a source checkout)",
+            file=sys.stderr,
+        )
 
     serving = {}
     if args.serve:
@@ -223,19 +369,39 @@ def main(argv: list[str] | None = None) -> int:
         rounds = interleaved(args, backends)
     table = rows(results, plain)
     write_csv(table, out / "bench.csv")
-    command = "python -m keras_ultimus.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
-    info = {"command": command, "started": started, "finished": datetime.now().isoformat(timespec="seconds"),
-            "load_average_start": load_start, "load_average_end": os.getloadavg(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpu_count": os.cpu_count()},
-            "commit": commit, "backends": results, "plain_torch": plain, "serving": serving, "rounds": rounds}
+    command = "python -m keras_ultimus.bench " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    info = {
+        "command": command,
+        "started": started,
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
+        "commit": commit,
+        "backends": results,
+        "plain_torch": plain,
+        "serving": serving,
+        "rounds": rounds,
+    }
     (out / "bench.json").write_text(json.dumps(info, indent=1))
-    header = (f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
-              f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
-              f"commit {info['commit']}  \nVersions: "
-              + "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) for b, r in results.items()))
+    header = (
+        f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
+        f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
+        f"commit {info['commit']}  \nVersions: "
+        + "; ".join(
+            f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+            for b, r in results.items()
+        )
+    )
     text = (markdown(table, serving, header) if results or serving else header + "\n") + (
-        rounds_markdown(rounds) if rounds else "")
+        rounds_markdown(rounds) if rounds else ""
+    )
     (out / "bench.md").write_text(text)
     if table and results:
         chart(table, out / "bench.png")

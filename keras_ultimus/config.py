@@ -155,7 +155,9 @@ class RunConfig:
     limit_train: int | None = setting(
         None, "use only the first N training images (default: all 50,000)", "int", minimum=1
     )
-    limit_test: int | None = setting(None, "use only the first N test images (default: all 10,000)", "int", minimum=1)
+    limit_test: int | None = setting(
+        None, "use only the first N test images (default: all 10,000)", "int", minimum=1
+    )
     deterministic: bool = setting(
         False,
         "reruns with the same seed give identical logs and weights (TF op determinism)",
@@ -243,9 +245,22 @@ def model_kwargs(config: dict) -> dict:
 
 # What `--quick` sets, defined once: the best family model (reports/whiten-bs256-cpu) on a subset, so a first run
 # shows learning in minutes on a laptop CPU (README). Explicit flags and --config values override these.
-QUICK = check_settings({
-    "stem": "resnet", "conv_widths": [32, 64, 64], "num_blocks": 1, "key_dim": 16, "pooling": "max",
-    "whiten": True, "label_smoothing": 0.1, "tta": "flip", "batch_size": 128, "max_lr": 0.004,
-    "epochs": 2, "limit_train": 25000, "limit_test": 2000,
-}, "QUICK")
+QUICK = check_settings(
+    {
+        "stem": "resnet",
+        "conv_widths": [32, 64, 64],
+        "num_blocks": 1,
+        "key_dim": 16,
+        "pooling": "max",
+        "whiten": True,
+        "label_smoothing": 0.1,
+        "tta": "flip",
+        "batch_size": 128,
+        "max_lr": 0.004,
+        "epochs": 2,
+        "limit_train": 25000,
+        "limit_test": 2000,
+    },
+    "QUICK",
+)
 check_config(QUICK)

@@ -7,28 +7,48 @@ timing in `benchmark/speed.py` (`pipeline_speed`, as the bench times them).
 import statistics
 
 from keras_ultimus.backend import prepare
-from keras_ultimus.flags import add_flags
 from keras_ultimus.constants import PIPELINES
 from keras_ultimus.datasets.batching import default_workers
 from keras_ultimus.errors import ArgumentParser, cli, prog
+from keras_ultimus.flags import add_flags
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Print the dataset's shapes and class counts, and time the training pipeline(s) alone."""
-    parser = ArgumentParser(prog=prog("keras_ultimus.data", "ultimus-data"), description=main.__doc__)
+    parser = ArgumentParser(
+        prog=prog("keras_ultimus.data", "ultimus-data"), description=main.__doc__
+    )
     add_flags(parser, ["data"])
-    parser.add_argument("--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy")
+    parser.add_argument(
+        "--pipeline", choices=(*PIPELINES, "both"), default="auto", help="both: tfdata and numpy"
+    )
     parser.add_argument("--batch-size", type=int, default=512, help="images per batch")
-    parser.add_argument("--epochs", type=int, default=2, help="timed passes over the training set, after one warm-up pass (default 2)")
-    parser.add_argument("--workers", type=int, default=None, help=f"NumPy pipeline threads (default: {default_workers()} here: one fewer than the CPUs, 1 to 4)")
-    parser.add_argument("--limit", type=int, default=None, help="time only the first N training images")
-    parser.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="timed passes over the training set, after one warm-up pass (default 2)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"NumPy pipeline threads (default: {default_workers()} here: one fewer than the CPUs, 1 to 4)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="time only the first N training images"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines"
+    )
     args = parser.parse_args(argv)
     for flag in ("batch_size", "epochs", "workers", "limit"):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "workers" else 1):
-            parser.error(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'workers' else 1}, got {value}")
+            parser.error(
+                f"--{flag.replace('_', '-')} must be at least {0 if flag == 'workers' else 1}, got {value}"
+            )
     prepare(verbose=args.verbose)
 
     import numpy as np
@@ -46,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     for kind in kinds:
         dataset, data_epoch = pipelines.train_data(
-            x_train, y_train, args.batch_size, kind=kind, workers=args.workers)
+            x_train, y_train, args.batch_size, kind=kind, workers=args.workers
+        )
         rate = statistics.median(pipeline_speed(dataset, data_epoch, args.epochs, args.batch_size))
         workers = f", workers={dataset.threads}" if kind == "numpy" else ""
-        print(f"{kind} training pipeline alone (shuffle, crop, flip, batch {args.batch_size}{workers}): {rate:,.0f} img/s")
+        print(
+            f"{kind} training pipeline alone (shuffle, crop, flip, batch {args.batch_size}{workers}): {rate:,.0f} img/s"
+        )
     return 0
 
 

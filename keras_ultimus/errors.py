@@ -12,8 +12,8 @@ import errno
 import functools
 import re
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 Main = Callable[[list[str] | None], int]
@@ -55,15 +55,24 @@ def in_flag_terms(message: str, flag_names: dict[str, str] | None = None) -> str
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """`--help` lines end with the flag's default, unless it is unset, off, a switch (its flag says what it does), or the help text gives it."""
+    """`--help` lines end with the flag's default, unless it is unset, off, a switch, or the help text gives it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS
-                or not action.option_strings or action.nargs == 0):
+        if (
+            "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or not action.option_strings
+            or action.nargs == 0
+        ):
             return text
-        default = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        default = (
+            ",".join(map(str, action.default))
+            if isinstance(action.default, list)
+            else action.default
+        )
         return f"{text} (default: {default})".strip()
 
 
@@ -112,8 +121,10 @@ def cli(main: Main) -> Main:
         except OSError as e:
             if e.errno not in NO_SPACE:
                 raise
-            print(f"error: {e.filename or 'a file'}: write failed ({e.strerror}); free space and run it again",
-                  file=sys.stderr)
+            print(
+                f"error: {e.filename or 'a file'}: write failed ({e.strerror}); free space and run it again",
+                file=sys.stderr,
+            )
             return EXIT_NO_SPACE
 
     return wrapper

@@ -25,16 +25,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(
         prog=prog("keras_ultimus.export", "ultimus-export"),
         description="Export a trained model or a shipped preset for serving: a TF Serving SavedModel or an ONNX "
-        "file.", epilog="presets (no training needed):\n" + describe_presets(), formatter_class=EpilogHelpFormatter,
+        "file.",
+        epilog="presets (no training needed):\n" + describe_presets(),
+        formatter_class=EpilogHelpFormatter,
     )
-    p.add_argument("model", metavar="RUN_OR_MODEL", nargs="?",
-                   help="a run folder (uses its model.keras) or a .keras file")
-    p.add_argument("--preset", metavar="NAME", help="a shipped pretrained model instead of RUN_OR_MODEL (listed below)")
-    p.add_argument("--out", default="export/ultimus",
-                   help="SavedModel base folder, gets OUT/<version>/; for onnx the file OUT.onnx "
-                   "(default: export/ultimus)")
-    p.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
-                   help="savedmodel: TF Serving layout (default); onnx: one file, same inputs and outputs")
+    p.add_argument(
+        "model",
+        metavar="RUN_OR_MODEL",
+        nargs="?",
+        help="a run folder (uses its model.keras) or a .keras file",
+    )
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a shipped pretrained model instead of RUN_OR_MODEL (listed below)",
+    )
+    p.add_argument(
+        "--out",
+        default="export/ultimus",
+        help="SavedModel base folder, gets OUT/<version>/; for onnx the file OUT.onnx "
+        "(default: export/ultimus)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("savedmodel", "onnx"),
+        default="savedmodel",
+        help="savedmodel: TF Serving layout (default); onnx: one file, same inputs and outputs",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     args = p.parse_args(argv)
     if (args.model is None) == (args.preset is None):
@@ -55,7 +72,9 @@ def export_in_child(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Load the model and export it in the chosen format; exit code 2 for bad input."""
     args = parse_args(argv)
-    model_path = preset_path(args.preset) if args.preset else args.model  # an unknown name fails before any setup
+    model_path = (
+        preset_path(args.preset) if args.preset else args.model
+    )  # an unknown name fails before any setup
     if find_spec("tensorflow") is None:
         raise UserError(NEEDS_TENSORFLOW)
     keras = sys.modules.get("keras")
@@ -65,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         return export_in_child(sys.argv[1:] if argv is None else list(argv))
     from keras_ultimus.serving.loading import float32_copy, load_keras_model
 
-    model = float32_copy(load_keras_model(model_path))  # serve in float32, whatever precision it trained in
+    model = float32_copy(
+        load_keras_model(model_path)
+    )  # serve in float32, whatever precision it trained in
     if args.format == "onnx":
         out = Path(args.out)
-        written = export_onnx(model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx"))
+        written = export_onnx(
+            model, out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx")
+        )
     else:
         written = export_saved_model(model, args.out)
     print(f"Exported {args.preset or args.model} -> {written}")

@@ -9,11 +9,13 @@ PACKAGES = ("keras", "keras_tuner", "torch", "jax", "numpy", "pandas", "matplotl
 
 
 def git_state(folder: Path | None = None) -> dict:
-    """The checkout keras_ultimus runs from (or `folder`): commit and whether tracked files differ (None outside git)."""
+    """The checkout keras_ultimus runs from (or `folder`): commit and if tracked files differ (None outside git)."""
     here = folder or Path(__file__).parent
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10
+        )
 
     try:
         head = git("rev-parse", "HEAD")

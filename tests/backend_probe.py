@@ -1,4 +1,6 @@
-"""One backend's side of tests/test_backends.py: `KERAS_BACKEND=jax python -m tests.backend_probe DIR OUT.npz` (from the repo root).
+"""One backend's side of tests/test_backends.py.
+
+From the repo root: `KERAS_BACKEND=jax python -m tests.backend_probe DIR OUT.npz`.
 
 The first run of a backend builds each model with the same NumPy-made weights,
 saves them as `DIR/<backend>-<model>.weights.h5` and `.keras`, and records the
@@ -69,7 +71,9 @@ def training_step(model: keras.Model, images: np.ndarray, labels: np.ndarray) ->
         import jax
 
         def compute_loss(trainable, non_trainable):
-            logits, non_trainable = model.stateless_call(trainable, non_trainable, images, training=True)
+            logits, non_trainable = model.stateless_call(
+                trainable, non_trainable, images, training=True
+            )
             return loss_fn(labels, logits), (logits, non_trainable)
 
         step = jax.jit(jax.value_and_grad(compute_loss, has_aux=True))
@@ -88,7 +92,10 @@ def probe(folder: Path) -> dict[str, np.ndarray]:
     images, labels = fixed_batch()
     results = {"labels": labels}
     for name, kwargs in MODELS.items():
-        weights, keras_file = folder / f"{backend}-{name}.weights.h5", folder / f"{backend}-{name}.keras"
+        weights, keras_file = (
+            folder / f"{backend}-{name}.weights.h5",
+            folder / f"{backend}-{name}.keras",
+        )
         if not keras_file.exists():
             model = build_model(**kwargs)
             set_numpy_weights(model)

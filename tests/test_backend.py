@@ -19,7 +19,10 @@ CLIS = {
     "data": ["--data", "{tmp}/cifar-10-binary.tar.gz"],
     "export": ["{tmp}/model.keras", "--out", "{tmp}/export"],
     "predict": ["{tmp}/model.keras", "{tmp}/cat.png"],
-    "report": ["--evaluate", "{tmp}/run"],  # a report's RUN and --out are checked before the backend
+    "report": [
+        "--evaluate",
+        "{tmp}/run",
+    ],  # a report's RUN and --out are checked before the backend
     "bench": ["--out", "{tmp}/bench"],
     "lr_find": ["--out", "{tmp}/lr"],
     "tuner.tune": ["--out", "{tmp}/search", "--epochs", "1"],
@@ -30,11 +33,17 @@ CLIS = {
 def run_cli(cli: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """Run `python -m keras_ultimus.<cli> ARGS` from the repo root with a clean Keras config and `env` on top."""
     base = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
-    base["KERAS_HOME"] = str(tmp_path.parent / f"{tmp_path.name}-keras-home")  # never the user's ~/.keras
+    base["KERAS_HOME"] = str(
+        tmp_path.parent / f"{tmp_path.name}-keras-home"
+    )  # never the user's ~/.keras
     args = args or [a.format(tmp=tmp_path) for a in CLIS[cli]]
     return subprocess.run(
-        [sys.executable, "-m", f"keras_ultimus.{cli}", *args], cwd=ROOT, env={**base, **env},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", f"keras_ultimus.{cli}", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -71,8 +80,12 @@ def test_missing_backend_package_says_how_to_install_it(cli, tmp_path):
     (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
     result = run_cli(cli, tmp_path, KERAS_BACKEND="jax", PYTHONPATH=str(stub.parent))
     assert_one_line_error(
-        result, "'jax'", "not installed", "No module named 'jax'",
-        "pip install -r requirements.txt", "pip install jax==0.10.2 jaxlib==0.10.2",
+        result,
+        "'jax'",
+        "not installed",
+        "No module named 'jax'",
+        "pip install -r requirements.txt",
+        "pip install jax==0.10.2 jaxlib==0.10.2",
     )
     assert list(tmp_path.iterdir()) == [], "nothing is written before the backend check"
 
@@ -110,15 +123,30 @@ def test_an_uninstalled_configured_backend_falls_back_to_an_installed_one_with_a
     stub = tmp_path.parent / f"{tmp_path.name}-stub" / "jax"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\")\n")
-    probe = "from keras_ultimus.backend import prepare; name = prepare(); import keras; print(name, keras.backend.backend())"
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**env, "KERAS_HOME": str(home), "PYTHONPATH": f"{stub.parent}{os.pathsep}{ROOT}"})
+    probe = (
+        "from keras_ultimus.backend import prepare; name = prepare(); import keras; "
+        "print(name, keras.backend.backend())"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "KERAS_HOME": str(home), "PYTHONPATH": f"{stub.parent}{os.pathsep}{ROOT}"},
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["tensorflow", "tensorflow"]  # the first installed one, in INSTALL's order
+    assert result.stdout.split() == [
+        "tensorflow",
+        "tensorflow",
+    ]  # the first installed one, in INSTALL's order
     assert result.stderr.strip().splitlines() == [
         f"note: Keras backend 'jax' (from {home / 'keras.json'}) is not installed; using 'tensorflow', which is "
-        "(set KERAS_BACKEND to choose)"]
+        "(set KERAS_BACKEND to choose)"
+    ]
 
 
 def test_an_explicit_keras_backend_never_falls_back(tmp_path):
@@ -133,4 +161,6 @@ def test_install_hints_are_commands_that_work_outside_a_checkout():
     # No package named keras-ultimus is on the package index: hints name real packages, pinned.
     for path in (ROOT / "keras_ultimus").rglob("*.py"):
         assert "keras-ultimus[" not in path.read_text(), path
-    assert all(command.startswith("pip install ") and "==" in command for command in INSTALL.values())
+    assert all(
+        command.startswith("pip install ") and "==" in command for command in INSTALL.values()
+    )

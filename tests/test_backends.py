@@ -53,7 +53,11 @@ def probed(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
         run = subprocess.run(
             [sys.executable, "-m", "tests.backend_probe", str(folder), str(out)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if run.returncode:
             pytest.fail(f"{backend} probe failed:\n{run.stderr[-3000:]}")
@@ -86,7 +90,9 @@ def test_residual_model_logits_differ_per_image(probed):
 @pytest.mark.parametrize(("saver", "loader"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("file", ["weights", "keras"], ids=[".weights.h5", ".keras"])
-def test_saved_file_loads_on_another_backend_and_predicts_the_same(probed, file, model, saver, loader):
+def test_saved_file_loads_on_another_backend_and_predicts_the_same(
+    probed, file, model, saver, loader
+):
     require(saver, loader)
     predicted = probed[loader][f"{file}_from|{saver}|{model}"]
     assert max_diff(predicted, probed[saver][f"logits|{model}"]) <= LOGITS_ATOL
@@ -101,7 +107,9 @@ def test_one_training_step_matches_tensorflow(probed, model, backend):
     prefixes = (f"grad|{model}|", f"moving|{model}|", f"train_logits|{model}")
     keys = sorted(k for k in reference if k.startswith(prefixes))
     assert keys == sorted(k for k in other if k.startswith(prefixes))
-    assert sum(k.startswith("grad|") for k in keys) == 43  # all trainable variables of both models are compared
+    assert (
+        sum(k.startswith("grad|") for k in keys) == 43
+    )  # all trainable variables of both models are compared
     for key in keys:
         scale = np.abs(reference[key]).max()
         assert max_diff(other[key], reference[key]) <= GRAD_RTOL * scale, key

@@ -17,7 +17,10 @@ def numpy_batchnorm(x, gamma, beta, moving_mean, moving_var, dy, training):
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     if training:
-        mean, var = x.mean(axes), x.var(axes)  # the biased variance, as Keras updates the moving one with
+        mean, var = (
+            x.mean(axes),
+            x.var(axes),
+        )  # the biased variance, as Keras updates the moving one with
         moving_mean = moving_mean * MOMENTUM + mean * (1 - MOMENTUM)
         moving_var = moving_var * MOMENTUM + var * (1 - MOMENTUM)
     else:
@@ -41,7 +44,9 @@ def gradients(layer, x, dy, training):
 
         xt = torch.tensor(x, requires_grad=True)
         y = layer(xt, training=training)
-        grads = torch.autograd.grad((y * torch.tensor(dy)).sum(), [xt, layer.gamma.value, layer.beta.value])
+        grads = torch.autograd.grad(
+            (y * torch.tensor(dy)).sum(), [xt, layer.gamma.value, layer.beta.value]
+        )
         return y.detach().numpy(), [g.numpy() for g in grads]
     if backend == "tensorflow":
         import tensorflow as tf
@@ -62,7 +67,9 @@ def gradients(layer, x, dy, training):
         y, new = layer.stateless_call(tv, non_trainable, xv, training=training)
         return (y * dy).sum(), (y, new)
 
-    (_, (y, new)), (gx, (ggamma, gbeta)) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, trainable)
+    (_, (y, new)), (gx, (ggamma, gbeta)) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        x, trainable
+    )
     for variable, value in zip(layer.non_trainable_variables, new):
         variable.assign(value)
     return np.asarray(y), [np.asarray(gx), np.asarray(ggamma), np.asarray(gbeta)]
@@ -77,8 +84,12 @@ def test_outputs_gradients_and_moving_statistics_match_numpy_and_keras(training)
     theirs = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPS)
     for layer in (ours, theirs):
         layer.build(x.shape)
-    start = [rng.uniform(0.5, 2, 3).astype("float32"), rng.standard_normal(3).astype("float32"),
-             rng.standard_normal(3).astype("float32"), rng.uniform(0.5, 2, 3).astype("float32")]
+    start = [
+        rng.uniform(0.5, 2, 3).astype("float32"),
+        rng.standard_normal(3).astype("float32"),
+        rng.standard_normal(3).astype("float32"),
+        rng.uniform(0.5, 2, 3).astype("float32"),
+    ]
     ours.set_weights(start)
     theirs.set_weights(start)
     y_ref, grads_ref, moving_ref = numpy_batchnorm(x, *start, dy, training)
@@ -99,8 +110,11 @@ def test_mixed_precision_output_has_the_compute_dtype_and_keras_values():
     theirs = keras.layers.BatchNormalization(dtype="mixed_bfloat16")
     y_ours, y_theirs = ours(x, training=True), theirs(x, training=True)
     assert keras.backend.standardize_dtype(y_ours.dtype) == "bfloat16"
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(y_ours, "float32")),
-                               keras.ops.convert_to_numpy(keras.ops.cast(y_theirs, "float32")), atol=2e-2)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.cast(y_ours, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(y_theirs, "float32")),
+        atol=2e-2,
+    )
 
 
 def test_weights_config_and_weight_file_paths_are_keras_own(tmp_path):
@@ -110,7 +124,8 @@ def test_weights_config_and_weight_file_paths_are_keras_own(tmp_path):
         layer.build((None, 4, 4, 3))
     assert ours.get_config() == theirs.get_config()
     assert [(v.path, v.shape, v.trainable) for v in ours.weights] == [
-        (v.path, v.shape, v.trainable) for v in theirs.weights]
+        (v.path, v.shape, v.trainable) for v in theirs.weights
+    ]
     assert type(ours).__name__ == "BatchNormalization"  # weight files address layers by class name
 
 
@@ -121,8 +136,13 @@ def model_with(bn_class, conv_class=keras.layers.Conv2D):
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
 
 
-@pytest.mark.parametrize("save_with, load_into", [(BatchNormalization, keras.layers.BatchNormalization),
-                                                  (keras.layers.BatchNormalization, BatchNormalization)])
+@pytest.mark.parametrize(
+    "save_with, load_into",
+    [
+        (BatchNormalization, keras.layers.BatchNormalization),
+        (keras.layers.BatchNormalization, BatchNormalization),
+    ],
+)
 def test_saved_model_and_weights_load_either_way(tmp_path, save_with, load_into):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 6, 6, 3)).astype("float32")
@@ -132,7 +152,11 @@ def test_saved_model_and_weights_load_either_way(tmp_path, save_with, load_into)
     saved.save_weights(tmp_path / "m.weights.h5")
     want = keras.ops.convert_to_numpy(saved(x, training=False))
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x, training=False)), want, rtol=1e-5, atol=1e-6
+    )
     other = model_with(load_into)
     other.load_weights(tmp_path / "m.weights.h5")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(other(x, training=False)), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(other(x, training=False)), want, rtol=1e-5, atol=1e-6
+    )

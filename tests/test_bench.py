@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from keras_ultimus import bench
-
 from keras_ultimus.benchmark import results, speed
 from keras_ultimus.models.ultimus import build_model
 
@@ -27,11 +26,17 @@ def einsum_flops(subscripts: str, *shapes: tuple[int, ...]) -> int:
     """
     inputs, output = subscripts.split("->")
     sizes = {i: n for term, shape in zip(inputs.split(","), shapes) for i, n in zip(term, shape)}
-    flops = int(np.prod(list(sizes.values()), dtype=np.int64)) * (2 if set(sizes) - set(output) else 1)
+    flops = int(np.prod(list(sizes.values()), dtype=np.int64)) * (
+        2 if set(sizes) - set(output) else 1
+    )
     if not set(sizes) - set(output):
         return flops
-    report = np.einsum_path(subscripts, *(np.empty(s, np.float32) for s in shapes), optimize=False)[1]
-    numpy_count = float(next(line for line in report.splitlines() if "Naive FLOP count" in line).split(":")[1])
+    report = np.einsum_path(subscripts, *(np.empty(s, np.float32) for s in shapes), optimize=False)[
+        1
+    ]
+    numpy_count = float(
+        next(line for line in report.splitlines() if "Naive FLOP count" in line).split(":")[1]
+    )
     assert flops == pytest.approx(numpy_count, rel=1e-3)
     return flops
 
@@ -40,19 +45,25 @@ def hand_count(widths: tuple[int, ...], blocks: int, key_dim: int, classes: int 
     """Forward FLOPs per image of build_model(...), counted from NumPy windows and einsum paths."""
     flops, x = 0, np.empty((1, 32, 32, 3), np.float32)
     for width in widths:
-        windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))  # (1, h, w, c, 3, 3)
+        windows = np.lib.stride_tricks.sliding_window_view(
+            x, (3, 3), axis=(1, 2)
+        )  # (1, h, w, c, 3, 3)
         flops += einsum_flops("nhwcij,ijco->nhwo", windows.shape, (3, 3, x.shape[-1], width))
         x = np.empty((1, *windows.shape[1:3], width), np.float32)
     f, d = widths[-1], key_dim
-    per_block = (3 * einsum_flops("bf,fd->bd", (1, f), (f, d))   # q, k, v
-                 + einsum_flops("bi,bj->bij", (1, d), (1, d))    # q ⊗ k
-                 + einsum_flops("bi,bij->bj", (1, d), (1, d, d))  # v · AM
-                 + einsum_flops("bd,df->bf", (1, d), (d, f)))    # output projection
+    per_block = (
+        3 * einsum_flops("bf,fd->bd", (1, f), (f, d))  # q, k, v
+        + einsum_flops("bi,bj->bij", (1, d), (1, d))  # q ⊗ k
+        + einsum_flops("bi,bij->bj", (1, d), (1, d, d))  # v · AM
+        + einsum_flops("bd,df->bf", (1, d), (d, f))
+    )  # output projection
     return flops + blocks * per_block + einsum_flops("bf,fc->bc", (1, f), (f, classes))
 
 
 @pytest.mark.multi_backend
-@pytest.mark.parametrize("widths, blocks, key_dim", [((2, 3, 4), 1, 4), ((32, 256, 48), 4, 8), ((5, 7), 2, 3)])
+@pytest.mark.parametrize(
+    "widths, blocks, key_dim", [((2, 3, 4), 1, 4), ((32, 256, 48), 4, 8), ((5, 7), 2, 3)]
+)
 def test_flops_match_an_independent_numpy_count(widths, blocks, key_dim):
     model = build_model(num_blocks=blocks, key_dim=key_dim, conv_widths=widths)
     assert speed.forward_flops(model) == hand_count(widths, blocks, key_dim)
@@ -61,7 +72,9 @@ def test_flops_match_an_independent_numpy_count(widths, blocks, key_dim):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_plain_torch_reference_counts_the_same_flops_and_parameters():
-    spec = importlib.util.spec_from_file_location("plain_torch", ROOT / "benchmarks" / "plain_torch.py")
+    spec = importlib.util.spec_from_file_location(
+        "plain_torch", ROOT / "benchmarks" / "plain_torch.py"
+    )
     plain = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plain)
     model = build_model()
@@ -82,14 +95,23 @@ def fake_results() -> tuple[dict, dict]:
         "pipeline": "tfdata",
         "pipeline_img_s": [9000.0, 10000.0, 11000.0],
         "precisions": {
-            "float32": {"train_img_s": [290.0, 100.0, 300.0], "eval_img_s": [900.0, 1000.0, 950.0],
-                        "training_flops": 800_000_000},
-            "mixed_bfloat16": {"train_img_s": [400.0, 500.0, 450.0], "eval_img_s": [1.0, 2.0, 3.0],
-                               "training_flops": 800_000_000},
+            "float32": {
+                "train_img_s": [290.0, 100.0, 300.0],
+                "eval_img_s": [900.0, 1000.0, 950.0],
+                "training_flops": 800_000_000,
+            },
+            "mixed_bfloat16": {
+                "train_img_s": [400.0, 500.0, 450.0],
+                "eval_img_s": [1.0, 2.0, 3.0],
+                "training_flops": 800_000_000,
+            },
         },
         "versions": {"keras": "3"},
     }
-    return {"tensorflow": backend}, {"train_img_s": [100.0, 120.0, 140.0], "training_flops": 800_000_000}
+    return {"tensorflow": backend}, {
+        "train_img_s": [100.0, 120.0, 140.0],
+        "training_flops": 800_000_000,
+    }
 
 
 def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
@@ -99,7 +121,10 @@ def test_rows_report_medians_fraction_of_peak_and_ratio_to_plain_torch():
     assert fp32["fraction_of_peak"] == pytest.approx(290 * 0.8 / 400)
     assert fp32["vs_plain_torch"] == pytest.approx(290 / 120)
     bf16 = table["tensorflow", "mixed_bfloat16", "train"]
-    assert bf16["fraction_of_peak"] == pytest.approx(450 * 0.8 / 800) and bf16["vs_plain_torch"] is None
+    assert (
+        bf16["fraction_of_peak"] == pytest.approx(450 * 0.8 / 800)
+        and bf16["vs_plain_torch"] is None
+    )
     assert table["tensorflow", "tfdata", "pipeline"]["img_s"] == 10000.0
     assert table["tensorflow", "float32", "eval"]["img_s"] == 950.0
     assert table["plain_torch", "float32", "train"]["img_s"] == 120.0
@@ -111,15 +136,28 @@ def test_train_speed_times_every_step_and_refuses_data_that_runs_out():
     images, labels = speed.synthetic_cifar(8 * 2 * 3)
     model = build_model(conv_widths=(4, 8), num_blocks=1)
     compile_model(model, 1e-3, total_steps=6)
-    assert len(speed.train_speed(model, images, labels, steps=2, repeats=2, batch_size=8, pipeline="numpy")) == 2
+    assert (
+        len(
+            speed.train_speed(
+                model, images, labels, steps=2, repeats=2, batch_size=8, pipeline="numpy"
+            )
+        )
+        == 2
+    )
     compile_model(model, 1e-3, total_steps=6)
     with pytest.raises(RuntimeError, match="expected 6"):  # 5 of the 6 batches
-        speed.train_speed(model, images[:40], labels[:40], steps=2, repeats=2, batch_size=8, pipeline="numpy")
+        speed.train_speed(
+            model, images[:40], labels[:40], steps=2, repeats=2, batch_size=8, pipeline="numpy"
+        )
 
 
 def test_markdown_and_chart_show_every_row(tmp_path):
     table = results.rows(*fake_results())
-    text = results.markdown(table, {"m.onnx": {"latency_ms_median": 0.5, "latency_ms_p90": 0.7, "throughput_img_s": 2000}}, "H")
+    text = results.markdown(
+        table,
+        {"m.onnx": {"latency_ms_median": 0.5, "latency_ms_p90": 0.7, "throughput_img_s": 2000}},
+        "H",
+    )
     assert "| tensorflow | float32 | train | 290 | 0.800 | 400 | 58% | 2.42 |" in text
     assert "| m.onnx | 0.50 | 0.70 | 2,000 |" in text
     results.chart(table, tmp_path / "bench.png")
@@ -140,12 +178,15 @@ def test_serving_speed_times_batch_1_and_batch_256_calls():
     assert 256 / 0.2 < r["throughput_img_s"] <= 256 / 0.02
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "argument --steps: expected a positive integer, got 0"),
-    (["--precisions", "float64"], "argument --precisions: float64 is not one of"),
-    (["--backends", "theano"], "argument --backends: theano is not one of"),
-    (["--jit", "maybe"], "argument --jit: invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+        (["--precisions", "float64"], "argument --precisions: float64 is not one of"),
+        (["--backends", "theano"], "argument --backends: theano is not one of"),
+        (["--jit", "maybe"], "argument --jit: invalid choice"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_error_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
@@ -162,19 +203,49 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert bench.main(["--out", str(tmp_path / "full")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'full'} already exists")
     assert bench.main(["--backends", "torch", "--mirrored", "2", "--out", str(tmp_path / "m")]) == 2
-    assert capsys.readouterr().err == "error: --mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends\n"
-    assert bench.main(["--backends", "tensorflow", "--mirrored", "3", "--out", str(tmp_path / "m")]) == 2
-    assert capsys.readouterr().err == "error: --batch-size 512 must be a multiple of the 3 --mirrored replicas\n"
+    assert (
+        capsys.readouterr().err
+        == "error: --mirrored times TensorFlow's MirroredStrategy: add tensorflow to --backends\n"
+    )
+    assert (
+        bench.main(["--backends", "tensorflow", "--mirrored", "3", "--out", str(tmp_path / "m")])
+        == 2
+    )
+    assert (
+        capsys.readouterr().err
+        == "error: --batch-size 512 must be a multiple of the 3 --mirrored replicas\n"
+    )
 
 
 @pytest.mark.slow
 def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     out = tmp_path / "bench"
-    argv = ["--backends", backend, "--precisions", "float32", "--steps", "1", "--repeats", "1",
-            "--batch-size", "8", "--matmul-size", "64", "--rounds", "0", "--out", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "keras_ultimus.bench", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    argv = [
+        "--backends",
+        backend,
+        "--precisions",
+        "float32",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        "--matmul-size",
+        "64",
+        "--rounds",
+        "0",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv") as f:
         table = {(r["backend"], r["precision"], r["measure"]): r for r in csv.DictReader(f)}
@@ -183,7 +254,9 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
     train = table[backend, "float32", "train"]
     assert float(train["img_s"]) > 0 and float(train["gflop_per_img"]) == pytest.approx(0.800085312)
     assert float(train["fraction_of_peak"]) == pytest.approx(
-        float(train["img_s"]) * float(train["gflop_per_img"]) / float(train["peak_gflops"]), rel=1e-6)
+        float(train["img_s"]) * float(train["gflop_per_img"]) / float(train["peak_gflops"]),
+        rel=1e-6,
+    )
     if importlib.util.find_spec("torch"):
         assert float(train["vs_plain_torch"]) > 0 and ("plain_torch", "float32", "train") in table
     assert f"| {backend} | float32 | train |" in (out / "bench.md").read_text()
@@ -193,11 +266,34 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart(tmp_path):
 @pytest.mark.slow
 def test_mirrored_bench_times_two_replicas_against_their_summed_peak(tmp_path):
     out = tmp_path / "bench"
-    argv = ["--backends", "tensorflow", "--mirrored", "2", "--precisions", "float32", "--steps", "1",
-            "--repeats", "1", "--batch-size", "8", "--matmul-size", "64", "--no-plain-torch", "--rounds", "0",
-            "--out", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "keras_ultimus.bench", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    argv = [
+        "--backends",
+        "tensorflow",
+        "--mirrored",
+        "2",
+        "--precisions",
+        "float32",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        "--matmul-size",
+        "64",
+        "--no-plain-torch",
+        "--rounds",
+        "0",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv") as f:
         train = {r["backend"]: r for r in csv.DictReader(f) if r["measure"] == "train"}
@@ -205,5 +301,9 @@ def test_mirrored_bench_times_two_replicas_against_their_summed_peak(tmp_path):
     assert float(train["tensorflow-mirrored2"]["img_s"]) > 0
     results = json.loads((out / "bench.json").read_text())["backends"]
     assert results["tensorflow"]["distribute"] == {"mode": "none", "replicas": 1, "processes": 1}
-    assert results["tensorflow-mirrored2"]["distribute"] == {"mode": "mirrored", "replicas": 2, "processes": 1}
+    assert results["tensorflow-mirrored2"]["distribute"] == {
+        "mode": "mirrored",
+        "replicas": 2,
+        "processes": 1,
+    }
     assert results["tensorflow-mirrored2"]["peak_gflops"]["float32"] > 0

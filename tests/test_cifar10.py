@@ -14,7 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keras_ultimus.datasets import cifar10
-from keras_ultimus.datasets.cifar10 import RECORD_BYTES, TEST_FILE, TRAIN_FILES, decode_batch, load_local
+from keras_ultimus.datasets.cifar10 import (
+    RECORD_BYTES,
+    TEST_FILE,
+    TRAIN_FILES,
+    decode_batch,
+    load_local,
+)
 from keras_ultimus.errors import UserError
 from tests.helpers import fake_batch, write_fake_tarball
 
@@ -34,7 +40,7 @@ def reference_decode(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Decode record by record, pixel by pixel: the independent NumPy reference."""
     out, labels = [], []
     for start in range(0, len(raw), RECORD_BYTES):
-        record = np.frombuffer(raw[start:start + RECORD_BYTES], np.uint8)
+        record = np.frombuffer(raw[start : start + RECORD_BYTES], np.uint8)
         labels.append(int(record[0]))
         planes = record[1:].reshape(3, 32, 32)
         out.append(np.stack([planes[c] for c in range(3)], axis=-1))
@@ -57,8 +63,10 @@ def tarball(members: list[tuple[str, bytes]], compression: str = "gz") -> bytes:
 
 def expected(members: dict[str, bytes]):
     train = [reference_decode(members[n]) for n in TRAIN_FILES]
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])), reference_decode(
-        members[TEST_FILE])
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+    ), reference_decode(members[TEST_FILE])
 
 
 def load_or_error(path):
@@ -83,8 +91,8 @@ def assert_loaded(result, members):
 def test_decode_batch_reads_label_then_rgb_planes():
     record = np.zeros(3073, np.uint8)
     record[0] = 7
-    record[1:1025] = 10          # R plane
-    record[1025:2049] = 20       # G plane
+    record[1:1025] = 10  # R plane
+    record[1025:2049] = 20  # G plane
     record[2049 + 32 * 2 + 5] = 99  # B plane, row 2, column 5
     images, labels = decode_batch(record.tobytes(), "x")
     assert images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
@@ -95,7 +103,11 @@ def test_decode_batch_reads_label_then_rgb_planes():
 
 @pytest.mark.parametrize("source", ["tarball", "folder", "parent"])
 def test_local_sources_load_the_same_arrays(source, tmp_path, fake_cifar_tarball, fake_cifar_dir):
-    path = {"tarball": fake_cifar_tarball, "folder": fake_cifar_dir, "parent": fake_cifar_dir.parent}[source]
+    path = {
+        "tarball": fake_cifar_tarball,
+        "folder": fake_cifar_dir,
+        "parent": fake_cifar_dir.parent,
+    }[source]
     (x, y), (xt, yt) = load_local(path)
     assert x.shape == (100, 32, 32, 3) and xt.shape == (20, 32, 32, 3)
     assert x.dtype == np.uint8 and y.dtype == np.int32
@@ -121,12 +133,17 @@ def test_tfds_miss_prints_no_absl_dataset_info_warning(monkeypatch, caplog):
     import logging
 
     def load(*args, **kwargs):
-        logging.getLogger("absl").warning("Variant folder /x/cifar10/3.0.2 has no dataset_info.json")
+        logging.getLogger("absl").warning(
+            "Variant folder /x/cifar10/3.0.2 has no dataset_info.json"
+        )
         raise tfds.core.registered.DatasetNotFoundError("cifar10")
 
     monkeypatch.setattr(tfds, "load", load)
     monkeypatch.setattr(cifar10, "_reachable", lambda host: False)
-    with caplog.at_level(logging.WARNING, logger="absl"), pytest.raises(UserError, match="can't be reached"):
+    with (
+        caplog.at_level(logging.WARNING, logger="absl"),
+        pytest.raises(UserError, match="can't be reached"),
+    ):
         cifar10.load_tfds()
     assert "dataset_info" not in caplog.text
 
@@ -249,14 +266,18 @@ def test_batch_file_cut_anywhere_is_refused(tmp_path_factory, name, keep):
     for member, raw in members.items():
         (folder / member).write_bytes(raw)
     result = load_or_error(folder)
-    if name == TEST_FILE and keep and keep % RECORD_BYTES == 0:  # a shorter test split is still a valid copy
+    if (
+        name == TEST_FILE and keep and keep % RECORD_BYTES == 0
+    ):  # a shorter test split is still a valid copy
         assert_loaded(result, members)
     else:
         assert isinstance(result, UserError)
 
 
 @given(st.sampled_from(NAMES), st.integers(0, PER_FILE - 1), st.integers(10, 255))
-def test_label_out_of_range_is_refused_naming_file_and_record(tmp_path_factory, name, record, label):
+def test_label_out_of_range_is_refused_naming_file_and_record(
+    tmp_path_factory, name, record, label
+):
     members = official_members()
     raw = bytearray(members[name])
     raw[record * RECORD_BYTES] = label
@@ -289,18 +310,27 @@ def test_corrupted_gzip_tarball_is_exact_or_one_error(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("flip") / "c.tar.gz"
     path.write_bytes(bytes(raw))
     result = load_or_error(path)
-    if not isinstance(result, UserError):  # the gzip CRC is checked, so a silent change is impossible
+    if not isinstance(
+        result, UserError
+    ):  # the gzip CRC is checked, so a silent change is impossible
         assert_loaded(result, members)
 
 
 @given(
-    extra=st.lists(st.tuples(st.sampled_from(["README", "x/data_batch_9.bin", "batches.meta.txt", "data_batch_1"]),
-                             st.binary(max_size=64)), max_size=3),
+    extra=st.lists(
+        st.tuples(
+            st.sampled_from(["README", "x/data_batch_9.bin", "batches.meta.txt", "data_batch_1"]),
+            st.binary(max_size=64),
+        ),
+        max_size=3,
+    ),
     missing=st.sets(st.sampled_from(NAMES), max_size=2),
     duplicated=st.sets(st.sampled_from(NAMES), max_size=2),
     order=st.randoms(use_true_random=False),
 )
-def test_tarball_with_extra_missing_or_duplicated_members(tmp_path_factory, extra, missing, duplicated, order):
+def test_tarball_with_extra_missing_or_duplicated_members(
+    tmp_path_factory, extra, missing, duplicated, order
+):
     members = official_members()
     entries = [(f"cifar-10-batches-bin/{n}", raw) for n, raw in members.items() if n not in missing]
     entries += [(f"copy/{n}", members[n]) for n in duplicated if n not in missing]
@@ -311,7 +341,9 @@ def test_tarball_with_extra_missing_or_duplicated_members(tmp_path_factory, extr
     result = load_or_error(path)
     reasons = ["no batch file"] * bool(missing) + ["more than once"] * bool(duplicated - missing)
     if reasons:
-        assert isinstance(result, UserError) and any(reason in str(result) for reason in reasons), result
+        assert isinstance(result, UserError) and any(reason in str(result) for reason in reasons), (
+            result
+        )
     else:
         assert_loaded(result, members)
 
@@ -321,7 +353,9 @@ def test_junk_file_as_data_gives_one_line(tmp_path):
     junk.write_text("not a tarball\n" * 50)
     with pytest.raises(UserError) as e:
         load_local(junk)
-    assert str(e.value) == f"{junk}: truncated or corrupt tarball (not a tar or compressed tar file)"
+    assert (
+        str(e.value) == f"{junk}: truncated or corrupt tarball (not a tar or compressed tar file)"
+    )
 
 
 def test_training_batch_cut_at_a_record_boundary_names_the_short_file(tmp_path):
@@ -329,7 +363,9 @@ def test_training_batch_cut_at_a_record_boundary_names_the_short_file(tmp_path):
     members["data_batch_4.bin"] = members["data_batch_4.bin"][:RECORD_BYTES]
     path = tmp_path / "c.tar.gz"
     path.write_bytes(tarball(list(members.items())))
-    with pytest.raises(UserError, match=r"data_batch_4\.bin: 1 records, but another training batch file has 3"):
+    with pytest.raises(
+        UserError, match=r"data_batch_4\.bin: 1 records, but another training batch file has 3"
+    ):
         load_local(path)
 
 

@@ -10,7 +10,6 @@ import inspect
 import keras
 import keras_tuner as kt
 import numpy as np
-import pytest
 
 # Every private member of Keras or KerasTuner the package overrides, calls or sets, and who does.
 PRIVATE_MEMBERS = {
@@ -140,8 +139,11 @@ def test_csv_logger_writes_the_keys_it_is_given_and_sorts_them_only_while_unset(
     source = inspect.getsource(keras.callbacks.CSVLogger.on_epoch_end)
     assert "self.keys is None" in source, (
         f"CSVLogger.keys: no longer sorted only while None in keras {keras.__version__}; "
-        f"{INTERNAL_ATTRIBUTES['CSVLogger.keys']} relies on it: update it before moving the pin")
-    assert "in self.keys" in source.split("self.writer", 1)[1], "CSVLogger.keys: no longer what rows are written from"
+        f"{INTERNAL_ATTRIBUTES['CSVLogger.keys']} relies on it: update it before moving the pin"
+    )
+    assert "in self.keys" in source.split("self.writer", 1)[1], (
+        "CSVLogger.keys: no longer what rows are written from"
+    )
 
 
 def test_every_listed_member_is_checked_here():

@@ -19,7 +19,7 @@ def numpy_conv(x, kernel, stride, padding):
     y = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
     for i in range(out_h):
         for j in range(out_w):
-            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
             y[:, i, j] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2]))
     return y
 
@@ -59,12 +59,18 @@ def test_outputs_and_gradients_match_numpy_and_keras(stride, padding):
     kernel = rng.standard_normal((3, 3, 3, 4)).astype("float32")
     ours.set_weights([kernel])
     theirs.set_weights([kernel])
-    y_ours, gx_ours = output_and_input_gradient(ours, x, np.ones(ours.compute_output_shape(x.shape), "float32"))
+    y_ours, gx_ours = output_and_input_gradient(
+        ours, x, np.ones(ours.compute_output_shape(x.shape), "float32")
+    )
     y_theirs, gx_theirs = output_and_input_gradient(theirs, x, np.ones(y_ours.shape, "float32"))
     np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx_ours, gx_theirs, rtol=1e-5, atol=1e-5)
-    if padding == "valid" or stride == 1:  # "same" with a stride pads asymmetrically: Keras' own path
-        np.testing.assert_allclose(y_ours, numpy_conv(x, kernel, stride, padding), rtol=1e-4, atol=1e-4)
+    if (
+        padding == "valid" or stride == 1
+    ):  # "same" with a stride pads asymmetrically: Keras' own path
+        np.testing.assert_allclose(
+            y_ours, numpy_conv(x, kernel, stride, padding), rtol=1e-4, atol=1e-4
+        )
         # The input gradient of sum(y) is each pixel's count of windows times the kernel summed over outputs.
         ones = numpy_conv(np.ones_like(x), kernel, stride, padding)
         assert gx_ours.sum() == pytest.approx(ones.sum(), rel=1e-4)

@@ -28,8 +28,8 @@ HEARTBEAT = 10  # seconds; JAX's default heartbeat timeout is 100
 def test_every_refusal_is_one_user_error(monkeypatch):
     import keras
 
-    from keras_ultimus.training import distribute
     from keras_ultimus.errors import UserError
+    from keras_ultimus.training import distribute
 
     def refusal(backend, *args):
         monkeypatch.setattr(keras.backend, "backend", lambda: backend)
@@ -48,7 +48,9 @@ def test_every_refusal_is_one_user_error(monkeypatch):
     assert "must be one of" in refusal("tensorflow", "ring-allreduce")
     # Multi-process settings are checked before JAX's runtime starts.
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
-    assert "needs KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_PROCESS_ID" in refusal("jax", "data-parallel")
+    assert "needs KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_PROCESS_ID" in refusal(
+        "jax", "data-parallel"
+    )
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:1")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "2")
     assert "must be in 0..1, got 2" in refusal("jax", "data-parallel")
@@ -79,10 +81,18 @@ def test_processes_get_disjoint_equal_shards_that_cover_the_split():
 # ------------------------------------------------------------------------------------- child processes
 
 
-def probe(name: str, *args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+def probe(
+    name: str, *args: str, env: dict | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
     """Run a probe of this file in a fresh Python; fail with its output if it fails."""
-    result = subprocess.run([sys.executable, str(HERE), name, *args], capture_output=True, text=True,
-                            timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, str(HERE), name, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -97,22 +107,46 @@ CLI = [sys.executable, "-m", "keras_ultimus.train"]
 TINY = ["--epochs", str(EPOCHS), "--conv-widths", "4,8,8", "--batch-size", str(BATCH)]
 
 
-def launch(n: int, run: Path, *flags: str, logs: Path, env: dict | None = None) -> list[subprocess.Popen]:
+def launch(
+    n: int, run: Path, *flags: str, logs: Path, env: dict | None = None
+) -> list[subprocess.Popen]:
     """Start the training CLI as `n` processes of one data-parallel run on loopback; output to logs/.
 
     Process i's TMPDIR is logs/tmp<i>, where a non-chief process keeps its scratch copy of the run.
     """
-    common = {**os.environ, "KERAS_BACKEND": "jax", "ULTIMUS_HEARTBEAT_SECONDS": str(HEARTBEAT),
-              "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
-              "KERAS_DISTRIBUTION_NUM_PROCESSES": str(n), **(env or {})}
+    common = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "ULTIMUS_HEARTBEAT_SECONDS": str(HEARTBEAT),
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": str(n),
+        **(env or {}),
+    }
     procs = []
     for i in range(n):
         (logs / f"tmp{i}").mkdir(parents=True)
         with open(logs / f"process{i}.txt", "w") as log:
-            procs.append(subprocess.Popen(
-                [*CLI, *(["--resume", str(run)] if "--resume" in flags else ["--out", str(run), *flags])],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**common, "KERAS_DISTRIBUTION_PROCESS_ID": str(i), "TMPDIR": str(logs / f"tmp{i}")}))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *CLI,
+                        *(
+                            ["--resume", str(run)]
+                            if "--resume" in flags
+                            else ["--out", str(run), *flags]
+                        ),
+                    ],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={
+                        **common,
+                        "KERAS_DISTRIBUTION_PROCESS_ID": str(i),
+                        "TMPDIR": str(logs / f"tmp{i}"),
+                    },
+                )
+            )
     return procs
 
 
@@ -126,8 +160,13 @@ def epochs_logged(run: Path) -> int:
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
-def finish(procs: list[subprocess.Popen], logs: Path, timeout: float, kill_after_epoch: Path | None = None,
-           kill: tuple[int, ...] = ()) -> tuple[list, list[str], list[float], set]:
+def finish(
+    procs: list[subprocess.Popen],
+    logs: Path,
+    timeout: float,
+    kill_after_epoch: Path | None = None,
+    kill: tuple[int, ...] = (),
+) -> tuple[list, list[str], list[float], set]:
     """Wait for every process; SIGKILL the `kill` ones once run folder `kill_after_epoch` has a backup.
 
     Returns return codes, outputs, exit times, and the names seen in process 1's scratch folder.
@@ -183,8 +222,12 @@ def test_mirrored_two_replicas_with_sync_bn_match_one_device(mirrored):
 
 @pytest.mark.slow
 def test_jax_data_parallel_on_two_devices_matches_one_device(tmp_path):
-    probe("equivalence", str(tmp_path), "jax",
-          env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    probe(
+        "equivalence",
+        str(tmp_path),
+        "jax",
+        env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
     single, parallel = np.load(tmp_path / "single.npz"), np.load(tmp_path / "sync.npz")
     # No sync-bn needed: DataParallel jits one program over the global batch, so GSPMD computes BN
     # statistics over all of it (all-reduce between the devices). Measured: weights within 5e-7.
@@ -207,24 +250,46 @@ def assert_finished(run: Path, processes: int, replicas: int, mode: str) -> None
     assert epochs == [str(e) for e in range(EPOCHS)], epochs
     info = json.loads((run / "run.json").read_text())
     assert info["distribute"] == {"mode": mode, "replicas": replicas, "processes": processes}
-    assert info["finished"] and (run / "model.keras").is_file() and not (run / "best.keras").exists()
+    assert (
+        info["finished"] and (run / "model.keras").is_file() and not (run / "best.keras").exists()
+    )
 
 
 @pytest.mark.slow
-def test_a_killed_mirrored_sync_bn_run_resumes_and_logs_every_epoch_once(tmp_path, fake_cifar_tarball):
+def test_a_killed_mirrored_sync_bn_run_resumes_and_logs_every_epoch_once(
+    tmp_path, fake_cifar_tarball
+):
     # data-parallel's kill and resume is tested with 2 processes below.
     run, env = tmp_path / "run", {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    proc = subprocess.Popen([*CLI, "--data", str(fake_cifar_tarball), "--out", str(run), *TINY,
-                             "--distribute", "mirrored", "--devices", "2", "--sync-bn"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "--data",
+            str(fake_cifar_tarball),
+            "--out",
+            str(run),
+            *TINY,
+            "--distribute",
+            "mirrored",
+            "--devices",
+            "2",
+            "--sync-bn",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 240
     while proc.poll() is None and not backed_up(run) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.kill()
     stderr = proc.communicate()[1]
     assert 1 <= epochs_logged(run) < EPOCHS, stderr[-3000:]
-    result = subprocess.run([*CLI, "--resume", str(run)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=240, env=env)
+    result = subprocess.run(
+        [*CLI, "--resume", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed after epoch" in result.stdout
     assert_finished(run, processes=1, replicas=2, mode="mirrored")
@@ -232,12 +297,18 @@ def test_a_killed_mirrored_sync_bn_run_resumes_and_logs_every_epoch_once(tmp_pat
 
 
 @pytest.mark.slow
-def test_two_processes_train_to_the_end_resume_after_a_kill_and_only_process_0_writes(tmp_path,
-                                                                                        fake_cifar_tarball):
+def test_two_processes_train_to_the_end_resume_after_a_kill_and_only_process_0_writes(
+    tmp_path, fake_cifar_tarball
+):
     run = tmp_path / "run"
     flags = ["--data", str(fake_cifar_tarball), *TINY, "--distribute", "data-parallel"]
-    codes, outputs, _, _ = finish(launch(2, run, *flags, logs=tmp_path / "killed"), tmp_path / "killed",
-                                  timeout=240, kill_after_epoch=run, kill=(0, 1))
+    codes, outputs, _, _ = finish(
+        launch(2, run, *flags, logs=tmp_path / "killed"),
+        tmp_path / "killed",
+        timeout=240,
+        kill_after_epoch=run,
+        kill=(0, 1),
+    )
     assert codes == [-signal.SIGKILL, -signal.SIGKILL], outputs[0][-3000:] + outputs[1][-3000:]
     assert 1 <= epochs_logged(run) < EPOCHS
     logs = tmp_path / "resumed"
@@ -254,17 +325,30 @@ def test_two_processes_train_to_the_end_resume_after_a_kill_and_only_process_0_w
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dying", [1, 0])
-def test_a_dead_process_makes_the_other_fail_within_the_heartbeat(tmp_path, fake_cifar_tarball, dying):
+def test_a_dead_process_makes_the_other_fail_within_the_heartbeat(
+    tmp_path, fake_cifar_tarball, dying
+):
     run, logs = tmp_path / "run", tmp_path / "logs"
-    flags = ["--data", str(fake_cifar_tarball), *TINY, "--epochs", "20", "--distribute", "data-parallel"]
-    codes, outputs, ended, _ = finish(launch(2, run, *flags, logs=logs), logs, timeout=240,
-                                      kill_after_epoch=run, kill=(dying,))
+    flags = [
+        "--data",
+        str(fake_cifar_tarball),
+        *TINY,
+        "--epochs",
+        "20",
+        "--distribute",
+        "data-parallel",
+    ]
+    codes, outputs, ended, _ = finish(
+        launch(2, run, *flags, logs=logs), logs, timeout=240, kill_after_epoch=run, kill=(dying,)
+    )
     survivor = outputs[1 - dying]
     assert codes[dying] == -signal.SIGKILL
     assert codes[1 - dying] not in (0, None), survivor[-3000:]
     # The survivor's next all-reduce fails at once (Gloo: connection reset by peer); JAX's coordination
     # service then ends the process (SIGABRT) within the heartbeat timeout.
-    assert "Gloo" in survivor or "JAX distributed service detected fatal errors" in survivor, survivor[-3000:]
+    assert "Gloo" in survivor or "JAX distributed service detected fatal errors" in survivor, (
+        survivor[-3000:]
+    )
     print(f"survivor exited {ended[1 - dying] - ended[dying]:.1f} s after process {dying} died")
     assert ended[1 - dying] - ended[dying] < HEARTBEAT + 20
 
@@ -286,6 +370,7 @@ def small_model(sync_bn: bool = False):
     keras.utils.set_random_seed(0)
     model = build_model(conv_widths=(4, 8, 8), residual=True)
     if sync_bn:
+
         def clone(layer):
             config = layer.get_config()
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -295,8 +380,11 @@ def small_model(sync_bn: bool = False):
         synced = keras.models.clone_model(model, clone_function=clone)
         synced.set_weights(model.get_weights())  # clones start from fresh initial weights
         model = synced
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -312,15 +400,21 @@ def probe_equivalence(out: str, backend: str) -> None:
     x, y = data(N_TRAIN, 0)
 
     def fit(model, name):
-        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=EPOCHS, verbose=0)
+        history = model.fit(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=EPOCHS, verbose=0
+        )
         weights = [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
         np.savez(out / f"{name}.npz", *weights, loss=np.array(history.history["loss"]))
         return model
 
     if backend == "tensorflow":
         plan = distribute.setup(mode, 2, BATCH)  # logical devices first, before TF runs anything
-        if not {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} & set(os.environ):  # a share of the cores each
-            assert tf.config.threading.get_intra_op_parallelism_threads() == max(1, (os.cpu_count() or 1) // 2)
+        if not {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} & set(
+            os.environ
+        ):  # a share of the cores each
+            assert tf.config.threading.get_intra_op_parallelism_threads() == max(
+                1, (os.cpu_count() or 1) // 2
+            )
             assert tf.config.threading.get_inter_op_parallelism_threads() == 2
         fit(small_model(), "single")  # outside the scope: the default strategy, one device
         with plan.scope():
@@ -328,8 +422,12 @@ def probe_equivalence(out: str, backend: str) -> None:
             fit(small_model(), "local")
             with distribute.portable_batchnorm(model):
                 model.save(out / "sync.keras")
-            assert all(layer.synchronized for layer in model.layers if "bn" in layer.name)  # restored
-            np.save(out / "sync_logits.npy", keras.ops.convert_to_numpy(model(x[:8], training=False)))
+            assert all(
+                layer.synchronized for layer in model.layers if "bn" in layer.name
+            )  # restored
+            np.save(
+                out / "sync_logits.npy", keras.ops.convert_to_numpy(model(x[:8], training=False))
+            )
     else:
         fit(small_model(), "single")  # before any distribution is set: device 0 only
         plan = distribute.setup(mode, 2, BATCH)

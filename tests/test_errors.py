@@ -48,7 +48,11 @@ def test_argument_parser_reports_a_bad_flag_in_one_line(argv, capsys):
         p.parse_args(argv)
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("(see ultimus-x --help)")
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and lines[0].endswith("(see ultimus-x --help)")
+    )
 
 
 def test_help_lines_end_with_the_default_unless_unset_off_a_switch_or_already_given():
@@ -59,12 +63,16 @@ def test_help_lines_end_with_the_default_unless_unset_off_a_switch_or_already_gi
     parser.add_argument("--widths", default=[32, 256, 48], help="conv widths")
     parser.add_argument("--out", help="folder")
     parser.add_argument("--flag", action="store_true", help="a switch")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation")
+    parser.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="no augmentation"
+    )
     parser.add_argument("--lr", default=0.1, help="peak LR (default: 0.1, or 'auto')")
     text = " ".join(parser.format_help().split())
     assert "passes (default: 24)" in text and "conv widths (default: 32,256,48)" in text
     assert "folder (default" not in text and "a switch (default" not in text
-    assert "no augmentation (default" not in text  # a store_false switch defaults to True: saying so would mislead
+    assert (
+        "no augmentation (default" not in text
+    )  # a store_false switch defaults to True: saying so would mislead
     assert text.count("default: 0.1") == 1
 
 
@@ -72,18 +80,34 @@ def test_a_user_error_is_a_value_error_and_file_errors_are_their_os_kinds():
     from keras_ultimus.errors import FolderExistsError, MissingFileError
 
     assert issubclass(UserError, ValueError)
-    assert issubclass(FolderExistsError, FileExistsError) and issubclass(FolderExistsError, ValueError)
-    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(MissingFileError, ValueError)
+    assert issubclass(FolderExistsError, FileExistsError) and issubclass(
+        FolderExistsError, ValueError
+    )
+    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(
+        MissingFileError, ValueError
+    )
 
 
-@pytest.mark.parametrize("message, expected", [
-    ("out=runs/x: run folder exists", "--out runs/x: run folder exists"),
-    ("distribute='foo': must be one of none, mirrored", "--distribute foo: must be one of none, mirrored"),
-    ("num_blocks=0: must be at least 1", "--blocks 0: must be at least 1"),
-    ("runs/s: unreadable; start over with fresh=True", "runs/s: unreadable; start over with --fresh"),
-    ("data.tar: truncated (x == 3)", "data.tar: truncated (x == 3)"),
-    ("preset='nope': unknown preset; valid presets: a, b", "--preset nope: unknown preset; valid presets: a, b"),
-])
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("out=runs/x: run folder exists", "--out runs/x: run folder exists"),
+        (
+            "distribute='foo': must be one of none, mirrored",
+            "--distribute foo: must be one of none, mirrored",
+        ),
+        ("num_blocks=0: must be at least 1", "--blocks 0: must be at least 1"),
+        (
+            "runs/s: unreadable; start over with fresh=True",
+            "runs/s: unreadable; start over with --fresh",
+        ),
+        ("data.tar: truncated (x == 3)", "data.tar: truncated (x == 3)"),
+        (
+            "preset='nope': unknown preset; valid presets: a, b",
+            "--preset nope: unknown preset; valid presets: a, b",
+        ),
+    ],
+)
 def test_the_command_layer_names_flags_where_the_library_names_arguments(message, expected, capsys):
     from keras_ultimus.errors import in_flag_terms
 

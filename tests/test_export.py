@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from keras_ultimus import export
 from keras_ultimus.errors import UserError
+from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from keras_ultimus.serving import export as serving_export
 from keras_ultimus.serving.loading import load_keras_model
-from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images, softmax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,9 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def exported(residual_model, tmp_path_factory):
-    return serving_export.export_saved_model(residual_model, tmp_path_factory.mktemp("export") / "ultimus")
+    return serving_export.export_saved_model(
+        residual_model, tmp_path_factory.mktemp("export") / "ultimus"
+    )
 
 
 def test_versions_count_up_and_never_overwrite(residual_model, tmp_path):
@@ -60,26 +62,34 @@ def test_versions_count_up_and_never_overwrite(residual_model, tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]
 
 
-@pytest.mark.parametrize("error", [OSError("read-only"), OSError(errno.ENOSPC, "No space left on device")])
+@pytest.mark.parametrize(
+    "error", [OSError("read-only"), OSError(errno.ENOSPC, "No space left on device")]
+)
 def test_failed_export_leaves_no_version_folder(residual_model, tmp_path, monkeypatch, error):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(tf.saved_model, "save", fail)
     if error.errno is None:  # exit 2 through the CLI
-        expected = pytest.raises(UserError, match="ultimus: cannot write the export \\(read-only\\)")
+        expected = pytest.raises(
+            UserError, match="ultimus: cannot write the export \\(read-only\\)"
+        )
     else:  # a full disk: an OSError naming the target, which the CLI reports in one line with exit 3
         expected = pytest.raises(OSError, match="No space left on device")
     with expected as caught:
         serving_export.export_saved_model(residual_model, tmp_path / "ultimus")
     if error.errno is not None:
-        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "ultimus")
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(
+            tmp_path / "ultimus"
+        )
     assert list((tmp_path / "ultimus").iterdir()) == []
 
 
 def test_serving_default_matches_keras_in_process(residual_model, exported):
     images = smooth_images(32)
-    out = tf.saved_model.load(str(exported)).signatures["serving_default"](images=tf.constant(images))
+    out = tf.saved_model.load(str(exported)).signatures["serving_default"](
+        images=tf.constant(images)
+    )
     assert set(out) == {"probabilities", "class_id", "class_name"}
     assert out["probabilities"].dtype == tf.float32 and out["class_id"].dtype == tf.int64
     want = keras_probabilities(residual_model, images)
@@ -90,10 +100,19 @@ def test_serving_default_matches_keras_in_process(residual_model, exported):
 @pytest.mark.parametrize(
     "images, message",
     [
-        (np.zeros((2, 32, 32, 3), np.float32), "expected to be a uint8 tensor but is a float tensor"),
+        (
+            np.zeros((2, 32, 32, 3), np.float32),
+            "expected to be a uint8 tensor but is a float tensor",
+        ),
         (np.zeros((32, 32, 3), np.uint8), r"Shape of tensor images \[32,32,3\] is not compatible"),
-        (np.zeros((2, 28, 28, 3), np.uint8), r"Shape of tensor images \[2,28,28,3\] is not compatible"),
-        (np.zeros((2, 32, 32, 1), np.uint8), r"Shape of tensor images \[2,32,32,1\] is not compatible"),
+        (
+            np.zeros((2, 28, 28, 3), np.uint8),
+            r"Shape of tensor images \[2,28,28,3\] is not compatible",
+        ),
+        (
+            np.zeros((2, 32, 32, 1), np.uint8),
+            r"Shape of tensor images \[2,32,32,1\] is not compatible",
+        ),
     ],
     ids=["float", "rank3", "28x28", "1channel"],
 )
@@ -108,7 +127,9 @@ def test_loads_in_fresh_tensorflow_only_process(residual_model, exported, tmp_pa
     """A server's view: TensorFlow alone, with keras and keras_ultimus made unimportable."""
     for name in ("keras", "keras_ultimus"):
         (tmp_path / "hide" / name).mkdir(parents=True)
-        (tmp_path / "hide" / name / "__init__.py").write_text(f"raise ImportError('{name} is hidden')\n")
+        (tmp_path / "hide" / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is hidden')\n"
+        )
     images = smooth_images(32, seed=1)
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(
@@ -123,7 +144,11 @@ def test_loads_in_fresh_tensorflow_only_process(residual_model, exported, tmp_pa
         print(sorted(m for m in ("keras", "keras_ultimus") if m in sys.modules))
         """
     )
-    result = run([sys.executable, "-c", script, str(exported)], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "hide")})
+    result = run(
+        [sys.executable, "-c", script, str(exported)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "hide")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
     out = np.load(tmp_path / "out.npz", allow_pickle=True)
@@ -175,8 +200,12 @@ def test_exports_keras_file_saved_under_other_backend(backend, tmp_path):
     result = run([sys.executable, "-c", save, backend], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
 
-    version = serving_export.export_saved_model(load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus")
-    out = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(images))
+    version = serving_export.export_saved_model(
+        load_keras_model(tmp_path / "model.keras"), tmp_path / "ultimus"
+    )
+    out = tf.saved_model.load(str(version)).signatures["serving_default"](
+        images=tf.constant(images)
+    )
     want = softmax(np.load(tmp_path / "logits.npy").astype(np.float64))
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
     assert_classes_match(out["class_id"].numpy(), out["class_name"].numpy(), want, 1e-5)
@@ -187,7 +216,11 @@ def test_cli_started_under_torch_restarts_on_tensorflow(residual_model, tmp_path
     pytest.importorskip("torch")
     residual_model.save(tmp_path / "model.keras")
     env = {"KERAS_BACKEND": "torch", "PYTHONPATH": str(REPO)}
-    result = run([sys.executable, "-m", "keras_ultimus.export", "model.keras", "--out", "ultimus"], cwd=tmp_path, env=env)
+    result = run(
+        [sys.executable, "-m", "keras_ultimus.export", "model.keras", "--out", "ultimus"],
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("-> ultimus/1")
     assert (tmp_path / "ultimus" / "1" / "saved_model.pb").is_file()
@@ -201,16 +234,22 @@ def test_export_refuses_other_backends(residual_model, tmp_path, monkeypatch):
 
 
 def test_onnx_matches_keras_and_keeps_the_signature(residual_model, tmp_path):
-    ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnxruntime)")
+    ort = pytest.importorskip(
+        "onnxruntime", reason="ONNX export needs onnxruntime (pip install onnxruntime)"
+    )
     pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
     path = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [("images", "tensor(uint8)", [32, 32, 3])]
+    assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [
+        ("images", "tensor(uint8)", [32, 32, 3])
+    ]
     assert {o.name: o.type for o in session.get_outputs()} == {
         "probabilities": "tensor(float)", "class_id": "tensor(int64)", "class_name": "tensor(string)",
     }  # fmt: skip
     images = smooth_images(32, seed=3)
-    probabilities, class_id, class_name = session.run(["probabilities", "class_id", "class_name"], {"images": images})
+    probabilities, class_id, class_name = session.run(
+        ["probabilities", "class_id", "class_name"], {"images": images}
+    )
     want = keras_probabilities(residual_model, images)
     np.testing.assert_allclose(probabilities, want, atol=1e-4)
     assert_classes_match(class_id, class_name, want, 1e-4)
@@ -229,7 +268,9 @@ def test_cli_exports_run_folder(residual_model, tmp_path, capsys):
     loaded = tf.saved_model.load(str(tmp_path / "ultimus" / "1")).signatures["serving_default"]
     images = smooth_images(4)
     np.testing.assert_allclose(
-        loaded(images=tf.constant(images))["probabilities"].numpy(), keras_probabilities(residual_model, images), atol=1e-5
+        loaded(images=tf.constant(images))["probabilities"].numpy(),
+        keras_probabilities(residual_model, images),
+        atol=1e-5,
     )
 
 
@@ -248,7 +289,9 @@ def test_cli_exports_a_bf16_trained_model_that_serves_in_float32(residual_model,
     probabilities = serve(images=tf.constant(images))["probabilities"]
     assert probabilities.dtype == tf.float32
     # float32 compute: the float32 model's answer to float32 rounding, far tighter than bfloat16's ~1e-2
-    np.testing.assert_allclose(probabilities.numpy(), keras_probabilities(residual_model, images), atol=1e-5)
+    np.testing.assert_allclose(
+        probabilities.numpy(), keras_probabilities(residual_model, images), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -256,7 +299,10 @@ def test_cli_exports_a_bf16_trained_model_that_serves_in_float32(residual_model,
     [
         (lambda d: d / "missing.keras", "not a .keras file or a run folder"),
         (lambda d: d, "not a .keras file or a run folder with model.keras"),
-        (lambda d: (d / "junk.keras").write_text("not a zip") and d / "junk.keras", "cannot load model"),
+        (
+            lambda d: (d / "junk.keras").write_text("not a zip") and d / "junk.keras",
+            "cannot load model",
+        ),
     ],
     ids=["missing", "folder-without-model", "corrupt"],
 )
@@ -291,7 +337,9 @@ def test_cli_out_blocked_by_a_file_is_one_line_error(residual_model, tmp_path, c
                            ("file/ultimus", "a file is in the way")],
             "onnx": [("file/ultimus", "a file is in the way")]}[format]  # fmt: skip
     for out, message in outs:
-        code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / out), "--format", format])
+        code = export.main(
+            [str(tmp_path / "model.keras"), "--out", str(tmp_path / out), "--format", format]
+        )
         assert_one_line_error(code, capsys.readouterr().err, message)
     assert (tmp_path / "file").read_text() == "in the way"
 
@@ -299,19 +347,25 @@ def test_cli_out_blocked_by_a_file_is_one_line_error(residual_model, tmp_path, c
 def test_cli_onnx_never_overwrites_a_folder_named_like_the_file(residual_model, tmp_path, capsys):
     residual_model.save(tmp_path / "model.keras")
     (tmp_path / "ultimus.onnx").mkdir()
-    code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus"), "--format", "onnx"])
+    code = export.main(
+        [str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus"), "--format", "onnx"]
+    )
     assert_one_line_error(code, capsys.readouterr().err, "ultimus.onnx: already exists")
 
 
 def test_cli_without_tensorflow_says_how_to_install_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(export, "find_spec", lambda name: None if name == "tensorflow" else object())
+    monkeypatch.setattr(
+        export, "find_spec", lambda name: None if name == "tensorflow" else object()
+    )
     code = export.main([str(tmp_path / "model.keras"), "--out", str(tmp_path / "ultimus")])
     assert_one_line_error(code, capsys.readouterr().err, "export needs TensorFlow: pip install")
     assert not (tmp_path / "ultimus").exists()
 
 
 @pytest.mark.slow
-def test_main_under_another_backend_runs_a_child_and_returns_its_code(residual_model, tmp_path, monkeypatch):
+def test_main_under_another_backend_runs_a_child_and_returns_its_code(
+    residual_model, tmp_path, monkeypatch
+):
     """Called in-process (a notebook, a test) with Keras on torch, export must not replace this process."""
     residual_model.save(tmp_path / "model.keras")
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
@@ -327,6 +381,8 @@ def test_cli_where_tensorflow_is_unimportable_is_one_line_error(residual_model, 
     pytest.importorskip("torch")
     residual_model.save(tmp_path / "model.keras")
     env = {"KERAS_BACKEND": "torch", "PYTHONPATH": os.pathsep.join([str(NO_TENSORFLOW), str(REPO)])}
-    result = run([sys.executable, "-m", "keras_ultimus.export", "model.keras"], cwd=tmp_path, env=env)
+    result = run(
+        [sys.executable, "-m", "keras_ultimus.export", "model.keras"], cwd=tmp_path, env=env
+    )
     assert_one_line_error(result.returncode, result.stderr, "tensorflow", "pip install")
     assert result.stdout == "" and not (tmp_path / "export").exists()

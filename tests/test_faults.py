@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 
 from keras_ultimus import train
-
-from keras_ultimus.runs import folder as run_folder
 from keras_ultimus.errors import UserError
+from keras_ultimus.runs import folder as run_folder
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
 # The commands' own quiet logging, whatever TF_CPP_MIN_LOG_LEVEL an earlier in-process test left behind.
@@ -38,42 +37,74 @@ def test_a_held_folder_lock_refuses_a_second_holder_naming_the_pid(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from keras_ultimus.runs.folder import FolderLock\n"
-        f"lock = FolderLock(Path({str(folder)!r})).__enter__(); print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from keras_ultimus.runs.folder import FolderLock\n"
+                f"lock = FolderLock(Path({str(folder)!r})).__enter__(); print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=f"pid {holder.pid}"):
         run_folder.FolderLock(folder).__enter__()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (folder / ".lock").read_text() == str(holder.pid)  # the dead owner's lock file is still there
+    assert (folder / ".lock").read_text() == str(
+        holder.pid
+    )  # the dead owner's lock file is still there
     with run_folder.FolderLock(folder):
         assert (folder / ".lock").read_text() == str(os.getpid())
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_a_second_train_on_a_run_folder_in_use_is_refused_in_one_line(tmp_path, capsys, fake_cifar_tarball, resume):
+def test_a_second_train_on_a_run_folder_in_use_is_refused_in_one_line(
+    tmp_path, capsys, fake_cifar_tarball, resume
+):
     # The holder is this process, through another open file: flock refuses it as it would another process
     # (test_a_lock_left_by_a_killed_process_is_taken_over holds it from a child).
     run = fake_unfinished_run(tmp_path / "run", [0], data=str(fake_cifar_tarball))
-    args = ["--resume", str(run)] if resume else ["--data", str(fake_cifar_tarball), "--out", str(run), *TINY]
+    args = (
+        ["--resume", str(run)]
+        if resume
+        else ["--data", str(fake_cifar_tarball), "--out", str(run), *TINY]
+    )
     with run_folder.FolderLock(run):
         assert train.main(args) == 2
-    assert f"in use by another process (pid {os.getpid()})" in one_error_line(capsys.readouterr().err)
+    assert f"in use by another process (pid {os.getpid()})" in one_error_line(
+        capsys.readouterr().err
+    )
     assert sorted(p.name for p in run.iterdir()) == ["log.csv", "run.json"]  # untouched
 
 
 @pytest.mark.parametrize("command", ["tune", "launch"])
-def test_a_search_folder_in_use_is_refused_naming_the_pid(tmp_path, capsys, fake_cifar_tarball, command):
+def test_a_search_folder_in_use_is_refused_naming_the_pid(
+    tmp_path, capsys, fake_cifar_tarball, command
+):
     from keras_ultimus.tuner import launch, tune
 
     out = tmp_path / "search"
-    args = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-            "--val-fraction", "0.2"]
+    args = [
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.2",
+    ]
     with run_folder.FolderLock(out):
         assert {"tune": tune, "launch": launch}[command].main(args) == 2
-        assert f"in use by another process (pid {os.getpid()})" in one_error_line(capsys.readouterr().err)
+        assert f"in use by another process (pid {os.getpid()})" in one_error_line(
+            capsys.readouterr().err
+        )
     assert not out.exists()
 
 
@@ -84,18 +115,30 @@ def test_an_export_target_in_use_is_refused_naming_the_pid(tmp_path, residual_mo
     if kind == "onnx":
         pytest.importorskip("tf2onnx")
     target = tmp_path / ("model.onnx" if kind == "onnx" else "ultimus")
-    holder = run_folder.FolderLock(tmp_path, name=".model.onnx.lock") if kind == "onnx" else \
-        run_folder.FolderLock(target)
-    with holder, pytest.raises(UserError, match=rf"in use by another process \(pid {os.getpid()}\)"):
-        (serving_export.export_onnx if kind == "onnx" else serving_export.export_saved_model)(residual_model, target)
+    holder = (
+        run_folder.FolderLock(tmp_path, name=".model.onnx.lock")
+        if kind == "onnx"
+        else run_folder.FolderLock(target)
+    )
+    with (
+        holder,
+        pytest.raises(UserError, match=rf"in use by another process \(pid {os.getpid()}\)"),
+    ):
+        (serving_export.export_onnx if kind == "onnx" else serving_export.export_saved_model)(
+            residual_model, target
+        )
     assert not target.exists()
 
 
 def fake_unfinished_run(path, log_epochs, **config):
     path.mkdir()
     defaults = {k: v for k, v in vars(train.parse_args([])).items() if k not in train.NOT_CONFIG}
-    (path / "run.json").write_text(json.dumps({"config": {**defaults, "conv_widths": [4, 8, 8], **config}}))
-    pd.DataFrame({"epoch": log_epochs, "accuracy": 0.1, "val_accuracy": 0.1}).to_csv(path / "log.csv", index=False)
+    (path / "run.json").write_text(
+        json.dumps({"config": {**defaults, "conv_widths": [4, 8, 8], **config}})
+    )
+    pd.DataFrame({"epoch": log_epochs, "accuracy": 0.1, "val_accuracy": 0.1}).to_csv(
+        path / "log.csv", index=False
+    )
     return path
 
 
@@ -104,10 +147,15 @@ def test_resume_refuses_a_log_with_missing_or_duplicated_epochs(tmp_path, capsys
     run = fake_unfinished_run(tmp_path / "run", epochs)
     assert train.main(["--resume", str(run)]) == 2
     assert "log.csv: epochs" in one_error_line(capsys.readouterr().err)
-    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "run.json"]  # the lock is gone again
+    assert sorted(p.name for p in run.iterdir()) == [
+        "log.csv",
+        "run.json",
+    ]  # the lock is gone again
 
 
-@pytest.mark.parametrize("text", ["{not json", json.dumps({"config": {"seed": "zero"}}), json.dumps([1, 2])])
+@pytest.mark.parametrize(
+    "text", ["{not json", json.dumps({"config": {"seed": "zero"}}), json.dumps([1, 2])]
+)
 def test_resume_refuses_an_edited_run_json_naming_it(tmp_path, capsys, text):
     (tmp_path / "run.json").write_text(text)
     assert train.main(["--resume", str(tmp_path)]) == 2
@@ -141,25 +189,51 @@ def file_size_limit(limit: int):
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_train_in_one_line_and_the_run_resumes_once_space_is_back(tmp_path, fake_cifar_tarball):
+def test_a_full_disk_ends_train_in_one_line_and_the_run_resumes_once_space_is_back(
+    tmp_path, fake_cifar_tarball
+):
     out, straight = tmp_path / "run", tmp_path / "straight"
     common = ["--data", str(fake_cifar_tarball), "--epochs", "3", "--deterministic", *TINY]
-    full = subprocess.run([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=ENV,
-                          preexec_fn=file_size_limit(40_000))
+    full = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        preexec_fn=file_size_limit(40_000),
+    )
     assert full.returncode == 3, full.stderr[-2000:]
     line = one_error_line(full.stderr)
     assert "write failed (File too large)" in line and f"--resume {out}" in line
-    assert not list(out.glob(".*partial*")) and not (out / "best.keras").exists()  # no half-written checkpoint
-    resumed = subprocess.run([sys.executable, "-m", "keras_ultimus.train", "--resume", str(out)],
-                             capture_output=True, text=True, timeout=300, env=ENV)
+    assert (
+        not list(out.glob(".*partial*")) and not (out / "best.keras").exists()
+    )  # no half-written checkpoint
+    resumed = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.train", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    subprocess.run([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
-                   capture_output=True, timeout=300, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
     columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
-    log, reference = pd.read_csv(out / "log.csv")[columns], pd.read_csv(straight / "log.csv")[columns]
-    pd.testing.assert_frame_equal(log, reference, check_exact=os.environ.get("KERAS_BACKEND", "tensorflow")
-                                  == "tensorflow", rtol=1e-3, atol=1e-4)
+    log, reference = (
+        pd.read_csv(out / "log.csv")[columns],
+        pd.read_csv(straight / "log.csv")[columns],
+    )
+    pd.testing.assert_frame_equal(
+        log,
+        reference,
+        check_exact=os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow",
+        rtol=1e-3,
+        atol=1e-4,
+    )
     assert (out / "model.keras").is_file() and not (out / ".lock").exists()
 
 
@@ -230,7 +304,9 @@ sys.exit(train.main(sys.argv[4:]))
 
 @pytest.mark.slow
 @pytest.mark.multi_backend
-def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_path, fake_cifar_tarball):
+def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(
+    tmp_path, fake_cifar_tarball
+):
     """10 kills, 7 of them inside a write; every resume reads a moved copy of the data. Same log and weights."""
     import random
     import shutil
@@ -240,22 +316,47 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_pa
 
     out, straight = tmp_path / "run", tmp_path / "straight"
     moved = str(shutil.copy(fake_cifar_tarball, tmp_path / "moved.tar.gz"))
-    common = ["--data", str(fake_cifar_tarball), "--epochs", "5", "--deterministic", "--val-split", "0.25", *TINY]
-    reference = subprocess.Popen([sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    common = [
+        "--data",
+        str(fake_cifar_tarball),
+        "--epochs",
+        "5",
+        "--deterministic",
+        "--val-split",
+        "0.25",
+        *TINY,
+    ]
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "keras_ultimus.train", *common, "--out", str(straight)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     rng, kills, inside, finished = random.Random(0), 0, [], False
     order = rng.sample(range(1, 8), 7)
     for attempt in range(40):
-        args = ["--resume", str(out), "--data", moved] if (out / "run.json").exists() else [*common, "--out", str(out)]
+        args = (
+            ["--resume", str(out), "--data", moved]
+            if (out / "run.json").exists()
+            else [*common, "--out", str(out)]
+        )
         marks = tmp_path / f"marks{attempt}.txt"
-        child = subprocess.Popen([sys.executable, "-c", SLOW_WRITES, str(out), str(marks), "0.15", *args],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+        child = subprocess.Popen(
+            [sys.executable, "-c", SLOW_WRITES, str(out), str(marks), "0.15", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         if kills < 10:
             # The first 7 kills land inside the n-th write of a process, n = 1..7 in a random order (a lock,
             # run.json, the log row, best.keras, the backup's weights and epoch); the next 3 a moment after one.
             writes = order[kills % 7]
             delay = rng.uniform(0.0, 0.1) if kills < 7 else rng.uniform(0.15, 0.5)
-            while child.poll() is None and (not marks.exists() or marks.read_text().count("begin ") < writes):
+            while child.poll() is None and (
+                not marks.exists() or marks.read_text().count("begin ") < writes
+            ):
                 time.sleep(0.01)
             time.sleep(delay)
             if child.poll() is None:
@@ -272,7 +373,9 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_pa
     assert finished and kills >= 10
     # Kills half-way through a write of each kind a resume reads: the backup's weights and epoch, the log, run.json.
     hit = {os.path.basename(p) for p in inside}
-    assert {"latest.weights.h5", "training_metadata.json", "log.csv", ".run.json.tmp"} <= hit, inside
+    assert {"latest.weights.h5", "training_metadata.json", "log.csv", ".run.json.tmp"} <= hit, (
+        inside
+    )
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
     columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
     log, want = pd.read_csv(out / "log.csv")[columns], pd.read_csv(straight / "log.csv")[columns]

@@ -40,13 +40,24 @@ def test_models_fill_the_first_archive_then_the_second_then_are_dropped():
     assert first == [Path("m0"), Path("m1")]  # 4 + 6 + 6 = 16
     assert second == [Path("m2"), Path("m3")]
     assert dropped == [Path("m4")]
-    assert gpu.model_rank(Path("w/train-torch/model.keras")) < gpu.model_rank(Path("w/confirm-2/model.keras")) \
-        < gpu.model_rank(Path("w/bf16-float32/model.keras")) < gpu.model_rank(Path("w/depth-3/model.keras"))
+    assert (
+        gpu.model_rank(Path("w/train-torch/model.keras"))
+        < gpu.model_rank(Path("w/confirm-2/model.keras"))
+        < gpu.model_rank(Path("w/bf16-float32/model.keras"))
+        < gpu.model_rank(Path("w/depth-3/model.keras"))
+    )
 
 
 def trial_values(blocks: int, widths: tuple[int, ...]) -> dict:
-    values = {"num_blocks": blocks, "key_dim": 8, "scale": "pre", "residual": False, "max_lr": 0.003,
-              "num_convs": len(widths), "tuner/epochs": 2}
+    values = {
+        "num_blocks": blocks,
+        "key_dim": 8,
+        "scale": "pre",
+        "residual": False,
+        "max_lr": 0.003,
+        "num_convs": len(widths),
+        "tuner/epochs": 2,
+    }
     values |= {f"conv{i}_width": w for i, w in enumerate(widths, 1)}
     return values | {f"down{i}": "none" for i in range(1, len(widths))}
 
@@ -54,26 +65,38 @@ def trial_values(blocks: int, widths: tuple[int, ...]) -> dict:
 def test_top_configs_are_best_json_then_distinct_completed_trials_by_score(tmp_path):
     from keras_ultimus.tuner.search import best_config
 
-    trials = {"0000": (trial_values(2, (16, 32)), 0.5, "COMPLETED"), "0001": (trial_values(3, (16, 16)), 0.7,
-              "COMPLETED"), "0002": (trial_values(3, (16, 16)), 0.6, "COMPLETED"),  # 0001 again, shorter
-              "0003": (trial_values(1, (8, 8)), 0.9, "FAILED"), "0004": (trial_values(4, (8, 8)), 0.4, "COMPLETED")}
+    trials = {
+        "0000": (trial_values(2, (16, 32)), 0.5, "COMPLETED"),
+        "0001": (trial_values(3, (16, 16)), 0.7, "COMPLETED"),
+        "0002": (trial_values(3, (16, 16)), 0.6, "COMPLETED"),  # 0001 again, shorter
+        "0003": (trial_values(1, (8, 8)), 0.9, "FAILED"),
+        "0004": (trial_values(4, (8, 8)), 0.4, "COMPLETED"),
+    }
     rows = ["trial_id,status,best_val_accuracy"]
     for trial_id, (values, score, status) in trials.items():
         (tmp_path / f"trial_{trial_id}").mkdir()
-        (tmp_path / f"trial_{trial_id}" / "trial.json").write_text(json.dumps({"hyperparameters": {"values": values}}))
+        (tmp_path / f"trial_{trial_id}" / "trial.json").write_text(
+            json.dumps({"hyperparameters": {"values": values}})
+        )
         rows.append(f"{trial_id},{status},{score}")
     (tmp_path / "leaderboard.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "best.json").write_text(json.dumps(best_config(trials["0001"][0], {"batch_size": 64})))
+    (tmp_path / "best.json").write_text(
+        json.dumps(best_config(trials["0001"][0], {"batch_size": 64}))
+    )
     top = gpu.top_configs(tmp_path)
     assert [c["num_blocks"] for c in top] == [3, 2, 4]
-    assert top[1] == {**best_config(trials["0000"][0], {"batch_size": 64})} and top[1]["conv_widths"] == [16, 32]
+    assert top[1] == {**best_config(trials["0000"][0], {"batch_size": 64})} and top[1][
+        "conv_widths"
+    ] == [16, 32]
     assert all(c["batch_size"] == 64 for c in top)
 
 
 def test_a_run_is_not_started_near_the_limit_and_interrupted_at_it(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "GRACE", 1)  # the last second of the limit starts nothing
     monkeypatch.setenv("KERAS_BACKEND", "torch")  # as Session would set it, undone after the test
-    args = gpu.build_parser().parse_args(["--dry-run", "--out", str(tmp_path / "out"), "--time-limit", "3"])
+    args = gpu.build_parser().parse_args(
+        ["--dry-run", "--out", str(tmp_path / "out"), "--time-limit", "3"]
+    )
     s = gpu.Session(args)
     start = time.time()
     assert gpu.run_limited(s, "sleeper", ["-c", "import time; time.sleep(120)"]) == "late"
@@ -83,99 +106,166 @@ def test_a_run_is_not_started_near_the_limit_and_interrupted_at_it(tmp_path, mon
     assert "not started" in (s.out / "steps.txt").read_text()
 
 
-def fake_session(tmp_path, monkeypatch, *flags: str, scores: dict | None = None) -> tuple[gpu.Session, dict]:
+def fake_session(
+    tmp_path, monkeypatch, *flags: str, scores: dict | None = None
+) -> tuple[gpu.Session, dict]:
     """A dry-run Session whose train_run writes a finished run folder at once; returns it and the flags of each run.
 
     `scores` maps a run name to its per-epoch test accuracies (default: 0.5 then 0.6).
     """
     monkeypatch.setenv("KERAS_BACKEND", "torch")
-    s = gpu.Session(gpu.build_parser().parse_args(["--dry-run", "--out", str(tmp_path / "out"), *flags]))
+    s = gpu.Session(
+        gpu.build_parser().parse_args(["--dry-run", "--out", str(tmp_path / "out"), *flags])
+    )
     started = {}
 
     def train_run(s, name, backend, flags):
         from keras_ultimus.training.run_config import default_config
 
         started[name] = flags
-        config = json.loads(Path(flags[flags.index("--config") + 1]).read_text()) if "--config" in flags \
+        config = (
+            json.loads(Path(flags[flags.index("--config") + 1]).read_text())
+            if "--config" in flags
             else default_config()
+        )
         accs = (scores or {}).get(name, [0.5, 0.6])
         folder = s.work / name
         folder.mkdir(parents=True)
-        (folder / "log.csv").write_text("epoch,loss,accuracy,val_loss,val_accuracy\n"
-                                        + "".join(f"{e},1.0,0.5,1.0,{a}\n" for e, a in enumerate(accs)))
-        final = {"val_accuracy": accs[-1]} | ({"test_accuracy_flip_tta": accs[-1] + 0.01} if "tta" in config
-                                              and config["tta"] == "flip" else {})
-        (folder / "run.json").write_text(json.dumps({"config": {**config, "epochs": len(accs)}, "finished": "now",
-                                                     "final": final}))
+        (folder / "log.csv").write_text(
+            "epoch,loss,accuracy,val_loss,val_accuracy\n"
+            + "".join(f"{e},1.0,0.5,1.0,{a}\n" for e, a in enumerate(accs))
+        )
+        final = {"val_accuracy": accs[-1]} | (
+            {"test_accuracy_flip_tta": accs[-1] + 0.01}
+            if "tta" in config and config["tta"] == "flip"
+            else {}
+        )
+        (folder / "run.json").write_text(
+            json.dumps(
+                {"config": {**config, "epochs": len(accs)}, "finished": "now", "final": final}
+            )
+        )
 
     monkeypatch.setattr(gpu, "train_run", train_run)
     return s, started
 
 
-def test_recipe_stage_trains_the_candidate_recipe_at_three_seeds_and_gives_mean_std_and_drops(tmp_path, monkeypatch):
-    curves = {"recipe-0": [0.3, 0.4, 0.5, 0.6, 0.55, 0.7], "recipe-1": [0.3, 0.2, 0.5, 0.6, 0.65, 0.72],
-              "recipe-2": [0.3, 0.4, 0.5, 0.6, 0.7, 0.69]}
+def test_recipe_stage_trains_the_candidate_recipe_at_three_seeds_and_gives_mean_std_and_drops(
+    tmp_path, monkeypatch
+):
+    curves = {
+        "recipe-0": [0.3, 0.4, 0.5, 0.6, 0.55, 0.7],
+        "recipe-1": [0.3, 0.2, 0.5, 0.6, 0.65, 0.72],
+        "recipe-2": [0.3, 0.4, 0.5, 0.6, 0.7, 0.69],
+    }
     s, started = fake_session(tmp_path, monkeypatch, scores=curves)
     gpu.stage_recipe(s)
     assert sorted(started) == list(curves)
-    assert all(f[:len(gpu.RECIPE)] == gpu.RECIPE and f[f.index("--seed") + 1] == name[-1] for name, f in started.items())
+    assert all(
+        f[: len(gpu.RECIPE)] == gpu.RECIPE and f[f.index("--seed") + 1] == name[-1]
+        for name, f in started.items()
+    )
     text = (s.work / "summary" / "recipe.txt").read_text()
     finals = np.array([c[-1] for c in curves.values()]) * 100
     assert f"mean ± std (n-1) of 3 seeds: {finals.mean():.2f} ± {finals.std(ddof=1):.2f}%" in text
-    assert "seed 0: final test accuracy 70.00%, largest drop after epoch 3 5.00 points (epoch 4->5)" in text
+    assert (
+        "seed 0: final test accuracy 70.00%, largest drop after epoch 3 5.00 points (epoch 4->5)"
+        in text
+    )
     assert "seed 1: final test accuracy 72.00%, no drop after epoch 3" in text
-    assert "seed 2: final test accuracy 69.00%, largest drop after epoch 3 1.00 points (epoch 5->6)" in text
+    assert (
+        "seed 2: final test accuracy 69.00%, largest drop after epoch 3 1.00 points (epoch 5->6)"
+        in text
+    )
 
 
-def test_repro_stage_trains_each_attention_on_the_original_schedule_and_charts_them(tmp_path, monkeypatch):
+def test_repro_stage_trains_each_attention_on_the_original_schedule_and_charts_them(
+    tmp_path, monkeypatch
+):
     from benchmarks.original import PUBLISHED_TEST_ACCURACY, TRAIN_FLAGS
 
     s, started = fake_session(tmp_path, monkeypatch, scores={"repro-batch": [0.2, 0.3, 0.25, 0.4]})
     gpu.stage_repro(s)
     assert sorted(started) == ["repro-batch", "repro-elementwise", "repro-sample"]
     for name, flags in started.items():
-        assert flags[:len(TRAIN_FLAGS)] == TRAIN_FLAGS and flags[flags.index("--attention") + 1] == name[6:]
-    assert TRAIN_FLAGS[:4] == ["--epochs", "24", "--batch-size", "512"] and PUBLISHED_TEST_ACCURACY[4] == 0.0821
+        assert (
+            flags[: len(TRAIN_FLAGS)] == TRAIN_FLAGS
+            and flags[flags.index("--attention") + 1] == name[6:]
+        )
+    assert (
+        TRAIN_FLAGS[:4] == ["--epochs", "24", "--batch-size", "512"]
+        and PUBLISHED_TEST_ACCURACY[4] == 0.0821
+    )
     text = (s.work / "summary" / "repro.txt").read_text()
     assert "--attention batch: 20.00% after epoch 1, 40.00% after epoch 4" in text
     assert "53.46% after epoch 1, 8.21% after epoch 4, 41.21% after epoch 24" in text
     assert (s.work / "repro" / "repro.png").stat().st_size > 10_000
 
 
-def test_ablation_trains_each_arm_at_each_seed_and_compares_its_mean_with_the_base(tmp_path, monkeypatch):
-    scores = {"ablation-base-s0": [0.5, 0.88], "ablation-base-s1": [0.5, 0.90],
-              "ablation-no-whiten-s0": [0.5, 0.86], "ablation-no-whiten-s1": [0.5, 0.87]}
+def test_ablation_trains_each_arm_at_each_seed_and_compares_its_mean_with_the_base(
+    tmp_path, monkeypatch
+):
+    scores = {
+        "ablation-base-s0": [0.5, 0.88],
+        "ablation-base-s1": [0.5, 0.90],
+        "ablation-no-whiten-s0": [0.5, 0.86],
+        "ablation-no-whiten-s1": [0.5, 0.87],
+    }
     s, started = fake_session(tmp_path, monkeypatch, "--seeds", "2", scores=scores)
     gpu.stage_ablation(s)
     assert set(started) == {f"ablation-{arm}-s{seed}" for arm in gpu.ARMS for seed in (0, 1)}
-    assert all(name.endswith("-s0") for name in list(started)[:len(gpu.ARMS)])  # every arm's seed 0 first
+    assert all(
+        name.endswith("-s0") for name in list(started)[: len(gpu.ARMS)]
+    )  # every arm's seed 0 first
     for arm, change in gpu.ARMS.items():
         config = json.loads((s.work / "ablation" / f"{arm}.json").read_text())
         assert config == {**gpu.BEST_VARIANT, **change}
-        assert sum(config[k] != gpu.BEST_VARIANT.get(k) for k in config) == (arm != "base") * len(change)
+        assert sum(config[k] != gpu.BEST_VARIANT.get(k) for k in config) == (arm != "base") * len(
+            change
+        )
     text = (s.work / "summary" / "ablation.txt").read_text()
-    assert "  no-whiten: -2.50 / -2.50" in text  # (86 + 87) / 2 - (88 + 90) / 2; TTA is plain + 1 in the fake
+    assert (
+        "  no-whiten: -2.50 / -2.50" in text
+    )  # (86 + 87) / 2 - (88 + 90) / 2; TTA is plain + 1 in the fake
     assert "  ema: -29.00 / -29.00" in text  # the fake's default 0.6 against the base's 0.89
 
 
-def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_residual_on_and_off(tmp_path,
-                                                                                                 monkeypatch):
+def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_residual_on_and_off(
+    tmp_path, monkeypatch
+):
     from keras_ultimus.tuner.search import best_config
 
-    s, started = fake_session(tmp_path, monkeypatch, "--seeds", "2", "--depths", "1,3",
-                              scores={"depth-1-residual": [0.5, 0.8]})
+    s, started = fake_session(
+        tmp_path,
+        monkeypatch,
+        "--seeds",
+        "2",
+        "--depths",
+        "1,3",
+        scores={"depth-1-residual": [0.5, 0.8]},
+    )
     search = s.work / "search"
     trials = {"0000": trial_values(3, (16, 32)), "0001": trial_values(2, (16, 16))}
     for trial_id, values in trials.items():
         (search / f"trial_{trial_id}").mkdir(parents=True)
-        (search / f"trial_{trial_id}" / "trial.json").write_text(json.dumps({"hyperparameters": {"values": values}}))
-    (search / "leaderboard.csv").write_text("trial_id,status,best_val_accuracy\n0000,COMPLETED,0.7\n"
-                                            "0001,COMPLETED,0.6\n")
+        (search / f"trial_{trial_id}" / "trial.json").write_text(
+            json.dumps({"hyperparameters": {"values": values}})
+        )
+    (search / "leaderboard.csv").write_text(
+        "trial_id,status,best_val_accuracy\n0000,COMPLETED,0.7\n0001,COMPLETED,0.6\n"
+    )
     (search / "best.json").write_text(json.dumps(best_config(trials["0000"], {"batch_size": 64})))
     gpu.stage_confirm(s)
     # the best (3 blocks, residual off) is confirm-1 at depth 3; every other depth and residual is a depth run
-    assert set(started) == {"confirm-1", "confirm-2", "confirm-1-s1", "confirm-2-s1", "depth-1-plain",
-                            "depth-1-residual", "depth-3-residual"}
+    assert set(started) == {
+        "confirm-1",
+        "confirm-2",
+        "confirm-1-s1",
+        "confirm-2-s1",
+        "depth-1-plain",
+        "depth-1-residual",
+        "depth-3-residual",
+    }
     assert list(started)[:2] == ["confirm-1", "confirm-2"]  # every configuration's seed 0 first
     depth = json.loads((s.work / "confirm" / "depth-1-residual.json").read_text())
     top1 = json.loads((s.work / "confirm" / "top1.json").read_text())
@@ -194,8 +284,20 @@ def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_res
 @pytest.mark.slow
 def test_dry_run_of_search_and_confirm_packs_the_results_and_resumes(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--stages", "search,confirm", "--depths", "1",
-               "--seeds", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu",
+        "--dry-run",
+        "--stages",
+        "search,confirm",
+        "--depths",
+        "1",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+    ]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
@@ -203,9 +305,17 @@ def test_dry_run_of_search_and_confirm_packs_the_results_and_resumes(tmp_path):
     assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())
     with tarfile.open(out / "gpu-results.tar.gz") as tar:
         names = tar.getnames()
-    assert {"packed.txt", "search/best.json", "confirm/top1.json", "confirm/depth.csv", "confirm-1/run.json",
-            "confirm-1/model.keras"} <= set(names)
-    assert not any(part in ("backup", "tensorboard", "dry-run-data") for n in names for part in Path(n).parts)
+    assert {
+        "packed.txt",
+        "search/best.json",
+        "confirm/top1.json",
+        "confirm/depth.csv",
+        "confirm-1/run.json",
+        "confirm-1/model.keras",
+    } <= set(names)
+    assert not any(
+        part in ("backup", "tensorboard", "dry-run-data") for n in names for part in Path(n).parts
+    )
     assert "tensorflow missing" in (out / "versions.txt").read_text()
     assert "PARTIAL data" in (out / "data.txt").read_text()
     summary = (out / "summary.txt").read_text()

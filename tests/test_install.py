@@ -1,5 +1,5 @@
-"""A clean install per extra: `pip install ".[torch]"` (or jax, tensorflow) into a fresh venv, then each console script's
-real job, from a folder outside the checkout, on a tiny fake copy of CIFAR-10.
+"""A clean install per extra: `pip install ".[torch]"` (or jax, tensorflow) into a fresh venv, then each
+console script's real job, from a folder outside the checkout, on a tiny fake copy of CIFAR-10.
 
 Opt-in: each extra downloads its backend and takes minutes. Run with
 `ULTIMUS_INSTALL_TESTS=1 python -m pytest tests/test_install.py -n 3`.
@@ -21,8 +21,10 @@ BACKEND = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
 
 pytestmark = [
     pytest.mark.install,
-    pytest.mark.skipif(os.environ.get("ULTIMUS_INSTALL_TESTS") != "1",
-                       reason="makes a venv and downloads a backend per extra; set ULTIMUS_INSTALL_TESTS=1"),
+    pytest.mark.skipif(
+        os.environ.get("ULTIMUS_INSTALL_TESTS") != "1",
+        reason="makes a venv and downloads a backend per extra; set ULTIMUS_INSTALL_TESTS=1",
+    ),
 ]
 
 
@@ -30,7 +32,14 @@ def make_venv(folder: Path, extra: str) -> Path:
     """A fresh venv (no system site-packages) with keras-ultimus[extra] installed from this checkout; its bin/."""
     venv.EnvBuilder(with_pip=True, clear=True).create(folder)
     bin_dir = folder / "bin"
-    pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [
+        str(bin_dir / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     subprocess.run([*pip, f"{ROOT}[{extra}]"], check=True, cwd=folder)
     return bin_dir
 
@@ -41,20 +50,41 @@ def test_each_console_script_does_its_job_in_a_clean_venv(extra, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     data = str(write_fake_tarball(work / "cifar-10-binary.tar.gz", per_file=40))
-    np.save(work / "images.npy", np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KERAS_BACKEND"))}
+    np.save(
+        work / "images.npy",
+        np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KERAS_BACKEND"))
+    }
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", KERAS_BACKEND=BACKEND[extra])
 
     def run(script: str, *args: str, code: int | tuple[int, ...] = 0) -> str:
-        done = subprocess.run([str(bin_dir / script), *args], cwd=work, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode in (code if isinstance(code, tuple) else (code,)), f"{script} {' '.join(args)}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        done = subprocess.run(
+            [str(bin_dir / script), *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode in (code if isinstance(code, tuple) else (code,)), (
+            f"{script} {' '.join(args)}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        )
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
         return done.stdout + done.stderr
 
     # The package comes from the venv, not from this checkout.
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import keras_ultimus; print(keras_ultimus.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import keras_ultimus; print(keras_ultimus.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(bin_dir.parent) in where and str(ROOT) not in where
 
     tiny = ["--data", data, "--limit-train", "160", "--batch-size", "32"]
@@ -63,7 +93,9 @@ def test_each_console_script_does_its_job_in_a_clean_venv(extra, tmp_path):
     assert (work / "run" / "model.keras").exists() and (work / "run" / "log.csv").exists()
     # On random pixels and labels the loss may never fall: then the sweep is still written, with a one-line exit 2.
     message = run("ultimus-lr-find", *tiny, "--steps", "8", "--out", "lr", code=(0, 2))
-    assert (work / "lr" / "sweep.csv").exists() and ((work / "lr" / "lr_find.json").exists() or "never fell" in message)
+    assert (work / "lr" / "sweep.csv").exists() and (
+        (work / "lr" / "lr_find.json").exists() or "never fell" in message
+    )
     run("ultimus-report", "run", "--out", "report", "--data", data)
     assert (work / "report" / "report.md").exists()
     assert "images.npy[2]" in run("ultimus-predict", "run/model.keras", "images.npy")
@@ -78,8 +110,24 @@ def test_each_console_script_does_its_job_in_a_clean_venv(extra, tmp_path):
     assert (work / "search" / "best.json").exists()
     run("ultimus-launch", "--workers", "1", *search, "--out", "search-launched")
     assert (work / "search-launched" / "best.json").exists()
-    run("ultimus-bench", "--backends", BACKEND[extra], "--precisions", "float32", "--steps", "1", "--repeats", "1",
-        "--batch-size", "16", "--matmul-size", "64", "--no-plain-torch", "--out", "bench")
+    run(
+        "ultimus-bench",
+        "--backends",
+        BACKEND[extra],
+        "--precisions",
+        "float32",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "16",
+        "--matmul-size",
+        "64",
+        "--no-plain-torch",
+        "--out",
+        "bench",
+    )
     assert (work / "bench" / "bench.csv").exists()
 
 
@@ -94,16 +142,34 @@ def test_the_readme_first_screen_works_in_a_clean_venv(extra, tmp_path):
     work = tmp_path / "work"  # outside the checkout
     work.mkdir()
     real = os.environ.get("CIFAR10_PATH")
-    data = real if real and Path(real).is_file() else str(write_fake_tarball(work / "cifar-10-binary.tar.gz",
-                                                                              per_file=40))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KERAS_BACKEND"))}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", KERAS_HOME=str(tmp_path / "keras-home"),
-               CIFAR10_PATH=data)
+    data = (
+        real
+        if real and Path(real).is_file()
+        else str(write_fake_tarball(work / "cifar-10-binary.tar.gz", per_file=40))
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KERAS_BACKEND"))
+    }
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        KERAS_HOME=str(tmp_path / "keras-home"),
+        CIFAR10_PATH=data,
+    )
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
-    def run(*command: str, code: int = 0, backend: str | None = BACKEND[extra]) -> subprocess.CompletedProcess:
-        done = subprocess.run(list(command), cwd=work, env={**env, **({"KERAS_BACKEND": backend} if backend else {})},
-                              capture_output=True, text=True, timeout=900)
+    def run(
+        *command: str, code: int = 0, backend: str | None = BACKEND[extra]
+    ) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            list(command),
+            cwd=work,
+            env={**env, **({"KERAS_BACKEND": backend} if backend else {})},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == code, f"{command}: exit {done.returncode}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
         return done
@@ -114,22 +180,50 @@ def test_the_readme_first_screen_works_in_a_clean_venv(extra, tmp_path):
     if data == real:
         assert float(summary.split("test accuracy ")[1].split("%")[0]) >= 60, summary
 
-    names = run("python", "-c", "import keras_ultimus; print(*keras_ultimus.list_presets())").stdout.split()
+    names = run(
+        "python", "-c", "import keras_ultimus; print(*keras_ultimus.list_presets())"
+    ).stdout.split()
     assert names == ["ultimus_faithful_cifar10", "ultimus_whiten_resnet_cifar10"]
     samples = sorted((ROOT / "docs" / "samples").glob("*.png"))
-    predicted = run("ultimus-predict", "--preset", "ultimus_whiten_resnet_cifar10", *map(str, samples)).stdout
-    top = {Path(line.split(":")[0]).stem: line.split(": ")[1].split()[0] for line in predicted.splitlines()}
-    assert sum(name == label for name, label in top.items()) >= 3, predicted  # the samples are named by their class
+    predicted = run(
+        "ultimus-predict", "--preset", "ultimus_whiten_resnet_cifar10", *map(str, samples)
+    ).stdout
+    top = {
+        Path(line.split(":")[0]).stem: line.split(": ")[1].split()[0]
+        for line in predicted.splitlines()
+    }
+    assert sum(name == label for name, label in top.items()) >= 3, (
+        predicted
+    )  # the samples are named by their class
     if extra == "tensorflow":
-        run("ultimus-export", "--preset", "ultimus_whiten_resnet_cifar10", "--out", "export/ultimus")
+        run(
+            "ultimus-export", "--preset", "ultimus_whiten_resnet_cifar10", "--out", "export/ultimus"
+        )
         assert (work / "export" / "ultimus" / "1" / "saved_model.pb").exists()
     else:
         refused = run("ultimus-export", "--preset", "ultimus_whiten_resnet_cifar10", code=2).stderr
-        assert refused.strip().splitlines() == ["error: export needs TensorFlow: pip install tensorflow==2.21.0"]
+        assert refused.strip().splitlines() == [
+            "error: export needs TensorFlow: pip install tensorflow==2.21.0"
+        ]
         # Only this backend installed and no KERAS_BACKEND: the commands use it, and say so in one line.
-        done = run("ultimus-train", "--data", data, "--limit-train", "64", "--limit-test", "32", "--epochs", "1",
-                   "--conv-widths", "4,8,8", "--out", "nobackend", backend=None)
+        done = run(
+            "ultimus-train",
+            "--data",
+            data,
+            "--limit-train",
+            "64",
+            "--limit-test",
+            "32",
+            "--epochs",
+            "1",
+            "--conv-widths",
+            "4,8,8",
+            "--out",
+            "nobackend",
+            backend=None,
+        )
         assert done.stderr.strip().splitlines()[0] == (
             f"note: Keras backend 'tensorflow' (from Keras' default) is not installed; using '{extra}', which is "
-            "(set KERAS_BACKEND to choose)")
+            "(set KERAS_BACKEND to choose)"
+        )
         assert json.loads((work / "nobackend" / "run.json").read_text())["backend"] == extra

@@ -13,8 +13,10 @@ pytestmark = pytest.mark.multi_backend
 
 def numpy_ultimus(layer: UltimusLayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Independent reference: explicit per-sample loops over the 8x8 map."""
-    w = {d.name: [ops.convert_to_numpy(v) for v in d.weights] for d in
-         (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)}
+    w = {
+        d.name: [ops.convert_to_numpy(v) for v in d.weights]
+        for d in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+    }
     d = layer.key_dim
     outs, maps = [], []
     for sample in x.astype(np.float64):
@@ -133,8 +135,10 @@ def test_attention_softmax_runs_in_float32_under_mixed_precision(policy):
     np.testing.assert_allclose(ops.convert_to_numpy(am).sum(-1), 1.0, atol=1e-6)
     # Only the projections round to the compute dtype: from the layer's own rounded q and k, a float64
     # softmax gives the same map to float32 precision (a softmax in the compute dtype would be ~1e-3 off).
-    q, k = (ops.convert_to_numpy(ops.cast(dense(x), "float32")).astype(np.float64)
-            for dense in (layer.query_dense, layer.key_dense))
+    q, k = (
+        ops.convert_to_numpy(ops.cast(dense(x), "float32")).astype(np.float64)
+        for dense in (layer.query_dense, layer.key_dense)
+    )
     scores = q[:, :, None] * k[:, None, :] / np.sqrt(layer.key_dim)
     e = np.exp(scores - scores.max(-1, keepdims=True))
     np.testing.assert_allclose(ops.convert_to_numpy(am), e / e.sum(-1, keepdims=True), atol=1e-5)
@@ -142,16 +146,22 @@ def test_attention_softmax_runs_in_float32_under_mixed_precision(policy):
 
 def numpy_batch_and_elementwise(layer: UltimusLayer, x: np.ndarray) -> np.ndarray:
     """Independent reference for the original code's two readings, written with explicit loops."""
-    w = {d.name: [ops.convert_to_numpy(v) for v in d.weights] for d in
-         (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)}
+    w = {
+        d.name: [ops.convert_to_numpy(v) for v in d.weights]
+        for d in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+    }
     x = x.astype(np.float64)
     q, k, v = (x @ w[n][0] + w[n][1] for n in ("query", "key", "value"))
     d, n = layer.key_dim, len(x)
     if layer.attention == "batch":
-        scores = np.array([[sum(q[b, i] * k[b, j] for b in range(n)) for j in range(d)] for i in range(d)])
+        scores = np.array(
+            [[sum(q[b, i] * k[b, j] for b in range(n)) for j in range(d)] for i in range(d)]
+        )
         e = np.exp(scores / np.sqrt(d) - (scores / np.sqrt(d)).max(1, keepdims=True))
         am = e / e.sum(1, keepdims=True)
-        z = np.array([[sum(v[b, i] * am[i, j] for i in range(d)) for j in range(d)] for b in range(n)])
+        z = np.array(
+            [[sum(v[b, i] * am[i, j] for i in range(d)) for j in range(d)] for b in range(n)]
+        )
     else:
         scores = q * k / np.sqrt(d)
         e = np.exp(scores - scores.max(1, keepdims=True))

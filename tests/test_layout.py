@@ -1,18 +1,34 @@
-"""The package's structure: imports run one way (commands -> library), in no circle, and the package is Keras-private-free."""
+"""The package's structure: imports run one way (commands -> library), in no circle; private members listed."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_ultimus"
 # The command modules: each parses flags, calls the library and prints; nothing else may import them.
-COMMANDS = {"keras_ultimus.train", "keras_ultimus.lr_find", "keras_ultimus.export", "keras_ultimus.predict",
-            "keras_ultimus.bench", "keras_ultimus.data", "keras_ultimus.tuner.tune", "keras_ultimus.tuner.launch",
-            "keras_ultimus.report.cli", "keras_ultimus.report.__main__"}
+COMMANDS = {
+    "keras_ultimus.train",
+    "keras_ultimus.lr_find",
+    "keras_ultimus.export",
+    "keras_ultimus.predict",
+    "keras_ultimus.bench",
+    "keras_ultimus.data",
+    "keras_ultimus.tuner.tune",
+    "keras_ultimus.tuner.launch",
+    "keras_ultimus.report.cli",
+    "keras_ultimus.report.__main__",
+}
 # Top-level library modules every kind uses; everything else lives in the subpackage of its kind.
-SHARED = {"keras_ultimus", "keras_ultimus.backend", "keras_ultimus.errors", "keras_ultimus.provenance",
-          "keras_ultimus.config", "keras_ultimus.constants", "keras_ultimus.flags",
-          "keras_ultimus.fields",
-          "keras_ultimus.plotting"}
+SHARED = {
+    "keras_ultimus",
+    "keras_ultimus.backend",
+    "keras_ultimus.errors",
+    "keras_ultimus.provenance",
+    "keras_ultimus.config",
+    "keras_ultimus.constants",
+    "keras_ultimus.flags",
+    "keras_ultimus.fields",
+    "keras_ultimus.plotting",
+}
 KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tuner", "runs"}
 # Packages that must not import each other in either direction (sideways), besides the no-two-way rule.
 APART = [("report", "tuner"), ("serving", "training")]
@@ -40,7 +56,11 @@ def imports() -> dict[str, set[str]]:
 
 
 def test_no_library_module_imports_a_command():
-    offenders = {m: sorted(deps & COMMANDS) for m, deps in imports().items() if m not in COMMANDS and deps & COMMANDS}
+    offenders = {
+        m: sorted(deps & COMMANDS)
+        for m, deps in imports().items()
+        if m not in COMMANDS and deps & COMMANDS
+    }
     assert not offenders
 
 
@@ -49,7 +69,7 @@ def test_keras_ultimus_modules_import_each_other_in_no_circle():
 
     def visit(module):
         if module in path:
-            raise AssertionError(" -> ".join(path[path.index(module):] + [module]))
+            raise AssertionError(" -> ".join(path[path.index(module) :] + [module]))
         if module in done:
             return
         path.append(module)
@@ -72,14 +92,18 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     """Which packages import which, from a module graph."""
     edges: dict[str, set[str]] = {}
     for module, deps in graph.items():
-        edges.setdefault(package(module), set()).update(package(d) for d in deps if package(d) != package(module))
+        edges.setdefault(package(module), set()).update(
+            package(d) for d in deps if package(d) != package(module)
+        )
     return edges
 
 
 def two_way_edges(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     """The pairs of packages that import each other."""
     edges = package_graph(graph)
-    return sorted((a, b) for a, deps in edges.items() for b in deps if a < b and a in edges.get(b, set()))
+    return sorted(
+        (a, b) for a, deps in edges.items() for b in deps if a < b and a in edges.get(b, set())
+    )
 
 
 def test_packages_depend_one_way():
@@ -91,7 +115,7 @@ def test_packages_import_each_other_in_no_circle():
 
     def visit(node):
         if node in path:
-            raise AssertionError(" -> ".join(path[path.index(node):] + [node]))
+            raise AssertionError(" -> ".join(path[path.index(node) :] + [node]))
         if node in done:
             return
         path.append(node)
@@ -105,8 +129,10 @@ def test_packages_import_each_other_in_no_circle():
 
 
 def test_the_package_check_fails_on_a_two_way_edge():
-    graph = {"keras_ultimus.serving.loading": {"keras_ultimus.training.recipe"},
-             "keras_ultimus.training.recipe": {"keras_ultimus.serving.loading"}}
+    graph = {
+        "keras_ultimus.serving.loading": {"keras_ultimus.training.recipe"},
+        "keras_ultimus.training.recipe": {"keras_ultimus.serving.loading"},
+    }
     assert two_way_edges(graph) == [("keras_ultimus.serving", "keras_ultimus.training")]
 
 
@@ -122,19 +148,29 @@ def test_the_runs_package_imports_no_keras_and_no_other_kind():
         tree = ast.parse(path.read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert not {n for n in names if n.split(".")[0] in ("keras", "keras_tuner", "tensorflow")}, path
-        assert {package(n) for n in names if n.startswith("keras_ultimus.")} <= SHARED | {"keras_ultimus.runs"}
+        assert not {
+            n for n in names if n.split(".")[0] in ("keras", "keras_tuner", "tensorflow")
+        }, path
+        assert {package(n) for n in names if n.startswith("keras_ultimus.")} <= SHARED | {
+            "keras_ultimus.runs"
+        }
 
 
 def test_library_modules_are_grouped_by_kind_and_top_level_modules_are_commands_or_shared():
-    misplaced = [m for m in imports() if m not in COMMANDS | SHARED and m.split(".")[1] not in KINDS]
+    misplaced = [
+        m for m in imports() if m not in COMMANDS | SHARED and m.split(".")[1] not in KINDS
+    ]
     assert not misplaced
     top_level = {module_name(p) for p in PACKAGE.glob("*.py")}
     assert top_level <= COMMANDS | SHARED
 
 
 def test_no_module_is_over_300_lines():
-    long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        p.name: n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long
 
 
@@ -151,11 +187,16 @@ def test_choices_are_defined_once_in_the_keras_free_constants_module():
     from keras_ultimus.training import distribute
 
     assert layers.ATTENTION is constants.ATTENTION
-    assert (model.STEMS, model.POOLING, model.CLASS_NAMES) == (constants.STEMS, constants.POOLING,
-                                                                constants.CLASS_NAMES)
+    assert (model.STEMS, model.POOLING, model.CLASS_NAMES) == (
+        constants.STEMS,
+        constants.POOLING,
+        constants.CLASS_NAMES,
+    )
     assert (pipelines.KINDS, distribute.MODES) == (constants.PIPELINES, constants.DISTRIBUTE_MODES)
     assert pipelines.KINDS is constants.PIPELINES and distribute.MODES is constants.DISTRIBUTE_MODES
-    assert constants.__doc__ and not [n for n in vars(constants) if n.islower() and not n.startswith("__")]
+    assert constants.__doc__ and not [
+        n for n in vars(constants) if n.islower() and not n.startswith("__")
+    ]
 
 
 def is_private(name: str) -> bool:
@@ -176,13 +217,26 @@ def private_members_used() -> set[str]:
     read, everything_defined = set(), set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and is_private(node.attr) and isinstance(node.ctx, ast.Load) \
-                    and not (isinstance(node.value, ast.Name) and node.value.id == "argparse"):
+            if (
+                isinstance(node, ast.Attribute)
+                and is_private(node.attr)
+                and isinstance(node.ctx, ast.Load)
+                and not (isinstance(node.value, ast.Name) and node.value.id == "argparse")
+            ):
                 read.add(node.attr)
             if isinstance(node, ast.ClassDef):
-                names = {f.name for f in node.body if isinstance(f, ast.FunctionDef) and is_private(f.name)}
-                names |= {a.attr for a in ast.walk(node) if isinstance(a, ast.Attribute) and is_private(a.attr)
-                          and isinstance(a.ctx, ast.Store)}
+                names = {
+                    f.name
+                    for f in node.body
+                    if isinstance(f, ast.FunctionDef) and is_private(f.name)
+                }
+                names |= {
+                    a.attr
+                    for a in ast.walk(node)
+                    if isinstance(a, ast.Attribute)
+                    and is_private(a.attr)
+                    and isinstance(a.ctx, ast.Store)
+                }
                 defined[(module_name(path), node.name)] = names
                 everything_defined |= names
     theirs = read - everything_defined
@@ -192,10 +246,16 @@ def private_members_used() -> set[str]:
         if isinstance(cls, type):
             ours[cls] = defined[(module, name)]
     for cls in ours:
-        external = [c for c in cls.__mro__ if c.__module__.split(".")[0] in ("keras", "keras_tuner")]
+        external = [
+            c for c in cls.__mro__ if c.__module__.split(".")[0] in ("keras", "keras_tuner")
+        ]
         sources = "".join(inspect.getsource(c) for c in external)
         for mine in (c for c in cls.__mro__ if c in ours):
-            theirs |= {n for n in ours[mine] if any(n in vars(c) for c in external) or f"self.{n}" in sources}
+            theirs |= {
+                n
+                for n in ours[mine]
+                if any(n in vars(c) for c in external) or f"self.{n}" in sources
+            }
     return theirs
 
 
@@ -203,5 +263,9 @@ def test_the_private_keras_and_kerastuner_members_used_are_the_ones_with_contrac
     from test_contracts import PRIVATE_MEMBERS
 
     theirs = private_members_used()
-    assert not theirs - set(PRIVATE_MEMBERS), "private members used without a contract test (tests/test_contracts.py)"
-    assert not set(PRIVATE_MEMBERS) - theirs, "listed in tests/test_contracts.py but no longer used: unlist them"
+    assert not theirs - set(PRIVATE_MEMBERS), (
+        "private members used without a contract test (tests/test_contracts.py)"
+    )
+    assert not set(PRIVATE_MEMBERS) - theirs, (
+        "listed in tests/test_contracts.py but no longer used: unlist them"
+    )

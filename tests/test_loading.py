@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.serving.loading import float32_copy, load_keras_model, save_for_inference
 from keras_ultimus.models.ultimus import build_model
+from keras_ultimus.serving.loading import float32_copy, load_keras_model, save_for_inference
 from tests.helpers import smooth_images
 
 
@@ -39,7 +39,9 @@ def test_a_bf16_trained_model_serves_in_float32_with_the_same_weights(bf16_model
     for a, b in zip(loaded.get_weights(), served.get_weights()):
         np.testing.assert_array_equal(a, b)
     images = smooth_images(4).astype("float32")
-    want = build_model(conv_widths=(4, 8), num_blocks=2, residual=True)  # float32 twin, same weights
+    want = build_model(
+        conv_widths=(4, 8), num_blocks=2, residual=True
+    )  # float32 twin, same weights
     want.set_weights(loaded.get_weights())
     got = keras.ops.convert_to_numpy(served(images))
     assert got.dtype == np.float32
@@ -76,8 +78,17 @@ print("loaded", len(sys.argv) - 2)
 def load_in_fresh_process(imports: str, models: list[str]) -> subprocess.CompletedProcess:
     backend = keras.backend.backend()
     return subprocess.run(
-        [sys.executable, "-c", LOAD_EVERY_COMMITTED_MODEL.format(imports=imports), backend, *models],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            LOAD_EVERY_COMMITTED_MODEL.format(imports=imports),
+            backend,
+            *models,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
 
@@ -90,11 +101,14 @@ def test_every_committed_model_loads_with_keras_after_importing_the_package():
     assert result.stdout.split() == ["loaded", str(len(COMMITTED_MODELS))]
 
 
-@pytest.mark.parametrize("imports", [
-    "import keras\nimport keras_ultimus",
-    "import keras_ultimus.training.losses\nimport keras",  # Keras first imported from inside a registering module
-    "import keras_ultimus, importlib.util\nimportlib.util.find_spec('keras')\nimport keras",  # as TensorFlow does
-])
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import keras\nimport keras_ultimus",
+        "import keras_ultimus.training.losses\nimport keras",  # Keras first imported from inside a registering module
+        "import keras_ultimus, importlib.util\nimportlib.util.find_spec('keras')\nimport keras",  # as TensorFlow does
+    ],
+)
 def test_a_committed_model_loads_whatever_the_import_order(imports):
     result = load_in_fresh_process(imports, COMMITTED_MODELS[:1])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -102,20 +116,30 @@ def test_a_committed_model_loads_whatever_the_import_order(imports):
 
 
 def test_importing_the_package_registers_its_serializables_with_no_import_hook():
-    code = ("import sys, keras_ultimus, keras\n"
-            "print(type(sys.meta_path[0]).__module__.startswith('keras_ultimus'))\n"
-            "for name in ('UltimusLayer', 'OneCycle', 'SmoothedSparseCrossentropy', 'LossScaleOptimizer'):\n"
-            "    assert keras.saving.get_registered_object(f'keras_ultimus>{name}'), name\n"
-            "print('registered')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, keras_ultimus, keras\n"
+        "print(type(sys.meta_path[0]).__module__.startswith('keras_ultimus'))\n"
+        "for name in ('UltimusLayer', 'OneCycle', 'SmoothedSparseCrossentropy', 'LossScaleOptimizer'):\n"
+        "    assert keras.saving.get_registered_object(f'keras_ultimus>{name}'), name\n"
+        "print('registered')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.split() == ["False", "registered"], result.stderr[-2000:]
     assert not any("keras_ultimus" in type(f).__module__ for f in sys.meta_path)
 
 
 def test_importing_the_package_with_a_bad_backend_is_an_import_error_in_a_library_user():
     code = "import keras_ultimus"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "KERAS_BACKEND": "tensorfow"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KERAS_BACKEND": "tensorfow"},
+    )
     assert result.returncode == 1
     assert "ImportError: Keras backend 'tensorfow'" in result.stderr
     assert "\nimport keras\n" not in result.stderr  # refused before Keras' own import
@@ -123,7 +147,10 @@ def test_importing_the_package_with_a_bad_backend_is_an_import_error_in_a_librar
 
 def weight_groups(path: Path) -> set[str]:
     """The top-level groups of a `.keras` file's weights: "optimizer" among them when it holds optimizer state."""
-    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+    with (
+        zipfile.ZipFile(path) as archive,
+        h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5,
+    ):
         return set(h5.keys())
 
 
@@ -135,10 +162,16 @@ def test_committed_models_hold_no_optimizer_state_and_are_deflated():
 
 
 def test_the_tracked_tree_leaves_room_for_data_in_a_64_mib_device_call():
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    size = sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    size = sum(
+        (ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file()
+    )
     # 28 MiB + 3 MiB of wheels + one 27 MiB sixth of the data (DEVELOPERS.md, "GPU runs") stay under 60 MiB
-    assert size < 28 * 2**20, f"tracked tree is {size / 2**20:.1f} MiB; the tree plus 3 MiB of wheels must stay under 31"
+    assert size < 28 * 2**20, (
+        f"tracked tree is {size / 2**20:.1f} MiB; the tree plus 3 MiB of wheels must stay under 31"
+    )
 
 
 @pytest.mark.multi_backend
@@ -153,8 +186,13 @@ def test_save_for_inference_drops_the_optimizer_and_keeps_the_weights_and_logits
     assert "optimizer" in weight_groups(tmp_path / "full.keras")
     assert "optimizer" not in weight_groups(tmp_path / "slim.keras")
     assert (tmp_path / "slim.keras").stat().st_size < (tmp_path / "full.keras").stat().st_size / 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.keras", "slim.keras"]  # no partial file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "full.keras",
+        "slim.keras",
+    ]  # no partial file left
     loaded = load_keras_model(tmp_path / "slim.keras")
     for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images))
+    )

@@ -3,9 +3,9 @@
 import io
 import json
 import os
-import tarfile
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import keras
@@ -16,8 +16,8 @@ import tensorflow as tf
 from keras_ultimus.datasets.cifar10 import TEST_FILE, TRAIN_FILES
 from keras_ultimus.errors import UserError
 from keras_ultimus.lr_find import main
-from keras_ultimus.training.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
 from keras_ultimus.training.compiling import compile_model
+from keras_ultimus.training.lr_range import find_lr, smooth, suggest_lr, sweep, with_float_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,14 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
 
 def linear_model(optimizer: keras.optimizers.Optimizer, kernel: np.ndarray) -> keras.Model:
     """y = x @ kernel, MSE: a problem whose every step NumPy can redo."""
-    model = keras.Sequential([
-        keras.Input((kernel.shape[0],)),
-        keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(kernel)),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((kernel.shape[0],)),
+            keras.layers.Dense(
+                1, use_bias=False, kernel_initializer=keras.initializers.Constant(kernel)
+            ),
+        ]
+    )
     model.compile(optimizer=optimizer, loss="mse")
     return model
 
@@ -81,7 +85,9 @@ def test_suggestion_refuses_a_loss_that_never_falls():
 
 def fit_on(model, data):
     """A `sweep` fit over ready batches."""
-    return lambda epochs, callbacks: model.fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    return lambda epochs, callbacks: model.fit(
+        data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0
+    )
 
 
 @pytest.mark.multi_backend
@@ -130,7 +136,9 @@ def test_sweep_stops_once_the_loss_diverges():
     assert stopped and "4x its best" in stopped
     assert len(table) < 64
     assert table["smoothed"].iloc[-1] > 4 * table["smoothed"].min()
-    assert table["smoothed"].iloc[-2] <= 4 * table["smoothed"].iloc[:-1].min()  # it stopped at the first step over
+    assert (
+        table["smoothed"].iloc[-2] <= 4 * table["smoothed"].iloc[:-1].min()
+    )  # it stopped at the first step over
 
 
 @pytest.mark.multi_backend
@@ -145,8 +153,13 @@ def test_with_float_lr_keeps_the_recipes_compile_but_lets_a_callback_set_the_lr(
     with_float_lr(model, 2e-4)
     inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     assert isinstance(inner, keras.optimizers.Adam)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
-    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy) and model.loss.from_logits
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        policy == "mixed_float16"
+    )
+    assert (
+        isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+        and model.loss.from_logits
+    )
     assert model.jit_compile is False
     model.optimizer.learning_rate = 0.05  # a schedule would refuse this
     assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == pytest.approx(0.05)
@@ -157,8 +170,16 @@ def test_find_lr_writes_the_sweep_chart_and_suggestion(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8).repeat(1, axis=0)
     labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int32)  # learnable: bright or dark
-    config = {"seed": 0, "batch_size": 16, "augment": False, "num_blocks": 1, "conv_widths": [4, 4, 4]}
-    result = find_lr(config, ((images, labels), (images[:8], labels[:8])), tmp_path / "lr", 1e-4, 10.0, 24)
+    config = {
+        "seed": 0,
+        "batch_size": 16,
+        "augment": False,
+        "num_blocks": 1,
+        "conv_widths": [4, 4, 4],
+    }
+    result = find_lr(
+        config, ((images, labels), (images[:8], labels[:8])), tmp_path / "lr", 1e-4, 10.0, 24
+    )
 
     folder = tmp_path / "lr"
     saved = json.loads((folder / "lr_find.json").read_text())
@@ -186,7 +207,9 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys):
         assert exit.value.code == 2
         assert message in capsys.readouterr().err
     assert main(["--conv-widths", "8,0", "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.startswith("error: model settings: conv widths '8,0': every width must be at least 1")
+    assert capsys.readouterr().err.startswith(
+        "error: model settings: conv widths '8,0': every width must be at least 1"
+    )
     assert main(["--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1
@@ -213,10 +236,33 @@ def learnable_tarball(path: Path, per_file: int = 20) -> Path:
 @pytest.mark.slow
 def test_cli_runs_end_to_end(tmp_path):
     out = tmp_path / "sweep"
-    args = ["--data", str(learnable_tarball(tmp_path / "cifar-10-binary.tar.gz")), "--out", str(out), "--batch-size", "16", "--steps", "20",
-            "--min-lr", "1e-4", "--max-lr", "1", "--blocks", "1", "--conv-widths", "4,4,4", "--no-augment"]
-    done = subprocess.run([sys.executable, "-m", "keras_ultimus.lr_find", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    args = [
+        "--data",
+        str(learnable_tarball(tmp_path / "cifar-10-binary.tar.gz")),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--steps",
+        "20",
+        "--min-lr",
+        "1e-4",
+        "--max-lr",
+        "1",
+        "--blocks",
+        "1",
+        "--conv-widths",
+        "4,4,4",
+        "--no-augment",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.lr_find", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     assert "suggested peak LR" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.json", "lr_find.png", "sweep.csv"]

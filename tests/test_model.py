@@ -1,11 +1,17 @@
 """build_model: exact parameter count, stem options, argument checks, mixed precision, .keras round trip."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from keras_ultimus.models.layers import UltimusLayer
-from keras_ultimus.models.ultimus import build_model, parse_conv_widths, parse_downsample, stem_plan, trainable_params
+from keras_ultimus.models.ultimus import (
+    build_model,
+    parse_conv_widths,
+    parse_downsample,
+    stem_plan,
+    trainable_params,
+)
 
 pytestmark = pytest.mark.multi_backend
 
@@ -31,8 +37,14 @@ def test_layer_names_and_output_shape():
 
 @pytest.mark.parametrize("blocks", [1, 8])
 def test_options_reach_the_layers(blocks):
-    model = build_model(num_blocks=blocks, key_dim=4, scale="post", residual=True,
-                        conv_widths=(8, 16), bn_momentum=0.5)
+    model = build_model(
+        num_blocks=blocks,
+        key_dim=4,
+        scale="post",
+        residual=True,
+        conv_widths=(8, 16),
+        bn_momentum=0.5,
+    )
     ultimus = [layer for layer in model.layers if isinstance(layer, UltimusLayer)]
     assert len(ultimus) == blocks
     assert all((u.key_dim, u.scale, u.residual) == (4, "post", True) for u in ultimus)
@@ -43,8 +55,12 @@ def test_options_reach_the_layers(blocks):
 def test_keras_round_trip_gives_identical_predictions(tmp_path):
     model = build_model()
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, np.arange(4), epochs=1, verbose=0)  # moves weights and BN statistics off their init
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(
+        x, np.arange(4), epochs=1, verbose=0
+    )  # moves weights and BN statistics off their init
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -82,8 +98,12 @@ def reference_count(widths, num_blocks, key_dim, num_classes=10):
 STEMS = [
     dict(conv_widths=(32, 256, 48)),
     dict(conv_widths=(16, 32), downsample=("pool",)),
-    dict(conv_widths=(8, 16, 24, 32), downsample=("stride", "none", "pool"), num_blocks=2, key_dim=4),
-    dict(conv_widths=(32, 64, 64, 128, 96, 48), downsample=("pool", "none", "stride", "none", "none")),
+    dict(
+        conv_widths=(8, 16, 24, 32), downsample=("stride", "none", "pool"), num_blocks=2, key_dim=4
+    ),
+    dict(
+        conv_widths=(32, 64, 64, 128, 96, 48), downsample=("pool", "none", "stride", "none", "none")
+    ),
     dict(conv_widths=(8,) * 6, num_blocks=8, key_dim=16, residual=True, scale="post"),
 ]
 
@@ -91,7 +111,9 @@ STEMS = [
 @pytest.mark.parametrize("kwargs", STEMS)
 def test_trainable_params_matches_the_built_model_and_a_hand_count(kwargs):
     model = build_model(**kwargs)
-    expected = reference_count(list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8))
+    expected = reference_count(
+        list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8)
+    )
     assert trainable_count(model) == trainable_params(**kwargs) == expected
 
 
@@ -107,17 +129,20 @@ def test_pooling_and_stride_shrink_the_feature_map_as_planned():
     assert not any(layer.name.startswith("pool") for layer in build_model().layers)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(conv_widths=()), "conv_widths"),
-    (dict(conv_widths=(0, 8, 8)), "conv_widths"),
-    (dict(conv_widths=(8, 8), downsample=("pool", "pool")), "one entry per gap"),
-    (dict(conv_widths=(8, 8), downsample=("avg",)), "downsample"),
-    (dict(conv_widths=(8,) * 6, downsample=("pool",) * 5), "smaller than its 3x3 kernel"),
-    (dict(num_blocks=0), "num_blocks"),
-    (dict(key_dim=2.5), "key_dim"),
-    (dict(scale="mid"), "scale"),
-    (dict(bn_momentum=1.0), "bn_momentum"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(conv_widths=()), "conv_widths"),
+        (dict(conv_widths=(0, 8, 8)), "conv_widths"),
+        (dict(conv_widths=(8, 8), downsample=("pool", "pool")), "one entry per gap"),
+        (dict(conv_widths=(8, 8), downsample=("avg",)), "downsample"),
+        (dict(conv_widths=(8,) * 6, downsample=("pool",) * 5), "smaller than its 3x3 kernel"),
+        (dict(num_blocks=0), "num_blocks"),
+        (dict(key_dim=2.5), "key_dim"),
+        (dict(scale="mid"), "scale"),
+        (dict(bn_momentum=1.0), "bn_momentum"),
+    ],
+)
 def test_bad_arguments_raise_a_clear_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(**kwargs)
@@ -152,14 +177,22 @@ def resnet_hand_count(widths: list[int], num_blocks: int = 4, key_dim: int = 8) 
     return total + num_blocks * block + c * 10 + 10
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(conv_widths=(16, 32, 64), stem="resnet", num_blocks=1, key_dim=16),
-    dict(conv_widths=(8, 8, 8, 8, 8), stem="resnet", pooling="max", attention="elementwise"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(conv_widths=(16, 32, 64), stem="resnet", num_blocks=1, key_dim=16),
+        dict(conv_widths=(8, 8, 8, 8, 8), stem="resnet", pooling="max", attention="elementwise"),
+    ],
+)
 def test_a_resnet_stem_counts_and_shapes_as_planned(kwargs):
     model = build_model(**kwargs)
-    assert trainable_count(model) == trainable_params(**kwargs) == resnet_hand_count(
-        list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8))
+    assert (
+        trainable_count(model)
+        == trainable_params(**kwargs)
+        == resnet_hand_count(
+            list(kwargs["conv_widths"]), kwargs.get("num_blocks", 4), kwargs.get("key_dim", 8)
+        )
+    )
     stages = len(kwargs["conv_widths"])
     assert model.get_layer(f"stage{stages}_add").output.shape[1:3] == (32 >> stages, 32 >> stages)
     assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
@@ -180,12 +213,15 @@ def test_max_pooling_takes_the_largest_activation_of_each_channel():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(features(images)), want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(stem="resnet", conv_widths=(8,) * 6), "at most 5 stages"),
-    (dict(stem="resnet", conv_widths=(8, 8), downsample=("pool",)), "downsample"),
-    (dict(stem="unet"), "stem"),
-    (dict(pooling="sum"), "pooling"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(stem="resnet", conv_widths=(8,) * 6), "at most 5 stages"),
+        (dict(stem="resnet", conv_widths=(8, 8), downsample=("pool",)), "downsample"),
+        (dict(stem="unet"), "stem"),
+        (dict(pooling="sum"), "pooling"),
+    ],
+)
 def test_bad_stem_and_pooling_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(**kwargs)
@@ -193,7 +229,9 @@ def test_bad_stem_and_pooling_arguments_raise(kwargs, match):
         trainable_params(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(conv_widths=(32, 64, 64), stem="resnet", num_blocks=1, key_dim=16)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(conv_widths=(32, 64, 64), stem="resnet", num_blocks=1, key_dim=16)]
+)
 def test_whitening_adds_a_frozen_2x2_conv_and_24_input_channels_to_conv1(kwargs):
     model = build_model(whiten=True, **kwargs)
     whiten = model.get_layer("whiten")
@@ -202,7 +240,10 @@ def test_whitening_adds_a_frozen_2x2_conv_and_24_input_channels_to_conv1(kwargs)
     first = model.get_layer("conv1" if not kwargs else "stage1_conv")
     assert first.kernel.shape[2] == 24
     assert trainable_count(model) == trainable_params(whiten=True, **kwargs)
-    assert trainable_params(whiten=True, **kwargs) - trainable_params(**kwargs) == 9 * 21 * first.kernel.shape[3]
+    assert (
+        trainable_params(whiten=True, **kwargs) - trainable_params(**kwargs)
+        == 9 * 21 * first.kernel.shape[3]
+    )
 
 
 def test_the_whitening_conv_makes_training_patches_uncorrelated_with_unit_variance(tmp_path):
@@ -210,20 +251,32 @@ def test_the_whitening_conv_makes_training_patches_uncorrelated_with_unit_varian
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (300, 32, 32, 3)).astype(np.float64)
-    images = np.clip(0.5 * base + 0.5 * np.roll(base, 1, axis=2), 0, 255).astype(np.uint8)  # correlated neighbours
+    images = np.clip(0.5 * base + 0.5 * np.roll(base, 1, axis=2), 0, 255).astype(
+        np.uint8
+    )  # correlated neighbours
     model = build_model(whiten=True, conv_widths=(8,), num_blocks=1)
     set_whitening(model, images)
     # Independent NumPy: every 2x2 patch of the normalised images, in (row, col, channel) order, times the kernel.
     x = (images - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
-    patches = np.stack([x[:, i:i + 31, j:j + 31, :] for i in range(2) for j in range(2)], axis=3).reshape(-1, 12)
+    patches = np.stack(
+        [x[:, i : i + 31, j : j + 31, :] for i in range(2) for j in range(2)], axis=3
+    ).reshape(-1, 12)
     kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel).reshape(12, 24)
     out = patches @ kernel
     raw = np.cov(patches, rowvar=False)
-    assert np.abs(raw - np.diag(np.diag(raw))).max() > 0.1  # the patches are correlated to begin with
+    assert (
+        np.abs(raw - np.diag(np.diag(raw))).max() > 0.1
+    )  # the patches are correlated to begin with
     np.testing.assert_allclose(np.cov(out[:, :12], rowvar=False), np.eye(12), atol=2e-2)
     np.testing.assert_array_equal(out[:, 12:], -out[:, :12])
-    whitened = keras.Model(model.input, model.get_layer("whiten").output).predict(images[:4], verbose=0)
-    np.testing.assert_allclose(whitened.reshape(-1, 24), (patches @ kernel)[: 4 * 31 * 31], rtol=1e-3, atol=1e-3)
+    whitened = keras.Model(model.input, model.get_layer("whiten").output).predict(
+        images[:4], verbose=0
+    )
+    np.testing.assert_allclose(
+        whitened.reshape(-1, 24), (patches @ kernel)[: 4 * 31 * 31], rtol=1e-3, atol=1e-3
+    )
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.get_layer("whiten").kernel), kernel.reshape(2, 2, 3, 24))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.get_layer("whiten").kernel), kernel.reshape(2, 2, 3, 24)
+    )

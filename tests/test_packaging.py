@@ -37,10 +37,19 @@ SCRIPTS = {
 
 def run(args: list, **kwargs) -> subprocess.CompletedProcess:
     """Run a command quietly (pip offline, TensorFlow's C++ logs off); fail the test with its output."""
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PIP_NO_INDEX": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     env.pop("PYTHONPATH", None)  # the venv must find the installed package, not this checkout
-    result = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env, timeout=300, **kwargs)
-    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+    result = subprocess.run(
+        list(map(str, args)), capture_output=True, text=True, env=env, timeout=300, **kwargs
+    )
+    assert result.returncode == 0, (
+        f"{args}: exit {result.returncode}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+    )
     return result
 
 
@@ -49,7 +58,9 @@ def copy_sources(dest: Path) -> Path:
     dest.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "keras_ultimus", dest / "keras_ultimus", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "keras_ultimus", dest / "keras_ultimus", ignore=shutil.ignore_patterns("__pycache__")
+    )
     return dest
 
 
@@ -63,7 +74,9 @@ def make_venv(path: Path) -> Path:
     venv.create(path, with_pip=False)
     (site,) = (path / "lib").glob("python*/site-packages")
     paths = sysconfig.get_paths()
-    (site / "_this_environment.pth").write_text("\n".join(dict.fromkeys([paths["purelib"], paths["platlib"]])) + "\n")
+    (site / "_this_environment.pth").write_text(
+        "\n".join(dict.fromkeys([paths["purelib"], paths["platlib"]])) + "\n"
+    )
     return path / "bin"
 
 
@@ -72,42 +85,93 @@ def test_pyproject_declares_every_cli_and_the_extras():
     assert project["scripts"] == SCRIPTS
     assert set(project["optional-dependencies"]) >= {"tensorflow", "torch", "jax", "onnx", "test"}
     assert not any(d.startswith(("tensorflow", "torch", "jax")) for d in project["dependencies"])
-    assert project["license"] == "Apache-2.0" and "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    assert (
+        project["license"] == "Apache-2.0"
+        and "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    )
 
 
 def test_wheel_installs_package_and_console_scripts(tmp_path):
     source = copy_sources(tmp_path / "src")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path / "dist",
+            source,
+        ]
+    )
     (wheel,) = (tmp_path / "dist").glob("keras_ultimus-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        metadata = email.message_from_bytes(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
+        metadata = email.message_from_bytes(
+            archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+        )
     assert metadata["Version"] == keras_ultimus.__version__
     assert metadata["License-Expression"] == "Apache-2.0"
     packaged = {n for n in names if n.endswith(".py")}
     in_checkout = {p.relative_to(ROOT).as_posix() for p in (ROOT / "keras_ultimus").rglob("*.py")}
-    assert packaged == in_checkout, "the wheel holds exactly the package's modules, subpackages included"
-    presets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "keras_ultimus" / "presets").rglob("*") if p.is_file()}
-    assert len(presets) >= 4 and presets <= set(names), "the wheel carries every preset's model and metadata"
+    assert packaged == in_checkout, (
+        "the wheel holds exactly the package's modules, subpackages included"
+    )
+    presets = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "keras_ultimus" / "presets").rglob("*")
+        if p.is_file()
+    }
+    assert len(presets) >= 4 and presets <= set(names), (
+        "the wheel carries every preset's model and metadata"
+    )
 
     bin_dir = make_venv(tmp_path / "venv")
     run([bin_dir / "python", "-m", "pip", "install", "--no-deps", wheel])
-    where = run([bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"], cwd=tmp_path)
+    where = run(
+        [bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"],
+        cwd=tmp_path,
+    )
     assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")
-    listed = run([bin_dir / "python", "-c", "import keras_ultimus; print(*keras_ultimus.list_presets())"], cwd=tmp_path)
-    assert listed.stdout.split() == sorted(p.name for p in (ROOT / "keras_ultimus" / "presets").iterdir())
+    listed = run(
+        [bin_dir / "python", "-c", "import keras_ultimus; print(*keras_ultimus.list_presets())"],
+        cwd=tmp_path,
+    )
+    assert listed.stdout.split() == sorted(
+        p.name for p in (ROOT / "keras_ultimus" / "presets").iterdir()
+    )
     for script in SCRIPTS:
         result = run([bin_dir / script, "--help"], cwd=tmp_path)
-        assert result.stdout.startswith(f"usage: {script} "), result.stdout[:200]  # as the user ran it
+        assert result.stdout.startswith(f"usage: {script} "), result.stdout[
+            :200
+        ]  # as the user ran it
 
 
 def test_editable_install_imports_the_source_tree(tmp_path):
     source = copy_sources(tmp_path / "src")
     bin_dir = make_venv(tmp_path / "venv")
-    run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", source])
-    where = run([bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"], cwd=tmp_path)
+    run(
+        [
+            bin_dir / "python",
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-e",
+            source,
+        ]
+    )
+    where = run(
+        [bin_dir / "python", "-c", "import keras_ultimus; print(keras_ultimus.__file__)"],
+        cwd=tmp_path,
+    )
     assert Path(where.stdout.strip()) == source / "keras_ultimus" / "__init__.py"
-    assert run([bin_dir / "ultimus-predict", "--help"], cwd=tmp_path).stdout.startswith("usage: ultimus-predict")
+    assert run([bin_dir / "ultimus-predict", "--help"], cwd=tmp_path).stdout.startswith(
+        "usage: ultimus-predict"
+    )
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -133,10 +197,12 @@ def test_ci_run_removes_its_venv_and_temp_files_pass_or_fail(tmp_path, pytest_st
     temp.mkdir()
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temp),
            "FAKE_LOG": str(log), "FAKE_PYTEST_STATUS": str(pytest_status)}  # fmt: skip
-    result = subprocess.run(["bash", ROOT / ".ci" / "run"], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        ["bash", ROOT / ".ci" / "run"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == pytest_status, result.stdout + result.stderr
     venv_dir, *pytest_tmpdirs = log.read_text().split()
-    assert Path(venv_dir).parent.parent == temp and pytest_tmpdirs == [str(Path(venv_dir).parent)] * (
-        3 if pytest_status == 0 else 1
-    )
+    assert Path(venv_dir).parent.parent == temp and pytest_tmpdirs == [
+        str(Path(venv_dir).parent)
+    ] * (3 if pytest_status == 0 else 1)
     assert list(temp.iterdir()) == [], "the venv and test temp files are gone"

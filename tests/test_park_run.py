@@ -39,16 +39,29 @@ def test_park_keeps_only_the_newest_backup_and_the_logs(tmp_path):
         (run / name).write_text(name)
     assert park_run.park(run, tmp_path / "parked") == tmp_path / "parked" / "backup" / "epoch-10"
     kept = sorted(str(p.relative_to(tmp_path / "parked")) for p in (tmp_path / "parked").rglob("*"))
-    assert kept == ["backup", "backup/epoch-10", "backup/epoch-10/latest.weights.h5", "log.csv", "run.json"]
+    assert kept == [
+        "backup",
+        "backup/epoch-10",
+        "backup/epoch-10/latest.weights.h5",
+        "log.csv",
+        "run.json",
+    ]
     assert not list(tmp_path.glob(".*partial"))
 
 
 @pytest.mark.slow
-def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log(tmp_path, fake_cifar_tarball):
+def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log(
+    tmp_path, fake_cifar_tarball
+):
     out, parked, straight = tmp_path / "run", tmp_path / "pending" / "run", tmp_path / "straight"
     common = ["--data", str(fake_cifar_tarball), *TINY]
-    child = subprocess.Popen([*TRAIN, *common, "--out", str(out)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
+    child = subprocess.Popen(
+        [*TRAIN, *common, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     while child.poll() is None and not list((out / "backup").glob("epoch-*")):
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
@@ -57,13 +70,31 @@ def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log
     parked.parent.mkdir()
     park_run.park(out, parked)
     shutil.rmtree(out)
-    resumed = subprocess.run([*TRAIN, "--resume", str(parked), "--data", str(fake_cifar_tarball)],
-                             capture_output=True, text=True, timeout=300, env=ENV)
+    resumed = subprocess.run(
+        [*TRAIN, "--resume", str(parked), "--data", str(fake_cifar_tarball)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    subprocess.run([*TRAIN, *common, "--out", str(straight)], capture_output=True, timeout=300, check=True,
-                   env=ENV)
+    subprocess.run(
+        [*TRAIN, *common, "--out", str(straight)],
+        capture_output=True,
+        timeout=300,
+        check=True,
+        env=ENV,
+    )
     columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
-    log, reference = pd.read_csv(parked / "log.csv")[columns], pd.read_csv(straight / "log.csv")[columns]
-    pd.testing.assert_frame_equal(log, reference, check_exact=os.environ.get("KERAS_BACKEND", "tensorflow")
-                                  == "tensorflow", rtol=1e-3, atol=1e-4)
+    log, reference = (
+        pd.read_csv(parked / "log.csv")[columns],
+        pd.read_csv(straight / "log.csv")[columns],
+    )
+    pd.testing.assert_frame_equal(
+        log,
+        reference,
+        check_exact=os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow",
+        rtol=1e-3,
+        atol=1e-4,
+    )
     assert (parked / "model.keras").is_file() and not out.exists()

@@ -1,4 +1,4 @@
-"""The input pipelines (tf.data, NumPy, device): data order keyed by (seed, epoch), augmentation math, the choice, and fit integration."""
+"""The input pipelines (tf.data, NumPy, device): order by (seed, epoch), augmentation math, the choice, fit."""
 
 import os
 import subprocess
@@ -9,11 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus.datasets import batching
-
-from keras_ultimus.datasets import pipelines
-from keras_ultimus.errors import UserError
+from keras_ultimus.datasets import batching, pipelines
 from keras_ultimus.datasets.pydataset import ArrayBatches, reflect
+from keras_ultimus.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TF = str(ROOT / "tests" / "no_tensorflow")
@@ -33,7 +31,9 @@ def epoch_batches(dataset, data_epoch, epoch: int) -> list[tuple[np.ndarray, np.
     """All batches of `epoch`, read the way each pipeline is read outside fit."""
     data_epoch.on_epoch_begin(epoch)
     if isinstance(dataset, keras.utils.PyDataset):
-        batches = [tuple(keras.ops.convert_to_numpy(t) for t in dataset[i]) for i in range(len(dataset))]
+        batches = [
+            tuple(keras.ops.convert_to_numpy(t) for t in dataset[i]) for i in range(len(dataset))
+        ]
         dataset.on_epoch_end()
         return batches
     return [(x.numpy(), y.numpy()) for x, y in dataset]
@@ -63,7 +63,9 @@ def test_epoch_3_from_a_fresh_pipeline_equals_epoch_3_after_epochs_0_to_2(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_epoch_is_a_permutation_and_eval_keeps_order(kind):
     images, labels = numbered_images(50), np.arange(50)
-    dataset, data_epoch = pipelines.train_data(images, labels, 16, seed=1, augment=False, kind=kind, workers=0)
+    dataset, data_epoch = pipelines.train_data(
+        images, labels, 16, seed=1, augment=False, kind=kind, workers=0
+    )
     batches = epoch_batches(dataset, data_epoch, 0)
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
     x0, y0 = batches[0]
@@ -72,7 +74,10 @@ def test_training_epoch_is_a_permutation_and_eval_keeps_order(kind):
     assert sorted(seen.tolist()) == list(range(50)) and seen.tolist() != list(range(50))
     np.testing.assert_array_equal(x0[:, 0, 0, 0], y0)  # images travel with their labels
     eval_ds = pipelines.eval_data(images, labels, 16, kind=kind)
-    order = [keras.ops.convert_to_numpy(y) for _, y in (eval_ds if kind == "tfdata" else (eval_ds[i] for i in range(len(eval_ds))))]
+    order = [
+        keras.ops.convert_to_numpy(y)
+        for _, y in (eval_ds if kind == "tfdata" else (eval_ds[i] for i in range(len(eval_ds))))
+    ]
     assert np.concatenate(order).tolist() == list(range(50))
 
 
@@ -80,16 +85,29 @@ def test_training_epoch_is_a_permutation_and_eval_keeps_order(kind):
 @pytest.mark.parametrize("augment", [True, False])
 def test_device_batches_are_the_numpy_pipelines_bit_for_bit_as_backend_tensors(augment):
     images, labels = random_images(40, seed=2), np.arange(40) % 10
-    device, device_epoch = pipelines.train_data(images, labels, 16, seed=4, augment=augment, kind="device")
-    host, host_epoch = pipelines.train_data(images, labels, 16, seed=4, augment=augment, kind="numpy", workers=0)
+    device, device_epoch = pipelines.train_data(
+        images, labels, 16, seed=4, augment=augment, kind="device"
+    )
+    host, host_epoch = pipelines.train_data(
+        images, labels, 16, seed=4, augment=augment, kind="numpy", workers=0
+    )
     x, _ = device[0]
-    assert keras.ops.is_tensor(x) and not isinstance(x, np.ndarray)  # a tensor of the backend, made on its device
+    assert keras.ops.is_tensor(x) and not isinstance(
+        x, np.ndarray
+    )  # a tensor of the backend, made on its device
     for epoch in (0, 2):
-        assert_same_batches(epoch_batches(device, device_epoch, epoch), epoch_batches(host, host_epoch, epoch))
+        assert_same_batches(
+            epoch_batches(device, device_epoch, epoch), epoch_batches(host, host_epoch, epoch)
+        )
     device_eval = pipelines.eval_data(images, labels, 16, kind="device")
     host_eval = pipelines.eval_data(images, labels, 16, kind="numpy")
-    assert_same_batches([tuple(keras.ops.convert_to_numpy(t) for t in device_eval[i]) for i in range(len(device_eval))],
-                        [host_eval[i] for i in range(len(host_eval))])
+    assert_same_batches(
+        [
+            tuple(keras.ops.convert_to_numpy(t) for t in device_eval[i])
+            for i in range(len(device_eval))
+        ],
+        [host_eval[i] for i in range(len(host_eval))],
+    )
 
 
 def crops_of_padded(image: np.ndarray, result: np.ndarray) -> list[tuple[int, int, bool]]:
@@ -98,8 +116,12 @@ def crops_of_padded(image: np.ndarray, result: np.ndarray) -> list[tuple[int, in
     found = []
     for dy in range(9):
         for dx in range(9):
-            crop = padded[dy:dy + 32, dx:dx + 32]
-            found += [(dy, dx, flip) for flip in (False, True) if np.array_equal(crop[:, ::-1] if flip else crop, result)]
+            crop = padded[dy : dy + 32, dx : dx + 32]
+            found += [
+                (dy, dx, flip)
+                for flip in (False, True)
+                if np.array_equal(crop[:, ::-1] if flip else crop, result)
+            ]
     return found
 
 
@@ -107,10 +129,16 @@ def crops_of_padded(image: np.ndarray, result: np.ndarray) -> list[tuple[int, in
 @pytest.mark.parametrize("kind", KINDS)
 def test_augmented_images_are_padded_crops_or_their_mirrors(kind):
     images = random_images(24)
-    dataset, data_epoch = pipelines.train_data(images, np.arange(24) % 10, 24, seed=0, kind=kind, workers=0)
-    (x, _), = epoch_batches(dataset, data_epoch, 0)
-    order = epoch_batches(*pipelines.train_data(images, np.arange(24), 24, seed=0, augment=False, kind=kind,
-                                                workers=0), 0)[0][1]
+    dataset, data_epoch = pipelines.train_data(
+        images, np.arange(24) % 10, 24, seed=0, kind=kind, workers=0
+    )
+    ((x, _),) = epoch_batches(dataset, data_epoch, 0)
+    order = epoch_batches(
+        *pipelines.train_data(
+            images, np.arange(24), 24, seed=0, augment=False, kind=kind, workers=0
+        ),
+        0,
+    )[0][1]
     shifts = flips = 0
     for source, result in zip(images[order], x.astype(np.uint8)):
         matches = crops_of_padded(source, result)
@@ -153,11 +181,24 @@ class Recorder(keras.layers.Layer):
 
 def fit_and_record(kind: str, initial_epoch: int, epochs: int, workers: int) -> list[np.ndarray]:
     images, labels = random_images(24, seed=1), np.arange(24) % 10
-    dataset, data_epoch = pipelines.train_data(images, labels, 8, seed=3, kind=kind, workers=workers)
+    dataset, data_epoch = pipelines.train_data(
+        images, labels, 8, seed=3, kind=kind, workers=workers
+    )
     recorder = Recorder()
-    model = keras.Sequential([keras.Input((32, 32, 3)), recorder, keras.layers.Flatten(), keras.layers.Dense(10)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
-    model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, callbacks=[data_epoch], verbose=0)
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), recorder, keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True
+    )
+    model.fit(
+        dataset,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,
+        callbacks=[data_epoch],
+        verbose=0,
+    )
     return recorder.seen
 
 
@@ -186,12 +227,20 @@ def test_tfdata_hides_gpus_from_tensorflow_under_other_backends(monkeypatch):
     assert calls == [([], "GPU"), ([], "GPU")]
 
 
-def run_python(code: str, backend: str, no_tensorflow: bool = False, args=()) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, backend: str, no_tensorflow: bool = False, args=()
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if no_tensorflow:
         env["PYTHONPATH"] = os.pathsep.join([NO_TF, str(ROOT)])
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -214,7 +263,8 @@ def test_numpy_pipeline_trains_where_tensorflow_cannot_be_imported(backend):
     code = (
         "import numpy as np, keras\n"
         "from keras_ultimus.datasets import pipelines\n"
-        "try:\n    import tensorflow\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('tensorflow imported')\n"
+        "try:\n    import tensorflow\nexcept ImportError:\n    pass\n"
+        "else:\n    raise SystemExit('tensorflow imported')\n"
         "assert pipelines.resolve('auto') == 'numpy'\n"
         "x = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)\n"
         "ds, cb = pipelines.train_data(x, np.arange(32) % 10, 8, workers=2)\n"
@@ -237,7 +287,9 @@ def test_batches_computed_ahead_for_one_epoch_are_never_served_in_another():
     threaded.set_epoch(1)
     plain = ArrayBatches(images, labels, 8, seed=4, training=True)
     plain.set_epoch(1)
-    assert_same_batches([threaded[i] for i in range(len(threaded))], [plain[i] for i in range(len(plain))])
+    assert_same_batches(
+        [threaded[i] for i in range(len(threaded))], [plain[i] for i in range(len(plain))]
+    )
 
 
 @pytest.mark.parametrize("n, batch, want", [(1, 8, 1), (8, 8, 1), (9, 8, 2), (50_000, 512, 98)])

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from keras_ultimus import predict
+from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from keras_ultimus.serving import export as serving_export
 from keras_ultimus.serving import predict as reading
 from keras_ultimus.serving.loading import load_predictor
-from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
 from tests.helpers import keras_probabilities, smooth_images
 
 
@@ -41,7 +41,9 @@ def files(residual_model, tmp_path_factory):
 def inputs(tmp_path):
     """A PNG, a JPEG, a text file posing as an image and a .npy batch."""
     Image.fromarray(np.full((90, 50, 3), (10, 200, 30), np.uint8)).save(tmp_path / "green.png")
-    Image.fromarray(smooth_images(1)[0].repeat(3, 0).repeat(3, 1)).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(smooth_images(1)[0].repeat(3, 0).repeat(3, 1)).save(
+        tmp_path / "big.jpg", quality=95
+    )
     (tmp_path / "notes.png").write_text("not an image")
     np.save(tmp_path / "batch.npy", smooth_images(3, seed=1))
     return tmp_path
@@ -79,7 +81,11 @@ def test_read_images_npy_batch_names_each_image(inputs, tmp_path):
         ("cut.png", None, "not a readable image"),
         ("missing.jpg", False, "No such file"),
         ("empty.png", b"", "empty file, not an image"),
-        ("float.npy", np.zeros((2, 32, 32, 3), np.float32), "must be uint8 (N, 32, 32, 3), got float32"),
+        (
+            "float.npy",
+            np.zeros((2, 32, 32, 3), np.float32),
+            "must be uint8 (N, 32, 32, 3), got float32",
+        ),
         ("small.npy", np.zeros((2, 28, 28, 3), np.uint8), "got uint8 (2, 28, 28, 3)"),
         ("text.npy", b"hello", "not a readable image"),
     ],
@@ -117,13 +123,19 @@ def test_batches_fill_each_batch_across_inputs_in_order(tmp_path):
     assert [len(p) for _, p in parts] == [256, 256, 88]
     np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), images)
     assert [n for names, _ in parts for n in names][498:502] == [
-        f"{tmp_path / 'a.npy'}[498]", f"{tmp_path / 'a.npy'}[499]", f"{tmp_path / 'b.npy'}[0]", f"{tmp_path / 'b.npy'}[1]"]
+        f"{tmp_path / 'a.npy'}[498]",
+        f"{tmp_path / 'a.npy'}[499]",
+        f"{tmp_path / 'b.npy'}[0]",
+        f"{tmp_path / 'b.npy'}[1]",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["keras", "run-folder", "version-folder", "base-folder", "onnx"])
 def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
     if kind == "onnx":
-        pytest.importorskip("onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)")
+        pytest.importorskip(
+            "onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)"
+        )
         pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
         path = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
     else:
@@ -131,7 +143,9 @@ def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
                 "base-folder": files / "ultimus"}[kind]  # fmt: skip
     images = smooth_images(8, seed=4)
     got = load_predictor(path)(images)
-    np.testing.assert_allclose(got, keras_probabilities(residual_model, images), atol=1e-5 if kind != "onnx" else 1e-4)
+    np.testing.assert_allclose(
+        got, keras_probabilities(residual_model, images), atol=1e-5 if kind != "onnx" else 1e-4
+    )
 
 
 def test_base_folder_uses_latest_version(residual_model, tmp_path):
@@ -148,14 +162,24 @@ def test_base_folder_uses_latest_version(residual_model, tmp_path):
 
 
 def test_cli_prints_top3_and_skips_bad_files(residual_model, files, inputs, capsys):
-    args = [str(files / "ultimus"), str(inputs / "green.png"), str(inputs / "notes.png"), str(inputs / "batch.npy")]
+    args = [
+        str(files / "ultimus"),
+        str(inputs / "green.png"),
+        str(inputs / "notes.png"),
+        str(inputs / "batch.npy"),
+    ]
     assert predict.main(args) == 2
     out, err = capsys.readouterr()
-    assert err == f"error: {inputs / 'notes.png'}: not a readable image " f"(cannot identify image file '{inputs / 'notes.png'}')\n"
+    assert (
+        err == f"error: {inputs / 'notes.png'}: not a readable image "
+        f"(cannot identify image file '{inputs / 'notes.png'}')\n"
+    )
     lines = out.splitlines()
     want_names = [str(inputs / "green.png")] + [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
     assert [line.split(": ")[0] for line in lines] == want_names
-    pixels = np.concatenate([reading.read_images(inputs / "green.png")[1], smooth_images(3, seed=1)])
+    pixels = np.concatenate(
+        [reading.read_images(inputs / "green.png")[1], smooth_images(3, seed=1)]
+    )
     for line, row in zip(lines, keras_probabilities(residual_model, pixels)):
         top = np.argsort(-row)[:3]
         assert line.split(": ")[1] == ", ".join(f"{CLASS_NAMES[c]} {row[c]:.3f}" for c in top)
@@ -168,7 +192,9 @@ def test_cli_json_output(residual_model, files, inputs, capsys):
     for r, row in zip(results, keras_probabilities(residual_model, smooth_images(3, seed=1))):
         assert [t["class_id"] for t in r["top"]] == list(np.argsort(-row)[:3])
         assert all(t["class_name"] == CLASS_NAMES[t["class_id"]] for t in r["top"])
-        np.testing.assert_allclose([t["probability"] for t in r["top"]], np.sort(row)[::-1][:3], atol=1e-5)
+        np.testing.assert_allclose(
+            [t["probability"] for t in r["top"]], np.sort(row)[::-1][:3], atol=1e-5
+        )
 
 
 def test_cli_bad_model_exits_2(tmp_path, inputs, capsys):
@@ -181,7 +207,9 @@ def test_cli_bad_model_exits_2(tmp_path, inputs, capsys):
 
 # ---- Fuzzing: every input ends in a classification or in one line naming it, with exit code 2 ----
 
-HUGE_LIMIT = 4096  # Image.MAX_IMAGE_PIXELS during the fuzz test: "huge" is past it, "too huge" past twice it
+HUGE_LIMIT = (
+    4096  # Image.MAX_IMAGE_PIXELS during the fuzz test: "huge" is past it, "too huge" past twice it
+)
 colours = st.tuples(*[st.integers(0, 255)] * 3)
 sizes = st.tuples(st.integers(1, 64), st.integers(1, 64))
 
@@ -194,44 +222,75 @@ def flat(colour) -> np.ndarray:
 @st.composite
 def good_inputs(draw):
     """(suffix, writer, expected pixels (N, 32, 32, 3), tolerance): valid images of every kind."""
-    kind = draw(st.sampled_from(["rgb", "rgba", "gray", "gray16", "palette", "jpeg", "huge", "npy"]))
+    kind = draw(
+        st.sampled_from(["rgb", "rgba", "gray", "gray16", "palette", "jpeg", "huge", "npy"])
+    )
     (w, h), colour = draw(sizes), draw(colours)
     if kind == "huge":
         w = draw(st.integers(HUGE_LIMIT // 64 + 1, 2 * HUGE_LIMIT // 64))
         h = 64  # HUGE_LIMIT < w * h <= 2 * HUGE_LIMIT: Pillow warns, predict still reads it
     if kind in ("rgb", "huge", "jpeg"):
-        image, want, tol = Image.new("RGB", (w, h), colour), flat(colour), 4 if kind == "jpeg" else 0
+        image, want, tol = (
+            Image.new("RGB", (w, h), colour),
+            flat(colour),
+            4 if kind == "jpeg" else 0,
+        )
     elif kind == "rgba":
-        image, want, tol = Image.new("RGBA", (w, h), (*colour, draw(st.integers(0, 255)))), flat(colour), 0
+        image, want, tol = (
+            Image.new("RGBA", (w, h), (*colour, draw(st.integers(0, 255)))),
+            flat(colour),
+            0,
+        )
     elif kind == "gray":
         image, want, tol = Image.new("L", (w, h), colour[0]), flat([colour[0]] * 3), 0
     elif kind == "gray16":
         value = draw(st.integers(0, 65535))
         image = Image.fromarray(np.full((h, w), value, np.uint16))
-        want, tol = flat([np.rint(value / 257)] * 3), 0  # 16-bit to 8-bit: divide by 257, not clip at 255
+        want, tol = (
+            flat([np.rint(value / 257)] * 3),
+            0,
+        )  # 16-bit to 8-bit: divide by 257, not clip at 255
     elif kind == "palette":
         image = Image.new("P", (w, h), 5)
         image.putpalette([0, 0, 0] * 5 + list(colour))
         # A tRNS chunk: one transparent index, or per-entry alpha bytes (Pillow warns unless read via RGBA).
-        image.info["transparency"] = draw(st.sampled_from([0, 5, bytes([255, 128, 0, 255, 255, 64])]))
+        image.info["transparency"] = draw(
+            st.sampled_from([0, 5, bytes([255, 128, 0, 255, 255, 64])])
+        )
         want, tol = flat(colour), 0
     else:
-        batch = np.random.default_rng(draw(st.integers(0, 99))).integers(0, 256, (draw(st.integers(0, 3)), 32, 32, 3))
+        batch = np.random.default_rng(draw(st.integers(0, 99))).integers(
+            0, 256, (draw(st.integers(0, 3)), 32, 32, 3)
+        )
         batch = batch.astype(np.uint8)
         return ".npy", lambda path: np.save(path, batch), batch, 0
     suffix = ".jpg" if kind == "jpeg" else ".png"
-    return suffix, lambda path: image.save(path, quality=95) if kind == "jpeg" else image.save(path), want[None], tol
+    return (
+        suffix,
+        lambda path: image.save(path, quality=95) if kind == "jpeg" else image.save(path),
+        want[None],
+        tol,
+    )
 
 
 @st.composite
 def bad_inputs(draw):
     """(suffix, writer, message, None): inputs that must be named as bad."""
-    kind = draw(st.sampled_from(["empty", "text", "folder", "truncated", "too-huge", "npy-dtype", "npy-shape"]))
+    kind = draw(
+        st.sampled_from(
+            ["empty", "text", "folder", "truncated", "too-huge", "npy-dtype", "npy-shape"]
+        )
+    )
     if kind == "empty":
         return ".png", lambda path: path.write_bytes(b""), "empty file", None
     if kind == "text":
         text = "not an image: " + draw(st.text(max_size=200))
-        return draw(st.sampled_from([".png", ".jpg", ".txt"])), lambda path: path.write_text(text), "not a readable image", None
+        return (
+            draw(st.sampled_from([".png", ".jpg", ".txt"])),
+            lambda path: path.write_text(text),
+            "not a readable image",
+            None,
+        )
     if kind == "folder":
         return "", lambda path: path.mkdir(), "a folder with no files to classify", None
     if kind == "truncated":
@@ -245,21 +304,37 @@ def bad_inputs(draw):
         return ".png", write, "not a readable image" if keep else "empty file", None
     if kind == "too-huge":
         w = draw(st.integers(2 * HUGE_LIMIT + 1, 4 * HUGE_LIMIT))
-        return ".png", lambda path: Image.new("L", (w, 1)).save(path), "too large to decode safely", None
-    array = np.zeros((2, 32, 32, 3), np.float32) if kind == "npy-dtype" else np.zeros((2, 28, 28, 3), np.uint8)
+        return (
+            ".png",
+            lambda path: Image.new("L", (w, 1)).save(path),
+            "too large to decode safely",
+            None,
+        )
+    array = (
+        np.zeros((2, 32, 32, 3), np.float32)
+        if kind == "npy-dtype"
+        else np.zeros((2, 28, 28, 3), np.uint8)
+    )
     return ".npy", lambda path: np.save(path, array), ".npy must be uint8 (N, 32, 32, 3)", None
 
 
 @st.composite
 def random_files(draw):
     """Arbitrary bytes, sometimes behind a real image format's magic number: either outcome is fine."""
-    magic = draw(st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"P6\n"]))
+    magic = draw(
+        st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"P6\n"])
+    )
     data = magic + draw(st.binary(max_size=300))
-    return draw(st.sampled_from([".png", ".jpg", ".bin"])), lambda path: path.write_bytes(data), None, None
+    return (
+        draw(st.sampled_from([".png", ".jpg", ".bin"])),
+        lambda path: path.write_bytes(data),
+        None,
+        None,
+    )
 
 
 def run_predict(inputs: list) -> tuple[int, list, list[str], list[np.ndarray], list[str]]:
-    """Write `inputs` to a temp folder, run predict.main with a recording predictor: code, JSON, stderr lines, batches."""
+    """Write `inputs` to a folder, run predict.main with a recording predictor: code, JSON, stderr lines, batches."""
     seen = []
 
     def predictor(images):
@@ -274,10 +349,22 @@ def run_predict(inputs: list) -> tuple[int, list, list[str], list[np.ndarray], l
         with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda path: predictor):
             with mock.patch.object(Image, "MAX_IMAGE_PIXELS", HUGE_LIMIT):
                 out, err = io.StringIO(), io.StringIO()
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-                    warnings.simplefilter("error")  # a warning would print a second line to a user's stderr
+                with (
+                    contextlib.redirect_stdout(out),
+                    contextlib.redirect_stderr(err),
+                    warnings.catch_warnings(),
+                ):
+                    warnings.simplefilter(
+                        "error"
+                    )  # a warning would print a second line to a user's stderr
                     code = predict.main(["model.keras", *map(str, paths), "--json"])
-    return code, json.loads(out.getvalue()), err.getvalue().splitlines(), seen, [str(p) for p in paths]
+    return (
+        code,
+        json.loads(out.getvalue()),
+        err.getvalue().splitlines(),
+        seen,
+        [str(p) for p in paths],
+    )
 
 
 @given(good_inputs())
@@ -309,7 +396,9 @@ def check_predict(inputs: list) -> None:
         if isinstance(expected, np.ndarray):  # a valid image: classified, with the right pixels
             assert path not in named
             n = len(expected)
-            assert got_names[row : row + n] == ([f"{path}[{i}]" for i in range(n)] if suffix == ".npy" else [path])
+            assert got_names[row : row + n] == (
+                [f"{path}[{i}]" for i in range(n)] if suffix == ".npy" else [path]
+            )
             diff = np.abs(pixels[row : row + n].astype(int) - expected.astype(int))
             assert diff.max(initial=0) <= tolerance
             row += n
@@ -324,7 +413,7 @@ def check_predict(inputs: list) -> None:
 
 @pytest.mark.parametrize("kind, n", [("npy", 100_000), ("png-folder", 10_000)])
 def test_big_inputs_stream_in_about_one_batch_of_memory(tmp_path, kind, n):
-    """A 100,000-image .npy or a folder of 10,000 PNGs: traced peak memory under 2 float32 batches (the model's input)."""
+    """A 100,000-image .npy or a folder of 10,000 PNGs: traced peak memory under 2 float32 input batches."""
     labels = np.arange(n) % 10
     if kind == "npy":
         path = tmp_path / "big.npy"
@@ -349,7 +438,9 @@ def test_big_inputs_stream_in_about_one_batch_of_memory(tmp_path, kind, n):
     Image.new("RGB", (32, 32)).save(warm)
     with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda model: predictor):
         with open(out, "w") as file, contextlib.redirect_stdout(file):
-            assert predict.main(["model.keras", str(warm)]) == 0  # one-time imports and caches: not measured
+            assert (
+                predict.main(["model.keras", str(warm)]) == 0
+            )  # one-time imports and caches: not measured
         seen.clear()
         tracemalloc.start()
         try:
@@ -370,7 +461,10 @@ def test_huge_image_at_default_limit_is_classified(tmp_path, capsys):
     side = 9500  # 90.25 Mpx, 1 byte per pixel
     Image.new("L", (side, side), 200).save(tmp_path / "huge.png")
     seen = []
-    with mock.patch("keras_ultimus.serving.loading.load_predictor", lambda path: lambda x: seen.append(x) or np.eye(10)[[3]]):
+    with mock.patch(
+        "keras_ultimus.serving.loading.load_predictor",
+        lambda path: lambda x: seen.append(x) or np.eye(10)[[3]],
+    ):
         assert predict.main(["model.keras", str(tmp_path / "huge.png")]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(f"{tmp_path / 'huge.png'}: cat 1.000")
@@ -396,7 +490,9 @@ def test_predict_where_tensorflow_is_unimportable(backend, residual_model, files
     for kind, model in models.items():
         args = [sys.executable, "-m", "keras_ultimus.predict", str(model), str(inputs / "batch.npy"),
                 str(inputs / "notes.png"), "--json"]  # fmt: skip
-        result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        result = subprocess.run(
+            args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         errors = result.stderr.splitlines()
         if kind == "savedmodel":
@@ -408,4 +504,6 @@ def test_predict_where_tensorflow_is_unimportable(backend, residual_model, files
         results = json.loads(result.stdout)
         assert [r["image"] for r in results] == [f"{inputs / 'batch.npy'}[{i}]" for i in range(3)]
         for r, row in zip(results, want):
-            np.testing.assert_allclose([t["probability"] for t in r["top"]], np.sort(row)[::-1][:3], atol=1e-4)
+            np.testing.assert_allclose(
+                [t["probability"] for t in r["top"]], np.sort(row)[::-1][:3], atol=1e-4
+            )

@@ -16,7 +16,9 @@ from keras_ultimus.serving import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["ultimus_faithful_cifar10", "ultimus_whiten_resnet_cifar10"]
-ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the commands' own quiet logging
+ENV = {
+    k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"
+}  # the commands' own quiet logging
 
 
 def test_list_presets_names_each_with_its_accuracy_and_the_run_that_made_it():
@@ -26,8 +28,12 @@ def test_list_presets_names_each_with_its_accuracy_and_the_run_that_made_it():
         assert 0.1 < meta["test_accuracy"] <= meta["test_accuracy_flip_tta"] < 1, name
         assert meta["test_images"] == 10_000 and meta["trainable_params"] > 100_000
         run = meta["run"]
-        assert run["command"].startswith("python -m keras_ultimus.train") and len(run["commit"]) == 40
-        assert (ROOT / run["report"] / run["model"]).read_bytes() == presets.preset_path(name).read_bytes()
+        assert (
+            run["command"].startswith("python -m keras_ultimus.train") and len(run["commit"]) == 40
+        )
+        assert (ROOT / run["report"] / run["model"]).read_bytes() == presets.preset_path(
+            name
+        ).read_bytes()
 
 
 def test_preset_accuracy_is_the_report_figure():
@@ -35,7 +41,9 @@ def test_preset_accuracy_is_the_report_figure():
     meta = keras_ultimus.list_presets()["ultimus_whiten_resnet_cifar10"]
     assert meta["test_accuracy"] == round(run["val_accuracy"], 4)
     assert meta["test_accuracy_flip_tta"] == run["test_accuracy_flip_tta"]
-    assert keras_ultimus.list_presets()["ultimus_faithful_cifar10"]["test_accuracy"] == 0.7161  # reports/README.md
+    assert (
+        keras_ultimus.list_presets()["ultimus_faithful_cifar10"]["test_accuracy"] == 0.7161
+    )  # reports/README.md
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,20 +84,35 @@ def test_predict_help_lists_the_presets(capsys):
 
 
 def test_predict_with_a_preset_classifies_images(tmp_path, capsys):
-    np.save(tmp_path / "images.npy", np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    np.save(
+        tmp_path / "images.npy",
+        np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+    )
     assert predict.main(["--preset", NAMES[1], str(tmp_path / "images.npy"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == [f"{tmp_path / 'images.npy'}[{i}]" for i in range(2)]
     assert all(len(r["top"]) >= 1 and 0 <= r["top"][0]["probability"] <= 1 for r in results)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--preset", "nope", "x.png"], f"--preset nope: unknown preset; valid presets: {', '.join(NAMES)}"),
-    (["--preset", NAMES[0]], "give MODEL (or --preset NAME) and at least one IMAGE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--preset", "nope", "x.png"],
+            f"--preset nope: unknown preset; valid presets: {', '.join(NAMES)}",
+        ),
+        (["--preset", NAMES[0]], "give MODEL (or --preset NAME) and at least one IMAGE"),
+    ],
+)
 def test_predict_preset_errors_are_one_line(tmp_path, argv, message):
-    result = subprocess.run([sys.executable, "-m", "keras_ultimus.predict", *argv], capture_output=True, text=True,
-                            cwd=tmp_path, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.predict", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -98,10 +121,30 @@ def test_predict_preset_errors_are_one_line(tmp_path, argv, message):
 @pytest.mark.slow
 def test_export_a_preset_as_a_saved_model(tmp_path):
     pytest.importorskip("tensorflow")
-    result = subprocess.run([sys.executable, "-m", "keras_ultimus.export", "--preset", NAMES[1], "--out",
-                             str(tmp_path / "export")], capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_ultimus.export",
+            "--preset",
+            NAMES[1],
+            "--out",
+            str(tmp_path / "export"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "export" / "1" / "saved_model.pb").is_file()
-    refused = subprocess.run([sys.executable, "-m", "keras_ultimus.export", "--preset", "nope"], capture_output=True,
-                             text=True, env=ENV, timeout=120)
-    assert refused.returncode == 2 and refused.stderr.strip().startswith("error: --preset nope: unknown preset")
+    refused = subprocess.run(
+        [sys.executable, "-m", "keras_ultimus.export", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and refused.stderr.strip().startswith(
+        "error: --preset nope: unknown preset"
+    )

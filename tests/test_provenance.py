@@ -8,7 +8,9 @@ from keras_ultimus.provenance import git_state
 
 def test_a_checkout_gives_its_commit_and_dirty_flag():
     state = git_state()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     if not head:  # an installed copy outside a checkout
         assert state == {"commit": None, "dirty": None}
         return

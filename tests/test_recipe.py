@@ -7,11 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_ultimus.training import callbacks
-
-from keras_ultimus.training import compiling
-
-from keras_ultimus.training import recipe
+from keras_ultimus.training import callbacks, compiling, recipe
 from keras_ultimus.training.schedules import OneCycle
 
 pytestmark = pytest.mark.multi_backend
@@ -48,15 +44,20 @@ def test_a_step_skipped_by_loss_scaling_still_moves_the_schedule():
     # The overflow halved the scale (the step was skipped) but every batch counts for the schedule.
     assert float(keras.ops.convert_to_numpy(optimizer.dynamic_scale)) < optimizer.initial_scale
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 4
-    assert lr(optimizer) == pytest.approx(float(keras.ops.convert_to_numpy(OneCycle(0.01, 8)(4))), rel=1e-5)
+    assert lr(optimizer) == pytest.approx(
+        float(keras.ops.convert_to_numpy(OneCycle(0.01, 8)(4))), rel=1e-5
+    )
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
 
 
 def test_keras_loss_scaling_alone_would_fall_behind():
     """Why compiling.LossScaleOptimizer exists: Keras' own leaves `iterations` alone on a skipped step."""
     model = float16_model()
-    model.compile(optimizer=keras.optimizers.Adam(OneCycle(0.01, 8)), loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True), jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.Adam(OneCycle(0.01, 8)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     x, y = batches_with_an_overflow()
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -92,11 +93,16 @@ def test_jit_flag_reaches_compile(jit, expected):
 
 def test_trim_log_drops_epochs_that_run_again_and_restores_the_best(tmp_path):
     csv = tmp_path / "log.csv"
-    pd.DataFrame({"epoch": range(5), "val_accuracy": [0.1, 0.5, 0.3, 0.9, 0.2]}).to_csv(csv, index=False)
-    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
-                                           save_best_only=True)
+    pd.DataFrame({"epoch": range(5), "val_accuracy": [0.1, 0.5, 0.3, 0.9, 0.2]}).to_csv(
+        csv, index=False
+    )
+    best = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
+    )
     trim = callbacks.TrimLog(csv, best)
-    trim.on_epoch_begin(3)  # BackupAndRestore restored after epoch 2 (a skip-shifted step count can't fool it)
+    trim.on_epoch_begin(
+        3
+    )  # BackupAndRestore restored after epoch 2 (a skip-shifted step count can't fool it)
     trim.on_epoch_begin(4)  # only the first call trims
     assert pd.read_csv(csv)["epoch"].tolist() == [0, 1, 2] and best.best == 0.5
 
@@ -104,8 +110,9 @@ def test_trim_log_drops_epochs_that_run_again_and_restores_the_best(tmp_path):
 def test_trim_log_drops_epoch_0_when_a_kill_came_before_its_first_backup(tmp_path, capsys):
     csv = tmp_path / "log.csv"
     pd.DataFrame({"epoch": [0], "val_accuracy": [0.4]}).to_csv(csv, index=False)
-    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
-                                           save_best_only=True)
+    best = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
+    )
     callbacks.TrimLog(csv, best).on_epoch_begin(0)  # no backup yet: fit starts again at epoch 0
     assert pd.read_csv(csv)["epoch"].tolist() == [] and "Resumed" not in capsys.readouterr().out
 
@@ -113,7 +120,9 @@ def test_trim_log_drops_epoch_0_when_a_kill_came_before_its_first_backup(tmp_pat
 def test_trim_log_leaves_a_fresh_run_alone(tmp_path):
     csv = tmp_path / "log.csv"
     csv.touch()  # CSVLogger opens its file before the first epoch begins
-    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", save_best_only=True)
+    best = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.keras", monitor="val_accuracy", save_best_only=True
+    )
     callbacks.TrimLog(csv, best).on_epoch_begin(0)
     assert csv.read_text() == ""
 
@@ -130,4 +139,6 @@ def test_run_clock_writes_every_segment_at_each_epoch_end(tmp_path):
 def test_fingerprint_tells_data_apart():
     a = ((np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)),) * 2
     b = ((np.zeros((2, 32, 32, 3), np.uint8), np.ones(2, np.int32)),) * 2
-    assert recipe.fingerprint(a) == recipe.fingerprint(tuple(map(tuple, a))) != recipe.fingerprint(b)
+    assert (
+        recipe.fingerprint(a) == recipe.fingerprint(tuple(map(tuple, a))) != recipe.fingerprint(b)
+    )

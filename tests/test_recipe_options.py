@@ -6,13 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ultimus.training import callbacks
-
-from keras_ultimus.training import compiling
-from keras_ultimus.training.evaluation import accuracies
-from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 from keras_ultimus.config import RecipeOptions
 from keras_ultimus.flags import add_flags
+from keras_ultimus.training import callbacks, compiling
+from keras_ultimus.training.evaluation import accuracies
+from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 
 pytestmark = pytest.mark.multi_backend
 
@@ -40,7 +38,9 @@ def test_the_default_options_compile_the_reference_recipe():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     compiling.compile_model(model, max_lr=0.01, total_steps=8, jit="off")
     optimizer = model.optimizer
-    assert isinstance(optimizer, keras.optimizers.Adam) and not isinstance(optimizer, keras.optimizers.AdamW)
+    assert isinstance(optimizer, keras.optimizers.Adam) and not isinstance(
+        optimizer, keras.optimizers.AdamW
+    )
     assert not optimizer.use_ema
     assert model.optimizer.weight_decay is None
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
@@ -49,7 +49,11 @@ def test_the_default_options_compile_the_reference_recipe():
 
 def test_sgd_is_nesterov_with_the_given_momentum():
     optimizer = compiling.make_optimizer(0.1, RecipeOptions(optimizer="sgd", momentum=0.85))
-    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov and optimizer.momentum == 0.85
+    assert (
+        isinstance(optimizer, keras.optimizers.SGD)
+        and optimizer.nesterov
+        and optimizer.momentum == 0.85
+    )
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
@@ -57,8 +61,13 @@ def test_weight_decay_shrinks_kernels_but_not_batchnorm_or_biases(name):
     optimizer = compiling.make_optimizer(0.1, RecipeOptions(optimizer=name, weight_decay=0.5))
     if name == "adam":
         assert isinstance(optimizer, keras.optimizers.AdamW)
-    weights = {n: keras.Variable(np.ones(3, "float32"), name=n) for n in ("kernel", "gamma", "beta", "bias")}
-    optimizer.apply_gradients([(keras.ops.zeros(3), v) for v in weights.values()])  # zero gradients: decay only
+    weights = {
+        n: keras.Variable(np.ones(3, "float32"), name=n)
+        for n in ("kernel", "gamma", "beta", "bias")
+    }
+    optimizer.apply_gradients(
+        [(keras.ops.zeros(3), v) for v in weights.values()]
+    )  # zero gradients: decay only
     after = {n: keras.ops.convert_to_numpy(v) for n, v in weights.items()}
     np.testing.assert_allclose(after["kernel"], 1 - 0.1 * 0.5, rtol=1e-6)  # decoupled: lr * wd
     for n in ("gamma", "beta", "bias"):
@@ -73,10 +82,20 @@ def test_ema_weights_are_validated_on_and_end_up_in_the_model():
     options = RecipeOptions(ema=0.9)
     compiling.compile_model(model, max_lr=0.05, total_steps=8, jit="off", options=options)
     start = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), shuffle=False, verbose=0,
-                        callbacks=callbacks.recipe_callbacks(options))
+    history = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        validation_data=(x, y),
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks.recipe_callbacks(options),
+    )
     # The last validation ran on the EMA weights, and fit left the EMA weights in the model.
-    assert model.evaluate(x, y, verbose=0)[0] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
+    assert model.evaluate(x, y, verbose=0)[0] == pytest.approx(
+        history.history["val_loss"][-1], rel=1e-5
+    )
     # An EMA of momentum 0.9 over 8 steps stays near the start: not the raw weights of the last step.
     moved = [np.abs(keras.ops.convert_to_numpy(w) - s).max() for w, s in zip(model.weights, start)]
     assert 0 < max(moved)
@@ -84,9 +103,13 @@ def test_ema_weights_are_validated_on_and_end_up_in_the_model():
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
     kernel = np.random.default_rng(0).normal(size=(48, 10))
-    model.layers[-1].set_weights([kernel - kernel.mean(0), np.zeros(10)])  # zero-sum columns: no class always wins
+    model.layers[-1].set_weights(
+        [kernel - kernel.mean(0), np.zeros(10)]
+    )  # zero-sum columns: no class always wins
     images = np.random.default_rng(1).integers(0, 256, (50, 4, 4, 3)).astype("uint8")
     labels = np.random.default_rng(2).integers(0, 10, 50)
     flat = images.astype(np.float64).reshape(50, -1)
@@ -96,13 +119,20 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     got = accuracies(model, images, labels, batch_size=16)
     assert got["test_accuracy"] == pytest.approx(np.mean(plain.argmax(1) == labels))
     assert got["test_accuracy_flip_tta"] == pytest.approx(np.mean(tta.argmax(1) == labels))
-    assert (plain.argmax(1) != tta.argmax(1)).sum() > 5  # the data tell a plain score from a TTA one
+    assert (
+        plain.argmax(1) != tta.argmax(1)
+    ).sum() > 5  # the data tell a plain score from a TTA one
 
 
 def test_options_come_from_a_config_with_defaults_for_older_runs_and_check_their_values():
     assert RecipeOptions.from_config({"seed": 0}) == RecipeOptions()
     assert RecipeOptions.from_config({"ema": 0.99, "tta": "flip"}).ema == 0.99
-    for bad in ({"optimizer": "rmsprop"}, {"ema": 1.0}, {"weight_decay": -1.0}, {"label_smoothing": "0.1"}):
+    for bad in (
+        {"optimizer": "rmsprop"},
+        {"ema": 1.0},
+        {"weight_decay": -1.0},
+        {"label_smoothing": "0.1"},
+    ):
         with pytest.raises(ValueError):
             RecipeOptions.from_config(bad)
 
@@ -112,4 +142,6 @@ def test_every_option_is_a_flag_with_its_default():
     add_flags(parser, list(RecipeOptions.__dataclass_fields__))
     assert vars(parser.parse_args([])) == vars(RecipeOptions())
     args = parser.parse_args(["--optimizer", "sgd", "--label-smoothing", "0.1", "--tta", "flip"])
-    assert RecipeOptions.from_config(vars(args)) == RecipeOptions(optimizer="sgd", label_smoothing=0.1, tta="flip")
+    assert RecipeOptions.from_config(vars(args)) == RecipeOptions(
+        optimizer="sgd", label_smoothing=0.1, tta="flip"
+    )

@@ -15,7 +15,8 @@ def path(name, seconds):
     def run():
         log.write(name + "\\n"); log.flush(); time.sleep(seconds)
     return run
-serve({f"{sys.argv[1]}-fast": path(f"{sys.argv[1]}-fast", 0.01), f"{sys.argv[1]}-slow": path(f"{sys.argv[1]}-slow", 0.04)},
+serve({f"{sys.argv[1]}-fast": path(f"{sys.argv[1]}-fast", 0.01),
+       f"{sys.argv[1]}-slow": path(f"{sys.argv[1]}-slow", 0.04)},
       {sys.argv[1]: 0.5}, steps=1, batch_size=10, versions={"python": sys.version.split()[0]})
 """
 
@@ -28,8 +29,20 @@ def test_workers_take_turns_each_round_and_ratios_compare_within_rounds(tmp_path
     assert set(result["versions"]) == {"a", "b"}
     order = log.read_text().split()
     # Each round runs every path once; the worker that starts a round rotates.
-    assert order == ["a-fast", "a-slow", "b-fast", "b-slow", "b-fast", "b-slow", "a-fast", "a-slow",
-                     "a-fast", "a-slow", "b-fast", "b-slow"]
+    assert order == [
+        "a-fast",
+        "a-slow",
+        "b-fast",
+        "b-slow",
+        "b-fast",
+        "b-slow",
+        "a-fast",
+        "a-slow",
+        "a-fast",
+        "a-slow",
+        "b-fast",
+        "b-slow",
+    ]
     table = {row["path"]: row for row in ratios(result, "a-fast")}
     assert table["a-fast"]["ratio"] == 1.0
     assert table["a-slow"]["ratio"] < 0.7 and table["b-slow"]["ratio_max"] < 0.7

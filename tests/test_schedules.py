@@ -2,10 +2,10 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from keras_ultimus.training.schedules import OneCycle
 
 pytestmark = pytest.mark.multi_backend
@@ -26,12 +26,21 @@ def test_cosine_values_by_hand():
     # Half-way down, step 29 + 35 = 64.
     assert lr(s, 64) == pytest.approx((0.01 + 4e-8) / 2, rel=1e-5)
     # A quarter of the way up, step 7.25: end + (start-end)/2 * (cos(pi/4) + 1).
-    assert lr(s, 7.25) == pytest.approx(0.01 + (4e-4 - 0.01) / 2 * (math.cos(math.pi / 4) + 1), rel=1e-5)
+    assert lr(s, 7.25) == pytest.approx(
+        0.01 + (4e-4 - 0.01) / 2 * (math.cos(math.pi / 4) + 1), rel=1e-5
+    )
     assert lr(s, 500) == pytest.approx(4e-8, rel=1e-3)
 
 
 def test_linear_values_by_hand():
-    s = OneCycle(max_lr=1.0, total_steps=11, pct_start=0.5, div_factor=10, final_div_factor=10, anneal="linear")
+    s = OneCycle(
+        max_lr=1.0,
+        total_steps=11,
+        pct_start=0.5,
+        div_factor=10,
+        final_div_factor=10,
+        anneal="linear",
+    )
     # Peak at step 4.5; 0.1 -> 1.0 linearly, then 1.0 -> 0.01 at step 10.
     assert lr(s, 0) == pytest.approx(0.1)
     assert lr(s, 2.25) == pytest.approx(0.55)
@@ -63,7 +72,10 @@ def test_serializes_and_drives_an_optimizer(tmp_path):
 def numpy_one_cycle(max_lr, total_steps, pct_start, step, div=25.0, final_div=1e4):
     """PyTorch OneCycleLR's two-phase cosine loop, in plain Python; a zero-length warm-up ends at its peak."""
     initial, final = max_lr / div, max_lr / div / final_div
-    phases = [(float(pct_start * total_steps) - 1, initial, max_lr), (total_steps - 1.0, max_lr, final)]
+    phases = [
+        (float(pct_start * total_steps) - 1, initial, max_lr),
+        (total_steps - 1.0, max_lr, final),
+    ]
     start = 0.0
     for i, (end, lo, hi) in enumerate(phases):
         if step <= end or i == len(phases) - 1:
@@ -78,8 +90,10 @@ def numpy_one_cycle(max_lr, total_steps, pct_start, step, div=25.0, final_div=1e
 def test_short_cycles_match_numpy_one_cycle(total_steps, pct_start):
     s = OneCycle(max_lr=0.003, total_steps=total_steps, pct_start=pct_start)
     got = [lr(s, step) for step in range(total_steps + 2)]
-    expected = [numpy_one_cycle(0.003, total_steps, pct_start, min(step, total_steps - 1))
-                for step in range(total_steps + 2)]
+    expected = [
+        numpy_one_cycle(0.003, total_steps, pct_start, min(step, total_steps - 1))
+        for step in range(total_steps + 2)
+    ]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-12)
 
 

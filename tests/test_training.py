@@ -1,4 +1,4 @@
-"""The notebook API: `keras_ultimus.fit` trains from arrays or a path, returns the model and History, writes only when asked."""
+"""The notebook API: `keras_ultimus.fit` trains from arrays or a path, returns model and History, writes if asked."""
 
 import json
 
@@ -15,13 +15,17 @@ pytestmark = pytest.mark.multi_backend
 
 def arrays(n_train: int = 64, n_test: int = 32):
     rng = np.random.default_rng(0)
-    return ((rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)),
-            (rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)))
+    return (
+        (rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)),
+        (rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)),
+    )
 
 
 def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    model, history = keras_ultimus.fit(arrays(), epochs=2, batch_size=16, conv_widths=[4, 8], verbose=0)
+    model, history = keras_ultimus.fit(
+        arrays(), epochs=2, batch_size=16, conv_widths=[4, 8], verbose=0
+    )
     assert isinstance(model, keras.Model) and model.get_layer("conv2").filters == 8
     assert history.epoch == [0, 1] and len(history.history["val_accuracy"]) == 2
     assert list(tmp_path.iterdir()) == []
@@ -31,9 +35,13 @@ def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
     from keras_ultimus.models.ultimus import whitening_kernel
 
     data = arrays()
-    model, _ = keras_ultimus.fit(data, epochs=1, batch_size=16, conv_widths=[4, 8], whiten=True, verbose=0)
+    model, _ = keras_ultimus.fit(
+        data, epochs=1, batch_size=16, conv_widths=[4, 8], whiten=True, verbose=0
+    )
     kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel)
-    np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))  # set before training, frozen during it
+    np.testing.assert_array_equal(
+        kernel, whitening_kernel(data[0][0])
+    )  # set before training, frozen during it
 
 
 def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_process():
@@ -42,8 +50,16 @@ def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_pro
     from keras_ultimus.training.run_config import default_config
 
     data = arrays()
-    config = {**default_config(), "epochs": 1, "batch_size": 16, "conv_widths": [4, 8], "whiten": True}
-    plan = distribute.Plan(mode="data-parallel", replicas=2, processes=2, process_id=1)  # trains on every other image
+    config = {
+        **default_config(),
+        "epochs": 1,
+        "batch_size": 16,
+        "conv_widths": [4, 8],
+        "whiten": True,
+    }
+    plan = distribute.Plan(
+        mode="data-parallel", replicas=2, processes=2, process_id=1
+    )  # trains on every other image
     model, _, _ = recipe.fit_run(config, data, plan=plan, verbose=0)
     kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel)
     np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))
@@ -51,27 +67,39 @@ def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_pro
 
 def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
-    model, history = keras_ultimus.fit(str(fake_cifar_tarball), out=out, epochs=1, batch_size=32,
-                                       conv_widths="4,8", label_smoothing=0.1, verbose=0)
+    model, history = keras_ultimus.fit(
+        str(fake_cifar_tarball),
+        out=out,
+        epochs=1,
+        batch_size=32,
+        conv_widths="4,8",
+        label_smoothing=0.1,
+        verbose=0,
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["conv_widths"] == [4, 8] and info["config"]["label_smoothing"] == 0.1
-    assert info["config"]["data"] == str(fake_cifar_tarball) and info["command"] == "keras_ultimus.fit"
+    assert (
+        info["config"]["data"] == str(fake_cifar_tarball) and info["command"] == "keras_ultimus.fit"
+    )
     log = pd.read_csv(out / "log.csv")
     assert log["val_accuracy"].tolist() == pytest.approx(history.history["val_accuracy"])
     assert (out / "model.keras").is_file()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(epoch=2), "unknown key"),
-    (dict(epochs="2"), "'epochs': expected int"),
-    (dict(stem="unet"), "'stem': expected one of"),
-    (dict(data=((np.zeros((4, 32, 32, 3)), np.zeros(4, int)),) * 2), "uint8"),
-    (dict(data=((np.zeros((4, 32, 32, 3), np.uint8), np.full(4, 10)),) * 2), "label"),
-    (dict(conv_widths=[4, 0]), "conv"),
-    (dict(epochs=0), "epochs=0: must be at least 1"),
-    (dict(max_lr=-1.0), "max_lr=-1.0: must be a positive number"),
-    (dict(distribute="mirrored"), "one device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epoch=2), "unknown key"),
+        (dict(epochs="2"), "'epochs': expected int"),
+        (dict(stem="unet"), "'stem': expected one of"),
+        (dict(data=((np.zeros((4, 32, 32, 3)), np.zeros(4, int)),) * 2), "uint8"),
+        (dict(data=((np.zeros((4, 32, 32, 3), np.uint8), np.full(4, 10)),) * 2), "label"),
+        (dict(conv_widths=[4, 0]), "conv"),
+        (dict(epochs=0), "epochs=0: must be at least 1"),
+        (dict(max_lr=-1.0), "max_lr=-1.0: must be a positive number"),
+        (dict(distribute="mirrored"), "one device"),
+    ],
+)
 def test_bad_settings_and_data_are_one_line_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match) as error:
         keras_ultimus.fit(**{"data": arrays(), "epochs": 1, **kwargs})

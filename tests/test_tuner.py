@@ -19,11 +19,17 @@ from keras_ultimus import predict
 from keras_ultimus.datasets.cifar10 import load_local
 from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.models.ultimus import build_model, trainable_params
+from keras_ultimus.training.run_config import default_config
 from keras_ultimus.training.schedules import OneCycle
 from keras_ultimus.tuner import options, search, tune
-from keras_ultimus.training.run_config import default_config
 from keras_ultimus.tuner.hypermodel import (
-    BUDGET_KEYS, UltimusHyperModel, budget_reason, declare_space, searched_values, trial_config)
+    BUDGET_KEYS,
+    UltimusHyperModel,
+    budget_reason,
+    declare_space,
+    searched_values,
+    trial_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = [sys.executable, "-m", "keras_ultimus.tuner.tune"]
@@ -32,18 +38,32 @@ LAUNCH = [sys.executable, "-m", "keras_ultimus.tuner.launch"]
 # trains only small stems, and skips most of the space (about 20 draws per trained one).
 TINY = ["--batch-size", "16", "--max-params", "20000", "--pipeline", "numpy"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-REFERENCE = {"num_blocks": 4, "key_dim": 8, "scale": "pre", "residual": False, "max_lr": 0.003,
-             "conv_widths": [32, 256, 48], "downsample": ["none", "none"]}
+REFERENCE = {
+    "num_blocks": 4,
+    "key_dim": 8,
+    "scale": "pre",
+    "residual": False,
+    "max_lr": 0.003,
+    "conv_widths": [32, 256, 48],
+    "downsample": ["none", "none"],
+}
 
 
 def oracle_records(out: Path) -> dict[str, dict]:
     """Every trial.json the oracle wrote, by trial id."""
-    return {r["trial_id"]: r for r in (json.loads(p.read_text()) for p in out.glob("trial_*/trial.json"))}
+    return {
+        r["trial_id"]: r
+        for r in (json.loads(p.read_text()) for p in out.glob("trial_*/trial.json"))
+    }
 
 
 def read_leaderboard(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "leaderboard.csv", dtype={"trial_id": str, "tuner/trial_id": str},
-                       keep_default_na=False, na_values=[""])
+    return pd.read_csv(
+        out / "leaderboard.csv",
+        dtype={"trial_id": str, "tuner/trial_id": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
 
 
 def assert_leaderboard_matches_oracle(out: Path) -> pd.DataFrame:
@@ -60,7 +80,10 @@ def assert_leaderboard_matches_oracle(out: Path) -> pd.DataFrame:
         assert row["conv_widths"] == ",".join(map(str, config["conv_widths"]))
         assert row["downsample"] == ",".join(config["downsample"]) or pd.isna(row["downsample"])
         assert (row["num_blocks"], row["key_dim"], row["max_lr"]) == (
-            config["num_blocks"], config["key_dim"], pytest.approx(config["max_lr"]))
+            config["num_blocks"],
+            config["key_dim"],
+            pytest.approx(config["max_lr"]),
+        )
     scores = list(trained["best_val_accuracy"])
     assert scores == sorted(scores, reverse=True)
     return table
@@ -81,16 +104,30 @@ def test_space_covers_depth_key_dim_scale_residual_lr_and_the_stem():
     assert list(space["down3"].values) == ["none", "pool", "stride"]
     # The defaults are the reference model and recipe; conv 4-6 are inactive with 3 convs.
     assert searched_values(hp.values) == REFERENCE
-    assert trial_config(hp.values) == {**default_config(), **REFERENCE}  # the reference run config, exactly
+    assert trial_config(hp.values) == {
+        **default_config(),
+        **REFERENCE,
+    }  # the reference run config, exactly
     assert "conv4_width" not in hp.values and not hp.is_active(space["conv4_width"])
 
 
 def test_build_uses_the_trial_values():
     hp = kt.HyperParameters()
     declare_space(hp)
-    hp.values.update(num_blocks=3, key_dim=4, residual=True, scale="post", num_convs=4,
-                     conv1_width=16, conv2_width=32, conv3_width=48, conv4_width=16,
-                     down1="pool", down2="none", down3="stride")
+    hp.values.update(
+        num_blocks=3,
+        key_dim=4,
+        residual=True,
+        scale="post",
+        num_convs=4,
+        conv1_width=16,
+        conv2_width=32,
+        conv3_width=48,
+        conv4_width=16,
+        down1="pool",
+        down2="none",
+        down3="stride",
+    )
     model = UltimusHyperModel().build(hp)
     blocks = [layer for layer in model.layers if isinstance(layer, UltimusLayer)]
     assert [(b.key_dim, b.scale, b.residual) for b in blocks] == [(4, "post", True)] * 3
@@ -98,18 +135,37 @@ def test_build_uses_the_trial_values():
     assert model.get_layer("pool1") and model.get_layer("conv4").strides == (2, 2)
     config = trial_config(hp.values)
     assert config["downsample"] == ["pool", "none", "stride"]
-    kwargs = {k: config[k] for k in ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample")}
+    kwargs = {
+        k: config[k]
+        for k in ("num_blocks", "key_dim", "scale", "residual", "conv_widths", "downsample")
+    }
     assert model.count_params() == build_model(**kwargs).count_params()
 
 
 def test_budget_reason_names_what_cannot_be_trained():
-    values = {"num_blocks": 1, "key_dim": 4, "scale": "pre", "residual": False, "max_lr": 1e-3, "num_convs": 2,
-              "conv1_width": 8, "conv2_width": 8, "down1": "none"}
+    values = {
+        "num_blocks": 1,
+        "key_dim": 4,
+        "scale": "pre",
+        "residual": False,
+        "max_lr": 1e-3,
+        "num_convs": 2,
+        "conv1_width": 8,
+        "conv2_width": 8,
+        "down1": "none",
+    }
     params = trainable_params(num_blocks=1, key_dim=4, conv_widths=(8, 8))
     assert budget_reason(values, params) is None
-    assert budget_reason(values, params - 1) == f"over budget: {params:,} trainable parameters > {params - 1:,}"
-    six = {**values, "num_convs": 6, **{f"conv{i}_width": 8 for i in range(1, 7)},
-           **{f"down{i}": "pool" for i in range(1, 6)}}
+    assert (
+        budget_reason(values, params - 1)
+        == f"over budget: {params:,} trainable parameters > {params - 1:,}"
+    )
+    six = {
+        **values,
+        "num_convs": 6,
+        **{f"conv{i}_width": 8 for i in range(1, 7)},
+        **{f"down{i}": "pool" for i in range(1, 6)},
+    }
     assert budget_reason(six, 10**9).startswith("invalid: conv")
 
 
@@ -118,33 +174,53 @@ def test_oracle_draws_only_trainable_values_and_records_the_rest(oracle_class, t
     hp = kt.HyperParameters()
     declare_space(hp)
     extra = {"max_epochs": 3} if oracle_class is search.HyperbandOracle else {"max_trials": 100}
-    oracle = oracle_class(objective="val_accuracy", seed=1, hyperparameters=hp, max_params=60_000, **extra)
+    oracle = oracle_class(
+        objective="val_accuracy", seed=1, hyperparameters=hp, max_params=60_000, **extra
+    )
     oracle._set_project_dir(str(tmp_path), "p")
     drawn = [oracle._random_values() for _ in range(15)]
     assert all(budget_reason(v, 60_000) is None for v in drawn)
     reasons = [s["reason"] for s in oracle.skipped]
-    assert any(r.startswith("over budget") for r in reasons) and any(r.startswith("invalid") for r in reasons)
+    assert any(r.startswith("over budget") for r in reasons) and any(
+        r.startswith("invalid") for r in reasons
+    )
     assert all(budget_reason(s["values"], 60_000) == s["reason"] for s in oracle.skipped)
     # Skipped values survive a reload of the oracle's state.
     state = json.loads(json.dumps(oracle.get_state()))
-    again = oracle_class(objective="val_accuracy", seed=1, hyperparameters=hp, max_params=60_000, **extra)
+    again = oracle_class(
+        objective="val_accuracy", seed=1, hyperparameters=hp, max_params=60_000, **extra
+    )
     again.set_state(state)
     assert again.skipped == oracle.skipped
 
 
 @pytest.mark.slow
-def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar_tarball, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(
+    fake_cifar_tarball, tmp_path, capsys, monkeypatch
+):
     """Hyperband (max 3 epochs) runs three 1-epoch trials, then promotes the best to 3 epochs (initial_epoch 1)."""
     out = tmp_path / "hb"
-    flags = ["--data", str(fake_cifar_tarball), "--out", str(out), "--epochs", "3", "--max-trials", "4",
-             "--limit-test", "12", *TINY]
+    flags = [
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--max-trials",
+        "4",
+        "--limit-test",
+        "12",
+        *TINY,
+    ]
     backend = keras.backend.backend()
     monkeypatch.setenv("KERAS_BACKEND", backend)
     assert tune.main(flags) == 0
     # The closing hint trains on the backend the search ran on.
-    assert f"  KERAS_BACKEND={backend} python -m keras_ultimus.train --config {out / 'best.json'}\n" in \
-        capsys.readouterr().out
+    assert (
+        f"  KERAS_BACKEND={backend} python -m keras_ultimus.train --config {out / 'best.json'}\n"
+        in capsys.readouterr().out
+    )
     records = oracle_records(out)
     assert len(records) == 4 and {r["status"] for r in records.values()} == {"COMPLETED"}
     table = assert_leaderboard_matches_oracle(out)
@@ -168,20 +244,28 @@ def test_hyperband_promotion_trains_from_scratch_with_a_full_schedule(fake_cifar
     trained = table[table["status"] == "COMPLETED"]
     assert (trained["trainable_params"] <= 20_000).all()
     result = json.loads((out / "result.json").read_text())
-    assert result["configurations_skipped"] == len(skipped) and result["test_images"] == 12  # --limit-test
+    assert (
+        result["configurations_skipped"] == len(skipped) and result["test_images"] == 12
+    )  # --limit-test
     # Each trial keeps its model, so predict and export take a trial folder as they take a run folder.
     assert all((out / f"trial_{trial}" / "model.keras").is_file() for trial in trained["trial_id"])
     images = out / "images.npy"
     np.save(images, np.zeros((2, 32, 32, 3), np.uint8))
     assert predict.main([str(out / f"trial_{row['trial_id']}"), str(images)]) == 0
     best = json.loads((out / "best.json").read_text())
-    assert set(best) == set(default_config()) - set(BUDGET_KEYS)  # a whole run config but the search's budget
-    assert "pipeline" not in best  # the search's resolved pipeline ("tfdata" here) would fail where TF is missing
+    assert set(best) == set(default_config()) - set(
+        BUDGET_KEYS
+    )  # a whole run config but the search's budget
+    assert (
+        "pipeline" not in best
+    )  # the search's resolved pipeline ("tfdata" here) would fail where TF is missing
     assert best["batch_size"] == json.loads((out / "search.json").read_text())["batch_size"]
 
 
 def test_validation_is_a_seeded_split_of_the_training_set(fake_cifar_tarball):
-    (x_fit, _), (x_val, y_val), (x_test, _) = search.search_data(str(fake_cifar_tarball), None, 0.2, 0, 16)
+    (x_fit, _), (x_val, y_val), (x_test, _) = search.search_data(
+        str(fake_cifar_tarball), None, 0.2, 0, 16
+    )
     (x_train, y_train), _ = load_local(fake_cifar_tarball)
     rows = {img.tobytes(): label for img, label in zip(x_train, y_train)}
     assert len(x_val) == 20 and len(x_fit) == 80
@@ -189,21 +273,49 @@ def test_validation_is_a_seeded_split_of_the_training_set(fake_cifar_tarball):
     val = {img.tobytes() for img in x_val}
     assert not val & {img.tobytes() for img in x_fit}
     assert not val & {img.tobytes() for img in x_test}
-    np.testing.assert_array_equal(search.search_data(str(fake_cifar_tarball), None, 0.2, 0, 16)[1][0], x_val)
-    assert not np.array_equal(search.search_data(str(fake_cifar_tarball), None, 0.2, 1, 16)[1][0], x_val)
+    np.testing.assert_array_equal(
+        search.search_data(str(fake_cifar_tarball), None, 0.2, 0, 16)[1][0], x_val
+    )
+    assert not np.array_equal(
+        search.search_data(str(fake_cifar_tarball), None, 0.2, 1, 16)[1][0], x_val
+    )
 
 
 def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
     from keras_ultimus import train
 
-    values = {"num_blocks": 2, "key_dim": 16, "residual": True, "scale": "post", "max_lr": 0.002, "num_convs": 3,
-              "conv1_width": 8, "conv2_width": 16, "conv3_width": 8, "down1": "pool", "down2": "stride",
-              "tuner/epochs": 3}
+    values = {
+        "num_blocks": 2,
+        "key_dim": 16,
+        "residual": True,
+        "scale": "post",
+        "max_lr": 0.002,
+        "num_convs": 3,
+        "conv1_width": 8,
+        "conv2_width": 16,
+        "conv3_width": 8,
+        "down1": "pool",
+        "down2": "stride",
+        "tuner/epochs": 3,
+    }
     path = tmp_path / "best.json"
     path.write_text(json.dumps(search.best_config(values, {"batch_size": 16})))
     run = tmp_path / "run"
-    assert train.main(["--config", str(path), "--data", str(fake_cifar_tarball), "--epochs", "1",
-                       "--out", str(run)]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                str(path),
+                "--data",
+                str(fake_cifar_tarball),
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "run.json").read_text())["config"]
     expected = {**searched_values(values), "batch_size": 16}
     assert {k: config[k] for k in expected} == expected
@@ -212,17 +324,35 @@ def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
     assert model.get_layer("pool1") and model.get_layer("conv3").strides == (2, 2)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--epochs", "0"], ["--val-fraction", "1"], ["--algorithm", "grid"], ["--max-trials", "0"],
-    ["--limit-train", "1"], ["--limit-test", "0"], ["--batch-size", "0"], ["--max-params", "0"], ["--precision", "fp8"],
-    ["--jit", "maybe"], ["--pipeline", "grain"], ["--distribute", "ring"], ["--devices", "0"], ["--epochs", "x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", "0"],
+        ["--val-fraction", "1"],
+        ["--algorithm", "grid"],
+        ["--max-trials", "0"],
+        ["--limit-train", "1"],
+        ["--limit-test", "0"],
+        ["--batch-size", "0"],
+        ["--max-params", "0"],
+        ["--precision", "fp8"],
+        ["--jit", "maybe"],
+        ["--pipeline", "grain"],
+        ["--distribute", "ring"],
+        ["--devices", "0"],
+        ["--epochs", "x"],
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
         options.parse_args(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and err[0].endswith(f"(see {options.PROG} --help)")
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: ")
+        and err[0].endswith(f"(see {options.PROG} --help)")
+    )
 
 
 def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, monkeypatch):
@@ -235,13 +365,19 @@ def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, m
         return err
 
     data = ["--data", str(fake_cifar_tarball)]
-    assert "none.tar.gz" in error(["--data", str(tmp_path / "none.tar.gz"), "--out", str(out), *TINY])
-    assert "2 batches" in error([*data, "--out", str(out), "--pipeline", "numpy"])  # batch 512 > 90 images
+    assert "none.tar.gz" in error(
+        ["--data", str(tmp_path / "none.tar.gz"), "--out", str(out), *TINY]
+    )
+    assert "2 batches" in error(
+        [*data, "--out", str(out), "--pipeline", "numpy"]
+    )  # batch 512 > 90 images
     (tmp_path / "file").write_text("x")
     assert "is a file" in error([*data, "--out", str(tmp_path / "file"), *TINY])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
-    assert "not a search folder" in error([*data, "--out", str(tmp_path / "other"), *TINY, "--fresh"])
+    assert "not a search folder" in error(
+        [*data, "--out", str(tmp_path / "other"), *TINY, "--fresh"]
+    )
     assert (tmp_path / "other" / "notes.txt").exists()
     out.mkdir()
     (out / "search.json").write_text(json.dumps({"algorithm": "hyperband", "epochs": 9}))
@@ -250,7 +386,9 @@ def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, m
     assert "unreadable" in error([*data, "--out", str(out), *TINY])
     (out / "search.json").unlink()
     if keras.backend.backend() != "jax":
-        assert "data-parallel" in error([*data, "--out", str(out), *TINY, "--distribute", "data-parallel"])
+        assert "data-parallel" in error(
+            [*data, "--out", str(out), *TINY, "--distribute", "data-parallel"]
+        )
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     assert "KERASTUNER_ORACLE_PORT" in error([*data, "--out", str(out), *TINY])
     assert not (out / "oracle.json").exists()
@@ -258,7 +396,9 @@ def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, m
 
 def test_clis_answer_help_as_modules():
     for argv in (TUNE, LAUNCH):
-        done = subprocess.run([*argv, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*argv, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("usage: python -m keras_ultimus.tuner.")
     assert not (REPO / "tuner").exists()  # the old top-level package is gone
@@ -275,11 +415,35 @@ def test_bayesian_without_scikit_learn_exits_2(monkeypatch, capsys):
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_one_trial_runs_where_tensorflow_is_missing(backend, fake_cifar_tarball, tmp_path):
     out = tmp_path / "s"
-    env = {**ENV, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "no_tensorflow"),
-                                                                          str(REPO)])}
-    done = subprocess.run([*TUNE, "--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "random",
-                           "--max-trials", "1", "--epochs", "1", "--batch-size", "16", "--max-params", "20000"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    env = {
+        **ENV,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(REPO)]),
+    }
+    done = subprocess.run(
+        [
+            *TUNE,
+            "--data",
+            str(fake_cifar_tarball),
+            "--out",
+            str(out),
+            "--algorithm",
+            "random",
+            "--max-trials",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-params",
+            "20000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (trial,) = oracle_records(out).values()
     assert trial["status"] == "COMPLETED"
@@ -290,8 +454,14 @@ def test_one_trial_runs_where_tensorflow_is_missing(backend, fake_cifar_tarball,
 
 def start_launcher(tmp_path: Path, flags: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
     """Start the launcher and read the children's pids from its first lines."""
-    launcher = subprocess.Popen([*LAUNCH, *flags], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [*LAUNCH, *flags],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pids = {}
     while len(pids) < 3:
         line = launcher.stdout.readline()
@@ -312,8 +482,21 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_child(fake_cifar_tarball, tmp_path):
-    flags = ["--workers", "2", "--data", str(fake_cifar_tarball), "--out", str(tmp_path / "s"), "--epochs", "50",
-             "--algorithm", "random", "--max-trials", "50", *TINY]
+    flags = [
+        "--workers",
+        "2",
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(tmp_path / "s"),
+        "--epochs",
+        "50",
+        "--algorithm",
+        "random",
+        "--max-trials",
+        "50",
+        *TINY,
+    ]
     launcher, pids = start_launcher(tmp_path, flags)
     assert all(alive(pid) for pid in pids.values())
     launcher.send_signal(signal.SIGTERM)
@@ -328,7 +511,15 @@ def test_sigterm_to_the_launcher_stops_every_child(fake_cifar_tarball, tmp_path)
 @pytest.mark.slow
 def test_a_child_that_dies_stops_the_others(fake_cifar_tarball, tmp_path):
     # Every child fails on the missing data; the launcher reports the first and stops the rest.
-    flags = ["--workers", "2", "--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "s"), *TINY]
+    flags = [
+        "--workers",
+        "2",
+        "--data",
+        str(tmp_path / "missing.tar.gz"),
+        "--out",
+        str(tmp_path / "s"),
+        *TINY,
+    ]
     launcher, pids = start_launcher(tmp_path, flags)
     assert launcher.wait(120) == 2
     assert "missing.tar.gz" in launcher.stdout.read()
@@ -336,14 +527,32 @@ def test_a_child_that_dies_stops_the_others(fake_cifar_tarball, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_is_restarted_and_the_search_ends_whole(fake_cifar_tarball, tmp_path):
+def test_a_worker_killed_mid_trial_is_restarted_and_the_search_ends_whole(
+    fake_cifar_tarball, tmp_path
+):
     out = tmp_path / "s"
-    flags = ["--workers", "2", "--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "random",
-             "--max-trials", "3", "--epochs", "3", *TINY]
+    flags = [
+        "--workers",
+        "2",
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(out),
+        "--algorithm",
+        "random",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "3",
+        *TINY,
+    ]
     launcher, pids = start_launcher(tmp_path, flags)
     log = out / "logs" / "tuner0.log"
     deadline = time.monotonic() + 120
-    while "tuner0: trial trial_" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+    while (
+        "tuner0: trial trial_" not in (log.read_text() if log.exists() else "")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     trial = log.read_text().split("tuner0: trial trial_")[1].split()[0]
     os.kill(pids["tuner0"], signal.SIGKILL)
@@ -353,19 +562,33 @@ def test_a_worker_killed_mid_trial_is_restarted_and_the_search_ends_whole(fake_c
     assert len(records) == 3 and {r["status"] for r in records.values()} == {"COMPLETED"}
     assert json.loads((out / "oracle.json").read_text())["ongoing_trials"] == {}
     attempts = json.loads((out / f"trial_{trial}" / search.ATTEMPTS_NAME).read_text())
-    assert [a["tuner_id"] for a in attempts] == ["tuner0", "tuner0"] and attempts[0]["pid"] == pids["tuner0"]
+    assert [a["tuner_id"] for a in attempts] == ["tuner0", "tuner0"] and attempts[0]["pid"] == pids[
+        "tuner0"
+    ]
     assert_leaderboard_matches_oracle(out)
 
 
-def test_a_full_disk_in_a_trial_ends_the_search_in_one_line_with_exit_3(fake_cifar_tarball, tmp_path, capsys,
-                                                                        monkeypatch):
+def test_a_full_disk_in_a_trial_ends_the_search_in_one_line_with_exit_3(
+    fake_cifar_tarball, tmp_path, capsys, monkeypatch
+):
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")  # as a checkpoint or log write would
 
     monkeypatch.setattr(UltimusHyperModel, "fit", full)
     out = tmp_path / "s"
-    argv = ["--data", str(fake_cifar_tarball), "--out", str(out), "--algorithm", "random", "--max-trials", "2",
-            "--epochs", "1", *TINY]
+    argv = [
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(out),
+        "--algorithm",
+        "random",
+        "--max-trials",
+        "2",
+        "--epochs",
+        "1",
+        *TINY,
+    ]
     assert tune.main(argv) == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
@@ -377,16 +600,33 @@ def test_a_trial_that_killed_its_workers_twice_fails_with_its_reason(tmp_path, m
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
     for _ in range(search.MAX_ATTEMPTS):
         search.record_attempt(tmp_path)
-    with pytest.raises(kt.errors.FailedTrialError, match=rf"2 processes died running this trial \(last: tuner1, "
-                       rf"pid {os.getpid()}\); not started again"):
+    with pytest.raises(
+        kt.errors.FailedTrialError,
+        match=rf"2 processes died running this trial \(last: tuner1, "
+        rf"pid {os.getpid()}\); not started again",
+    ):
         search.record_attempt(tmp_path)
 
 
 @pytest.mark.slow
 def test_launcher_runs_each_trial_once_over_two_workers(fake_cifar_tarball, tmp_path):
     out = tmp_path / "dist"
-    argv = [*LAUNCH, "--workers", "2", "--data", str(fake_cifar_tarball), "--out", str(out),
-            "--algorithm", "random", "--max-trials", "4", "--epochs", "2", *TINY]
+    argv = [
+        *LAUNCH,
+        "--workers",
+        "2",
+        "--data",
+        str(fake_cifar_tarball),
+        "--out",
+        str(out),
+        "--algorithm",
+        "random",
+        "--max-trials",
+        "4",
+        "--epochs",
+        "2",
+        *TINY,
+    ]
     done = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("chief", "tuner0", "tuner1"):  # each exited by itself
@@ -412,7 +652,9 @@ def test_launcher_runs_each_trial_once_over_two_workers(fake_cifar_tarball, tmp_
 
     table = assert_leaderboard_matches_oracle(out)
     trained = table[table["status"] == "COMPLETED"]
-    assert dict(zip(trained["trial_id"], trained["tuner_id"])) == {t: names[0] for t, names in runs.items()}
+    assert dict(zip(trained["trial_id"], trained["tuner_id"])) == {
+        t: names[0] for t, names in runs.items()
+    }
     assert (out / "best.json").exists() and (out / "result.json").exists()
 
 

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as `python tools/data_handoff.py`: import f
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_ultimus.datasets.tfdata import train_dataset  # noqa: E402
 from keras_ultimus.models.ultimus import build_model  # noqa: E402
 from keras_ultimus.training.compiling import compile_model  # noqa: E402
-from keras_ultimus.datasets.tfdata import train_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,15 +29,21 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python tools/data_handoff.py", description=main.__doc__)
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--conv-widths", type=lambda s: [int(w) for w in s.split(",")], default=[4, 8, 8])
+    p.add_argument(
+        "--conv-widths", type=lambda s: [int(w) for w in s.split(",")], default=[4, 8, 8]
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per input")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, size=args.images).astype("int32")
     inputs = {
-        "numpy": dict(x=images.astype("float32"), y=labels, batch_size=args.batch_size, shuffle=True),
-        "tf.data": dict(x=train_dataset(images, labels, args.batch_size, augment=False)[0], shuffle=False),
+        "numpy": dict(
+            x=images.astype("float32"), y=labels, batch_size=args.batch_size, shuffle=True
+        ),
+        "tf.data": dict(
+            x=train_dataset(images, labels, args.batch_size, augment=False)[0], shuffle=False
+        ),
     }
     keras.utils.set_random_seed(0)
     model = build_model(conv_widths=args.conv_widths)
@@ -50,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
             if i:  # the first epoch of each compiles
                 seconds[name].append(time.perf_counter() - start)
     for name, times in seconds.items():
-        print(f"{keras.backend.backend():10s} {name:8s} {args.images / statistics.median(times):8.0f} img/s "
-              f"(epochs: {', '.join(f'{t:.2f}' for t in times)} s)")
+        print(
+            f"{keras.backend.backend():10s} {name:8s} {args.images / statistics.median(times):8.0f} img/s "
+            f"(epochs: {', '.join(f'{t:.2f}' for t in times)} s)"
+        )
 
 
 if __name__ == "__main__":

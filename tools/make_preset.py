@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python tools/make_preset.py", description=main.__doc__)
     p.add_argument("name")
     p.add_argument("report", type=Path)
-    p.add_argument("--prefix", default="", help="file prefix of the chosen seed in the report (e.g. s2-)")
+    p.add_argument(
+        "--prefix", default="", help="file prefix of the chosen seed in the report (e.g. s2-)"
+    )
     p.add_argument("--description", required=True)
     p.add_argument("--data", default=os.environ.get("CIFAR10_PATH"))
     args = p.parse_args(argv)
@@ -39,16 +41,26 @@ def main(argv: list[str] | None = None) -> None:
     from keras_ultimus.training.evaluation import accuracies
 
     report = args.report.resolve()
-    source, info = report / f"{args.prefix}model.keras", json.loads((report / f"{args.prefix}run.json").read_text())
+    source, info = (
+        report / f"{args.prefix}model.keras",
+        json.loads((report / f"{args.prefix}run.json").read_text()),
+    )
     model = load_keras_model(source)
     final = info["final"]
     tta = final.get("test_accuracy_flip_tta")
-    scores = {"test_accuracy": round(final["val_accuracy"], 4), "test_accuracy_flip_tta": tta and round(tta, 4),
-              "test_images": info["config"].get("limit_test") or 10000, "scored_by": "the run (run.json final)"}
+    scores = {
+        "test_accuracy": round(final["val_accuracy"], 4),
+        "test_accuracy_flip_tta": tta and round(tta, 4),
+        "test_images": info["config"].get("limit_test") or 10000,
+        "scored_by": "the run (run.json final)",
+    }
     if args.data:
         _, (x_test, y_test) = load_cifar10(args.data)
-        scores = {**accuracies(model, x_test, y_test, 500), "test_images": len(y_test),
-                  "scored_by": "tools/make_preset.py on the full CIFAR-10 test split"}
+        scores = {
+            **accuracies(model, x_test, y_test, 500),
+            "test_images": len(y_test),
+            "scored_by": "tools/make_preset.py on the full CIFAR-10 test split",
+        }
     folder = PRESETS_DIR / args.name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, folder / MODEL_FILE)
@@ -59,10 +71,17 @@ def main(argv: list[str] | None = None) -> None:
         "trainable_params": int(sum(keras.ops.size(w) for w in model.trainable_weights)),
         "params": int(model.count_params()),
         "run": {
-            "report": str(report.relative_to(REPO)), "model": source.name, "run_json": f"{args.prefix}run.json",
-            "command": info["command"], "commit": info["keras_ultimus"]["commit"], "backend": info["backend"],
-            "versions": info["versions"], "machine": info["machine"], "wall_seconds": info.get("wall_seconds"),
-            "finished": info.get("finished"), "config": config,
+            "report": str(report.relative_to(REPO)),
+            "model": source.name,
+            "run_json": f"{args.prefix}run.json",
+            "command": info["command"],
+            "commit": info["keras_ultimus"]["commit"],
+            "backend": info["backend"],
+            "versions": info["versions"],
+            "machine": info["machine"],
+            "wall_seconds": info.get("wall_seconds"),
+            "finished": info.get("finished"),
+            "config": config,
         },
     }
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -23,7 +23,9 @@ def newest_backup(run: Path) -> Path:
     """The run's newest whole backup folder, `backup/epoch-N`."""
     epochs = [p for p in (run / "backup").glob("epoch-*") if p.name.split("-", 1)[1].isdigit()]
     if not epochs:
-        raise FileNotFoundError(f"run={run}: no whole backup yet (backup/epoch-N); nothing to resume from")
+        raise FileNotFoundError(
+            f"run={run}: no whole backup yet (backup/epoch-N); nothing to resume from"
+        )
     return max(epochs, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
@@ -49,14 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     """Park RUN into DEST and print the command that resumes it."""
     p = argparse.ArgumentParser(prog="python tools/park_run.py", description=main.__doc__)
     p.add_argument("run", type=Path, help="an unfinished run folder")
-    p.add_argument("dest", type=Path, help="new folder for its resumable state (e.g. runs-pending/NAME)")
+    p.add_argument(
+        "dest", type=Path, help="new folder for its resumable state (e.g. runs-pending/NAME)"
+    )
     args = p.parse_args(argv)
     try:
         backup = park(args.run, args.dest)
     except (FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"parked {backup}; resume with: python -m keras_ultimus.train --resume {args.dest} --data $CIFAR10_PATH")
+    print(
+        f"parked {backup}; resume with: python -m keras_ultimus.train --resume {args.dest} --data $CIFAR10_PATH"
+    )
     return 0
 
 

@@ -21,8 +21,13 @@ import numpy as np
 KERAS_PATHS = {"eager": "off", "compiled": "on", "default": "auto"}
 
 
-def serve(paths: dict[str, Callable[[], None]], warmups: dict[str, float], steps: int, batch_size: int,
-          versions: dict[str, str]) -> None:
+def serve(
+    paths: dict[str, Callable[[], None]],
+    warmups: dict[str, float],
+    steps: int,
+    batch_size: int,
+    versions: dict[str, str],
+) -> None:
     """The worker's side: announce the warm-up times, then time each path's `steps` steps per round asked."""
     print(json.dumps({"ready": True, "warmup_s": warmups, "versions": versions}), flush=True)
     for line in sys.stdin:
@@ -70,14 +75,22 @@ class Worker:
 
     def __init__(self, name: str, command: list[str], env: dict[str, str]):
         self.name = name
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def read(self) -> dict:
         line = self.process.stdout.readline()
         if not line:
             self.process.wait()
-            raise RuntimeError(f"bench worker {self.name} exited with code {self.process.returncode}")
+            raise RuntimeError(
+                f"bench worker {self.name} exited with code {self.process.returncode}"
+            )
         return json.loads(line)
 
     def ask(self, message: str) -> dict:
@@ -92,8 +105,11 @@ class Worker:
             self.process.wait(timeout=60)
 
 
-def run_rounds(workers: list[tuple[str, list[str], dict[str, str]]], rounds: int,
-               log: Callable[[str], None] = print) -> dict:
+def run_rounds(
+    workers: list[tuple[str, list[str], dict[str, str]]],
+    rounds: int,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Start the workers one at a time (each warms up alone), then run `rounds` interleaved rounds."""
     started, warmups, per_round, found = [], {}, [], {}
     try:
@@ -106,7 +122,7 @@ def run_rounds(workers: list[tuple[str, list[str], dict[str, str]]], rounds: int
             started.append(worker)
         for r in range(rounds):
             speeds = {}
-            for worker in started[r % len(started):] + started[:r % len(started)]:
+            for worker in started[r % len(started) :] + started[: r % len(started)]:
                 speeds.update(worker.ask("round"))
             log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
             per_round.append(speeds)

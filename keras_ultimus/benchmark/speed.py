@@ -34,7 +34,10 @@ def layer_flops(layer: keras.layers.Layer) -> int:
         return 2 * fan_in * units
     if isinstance(layer, UltimusLayer):
         d = layer.key_dim
-        dense = sum(layer_flops(sub) for sub in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense))
+        dense = sum(
+            layer_flops(sub)
+            for sub in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+        )
         return dense + d * d + 2 * d * d  # the q ⊗ k outer product, then z = v · AM
     return 0
 
@@ -95,24 +98,48 @@ class EpochTimes(keras.callbacks.Callback):
 def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random uint8 CIFAR-10-shaped images and labels; speed doesn't depend on the pixel values."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype("int32")
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(
+        "int32"
+    )
 
 
-def train_speed(model: keras.Model, images: np.ndarray, labels: np.ndarray, steps: int, repeats: int,
-                batch_size: int, pipeline: str) -> list[float]:
+def train_speed(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    repeats: int,
+    batch_size: int,
+    pipeline: str,
+) -> list[float]:
     """Training img/s of `repeats` epochs of `steps` steps each, after one warm-up epoch (compilation)."""
     from keras_ultimus.training.fitting import fit_arrays
 
     timer = EpochTimes()
-    fit_arrays(model, images, labels, batch_size=batch_size, seed=0, pipeline=pipeline, epochs=repeats + 1,
-               callbacks=[timer], steps_per_epoch=steps)
+    fit_arrays(
+        model,
+        images,
+        labels,
+        batch_size=batch_size,
+        seed=0,
+        pipeline=pipeline,
+        epochs=repeats + 1,
+        callbacks=[timer],
+        steps_per_epoch=steps,
+    )
     done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    if done != (repeats + 1) * steps:  # the data ran out: a short epoch would count steps it never ran
-        raise RuntimeError(f"timed {done} training steps, expected {(repeats + 1) * steps}: give more images")
+    if (
+        done != (repeats + 1) * steps
+    ):  # the data ran out: a short epoch would count steps it never ran
+        raise RuntimeError(
+            f"timed {done} training steps, expected {(repeats + 1) * steps}: give more images"
+        )
     return [steps * batch_size / s for s in timer.seconds[1:]]
 
 
-def eval_speed(model: keras.Model, dataset, steps: int, repeats: int, batch_size: int) -> list[float]:
+def eval_speed(
+    model: keras.Model, dataset, steps: int, repeats: int, batch_size: int
+) -> list[float]:
     """Evaluation img/s of `repeats` passes over `steps` batches, after one warm-up pass."""
     speeds = []
     for i in range(repeats + 1):
@@ -123,12 +150,15 @@ def eval_speed(model: keras.Model, dataset, steps: int, repeats: int, batch_size
     return speeds
 
 
-def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, batch_size: int) -> list[float]:
+def pipeline_speed(
+    dataset, data_epoch: keras.callbacks.Callback, repeats: int, batch_size: int
+) -> list[float]:
     """Input-pipeline img/s alone: whole epochs of batches, each epoch set up as `fit` sets it up.
 
     tf.data runs as `fit` runs it; a `PyDataset` is read batch by batch through its public `__getitem__`, in this
     thread without its prefetching workers, so its figure is a lower bound of what `fit` gets.
     """
+
     def batches(epoch):
         data_epoch.on_epoch_begin(epoch)
         if hasattr(dataset, "element_spec"):  # tf.data
@@ -143,7 +173,9 @@ def pipeline_speed(dataset, data_epoch: keras.callbacks.Callback, repeats: int, 
         for x, _ in batches(epoch):
             count += len(x)
         if x is not None and not isinstance(x, np.ndarray):
-            keras.ops.convert_to_numpy(x[:1])  # device batches are made asynchronously: wait for the last one
+            keras.ops.convert_to_numpy(
+                x[:1]
+            )  # device batches are made asynchronously: wait for the last one
         if epoch:  # the first pass warms up
             speeds.append(count / (time.perf_counter() - start))
     return speeds
@@ -167,20 +199,29 @@ def measure_backend(
     A mirrored `plan` builds, trains and evaluates under its strategy, with
     synchronized BatchNorm so the math stays that of one `batch_size` batch.
     """
-    from keras_ultimus.training import distribute
     from keras_ultimus.datasets import pipelines
     from keras_ultimus.models.ultimus import build_model
+    from keras_ultimus.training import distribute
     from keras_ultimus.training.compiling import compile_model
 
     kind = pipelines.resolve(pipeline)
     if images is None:
-        images, labels = synthetic_cifar(batch_size * steps * (repeats + 1))  # fit keeps one iterator
+        images, labels = synthetic_cifar(
+            batch_size * steps * (repeats + 1)
+        )  # fit keeps one iterator
     plan = plan or distribute.Plan()
-    result = {"backend": keras.backend.backend(), "pipeline": kind, "jit": jit, "load_before": os.getloadavg()[0],
-              "distribute": plan.record()}
+    result = {
+        "backend": keras.backend.backend(),
+        "pipeline": kind,
+        "jit": jit,
+        "load_before": os.getloadavg()[0],
+        "distribute": plan.record(),
+    }
     dtypes = sorted({"float32", "bfloat16", *(COMPUTE_DTYPE[p] for p in precisions)})
     result["peak_gflops"] = {d: matmul_peak(d, matmul_size, plan=plan) for d in dtypes}
-    dataset, data_epoch = pipelines.train_data(images, labels, batch_size, seed=0, augment=True, kind=kind)
+    dataset, data_epoch = pipelines.train_data(
+        images, labels, batch_size, seed=0, augment=True, kind=kind
+    )
     result["pipeline_img_s"] = pipeline_speed(dataset, data_epoch, repeats, batch_size)
     result["precisions"] = {}
     for precision in precisions:
@@ -188,11 +229,18 @@ def measure_backend(
         keras.utils.set_random_seed(0)
         with plan.scope():
             model = build_model(sync_bn=plan.mode == "mirrored")
-            compile_model(model, 3e-3, total_steps=(repeats + 1) * steps, jit=jit,
-                          steps_per_execution=steps_per_execution)
+            compile_model(
+                model,
+                3e-3,
+                total_steps=(repeats + 1) * steps,
+                jit=jit,
+                steps_per_execution=steps_per_execution,
+            )
             train = train_speed(model, images, labels, steps, repeats, batch_size, kind)
             test = pipelines.eval_data(images, labels, batch_size, kind=kind)
-            evaluate = eval_speed(model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size)
+            evaluate = eval_speed(
+                model, test, min(steps, math.ceil(len(images) / batch_size)), repeats, batch_size
+            )
         result["precisions"][precision] = {
             "train_img_s": train,
             "eval_img_s": evaluate,
@@ -204,7 +252,9 @@ def measure_backend(
     return result
 
 
-def serving_speed(predictor, calls: int = 200, batches: int = 20, batch_size: int = 256, warmup: int = 5) -> dict:
+def serving_speed(
+    predictor, calls: int = 200, batches: int = 20, batch_size: int = 256, warmup: int = 5
+) -> dict:
     """Batch-1 latency in ms (median, p90) and batch-`batch_size` throughput in img/s of a predictor."""
     images = np.random.default_rng(0).integers(0, 256, (batch_size, 32, 32, 3), np.uint8)
     one = images[:1]

@@ -70,14 +70,20 @@ def _read_tarball(path: Path) -> dict[str, bytes]:
                 if name in members:
                     raise UserError(f"{path}: tarball holds {name} more than once")
                 members[name] = tar.extractfile(member).read()
-            while tar.fileobj.read(1 << 20):  # to the end, so gzip checks its CRC of everything read
+            while tar.fileobj.read(
+                1 << 20
+            ):  # to the end, so gzip checks its CRC of everything read
                 pass
     except tarfile.ReadError as e:
         if "could not be opened successfully" in str(e):  # one line per compression tried
-            raise UserError(f"{path}: truncated or corrupt tarball (not a tar or compressed tar file)") from None
+            raise UserError(
+                f"{path}: truncated or corrupt tarball (not a tar or compressed tar file)"
+            ) from None
         raise UserError(f"{path}: truncated or corrupt tarball ({one_line(e)})") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
-        raise UserError(f"{path}: truncated or corrupt tarball ({one_line(e) or type(e).__name__})") from None
+        raise UserError(
+            f"{path}: truncated or corrupt tarball ({one_line(e) or type(e).__name__})"
+        ) from None
     except OSError as e:  # gzip/bz2/lzma stream errors, and unreadable files
         reason = e.strerror or one_line(e)
         raise UserError(f"{path}: truncated or corrupt tarball ({reason})") from None
@@ -106,7 +112,9 @@ def load_local(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
     sizes = [len(y) for _, y in train]
     if len(set(sizes)) > 1:  # a batch file cut at a record boundary would otherwise load silently
         short = TRAIN_FILES[sizes.index(min(sizes))]
-        raise UserError(f"{path / short}: {min(sizes)} records, but another training batch file has {max(sizes)}")
+        raise UserError(
+            f"{path / short}: {min(sizes)} records, but another training batch file has {max(sizes)}"
+        )
     return (
         (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
         test,
@@ -132,7 +140,13 @@ def load_tfds(data_dir: str | None = None) -> tuple[Arrays, Arrays]:
         ) from None
 
     def load(download):
-        splits = tfds.load("cifar10", split=["train", "test"], as_supervised=True, data_dir=data_dir, download=download)
+        splits = tfds.load(
+            "cifar10",
+            split=["train", "test"],
+            as_supervised=True,
+            data_dir=data_dir,
+            download=download,
+        )
         arrays = []
         for split in splits:
             batches = list(tfds.as_numpy(split.batch(10_000)))
@@ -140,7 +154,9 @@ def load_tfds(data_dir: str | None = None) -> tuple[Arrays, Arrays]:
         return arrays
 
     absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
-    absl.setLevel(logging.ERROR)  # TFDS warns "Variant folder ... has no dataset_info.json" before a miss
+    absl.setLevel(
+        logging.ERROR
+    )  # TFDS warns "Variant folder ... has no dataset_info.json" before a miss
     try:
         train, test = load(download=False)
     except (AssertionError, tfds.core.registered.DatasetNotFoundError, OSError):
@@ -164,7 +180,9 @@ def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Arrays, Arrays]
     return load_local(path) if path else load_tfds()
 
 
-def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
+def split_validation(
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[Arrays, Arrays]:
     """Split a seeded, reproducible validation set off the training arrays."""
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(len(images) * fraction))

@@ -25,10 +25,19 @@ class DeviceBatches(ArrayBatches):
         augment: bool. Reflect-pad-4 random crop and horizontal flip when training. Defaults to `True`.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 training: bool = False, augment: bool = True):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        training: bool = False,
+        augment: bool = True,
+    ):
         super().__init__(images, labels, batch_size, seed, training, augment, workers=0)
-        self._device_pixels = ops.convert_to_tensor(self._pixels)  # (n * 32 * 32, channels): one row per pixel
+        self._device_pixels = ops.convert_to_tensor(
+            self._pixels
+        )  # (n * 32 * 32, channels): one row per pixel
         self._device_labels = ops.convert_to_tensor(self.labels)
 
     def batch(self, epoch: int, index: int) -> tuple[object, object]:

@@ -36,7 +36,9 @@ def resolve(kind: str = "auto") -> str:
     if tensorflow_importable():
         return "tfdata"
     if kind == "tfdata":
-        raise UserError("the tfdata pipeline needs TensorFlow, which can't be imported here; use pipeline='numpy'")
+        raise UserError(
+            "the tfdata pipeline needs TensorFlow, which can't be imported here; use pipeline='numpy'"
+        )
     return "numpy"
 
 
@@ -89,11 +91,15 @@ def train_data(
     from keras_ultimus.datasets.pydataset import ArrayBatches
 
     workers = default_workers() if workers is None else workers
-    dataset = ArrayBatches(images, labels, batch_size, seed, training=True, augment=augment, workers=workers)
+    dataset = ArrayBatches(
+        images, labels, batch_size, seed, training=True, augment=augment, workers=workers
+    )
     return dataset, DataEpoch(dataset.set_epoch)
 
 
-def eval_data(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str = "auto") -> object:
+def eval_data(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str = "auto"
+) -> object:
     """Evaluation data in the arrays' order, float32 0-255 images with int32 labels."""
     kind = resolve(kind)
     if kind == "tfdata":

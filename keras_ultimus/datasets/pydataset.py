@@ -31,7 +31,9 @@ def reflect(positions: np.ndarray, size: int = 32) -> np.ndarray:
     return np.where(positions >= size, 2 * (size - 1) - positions, positions)
 
 
-def augment_indices(rng: np.random.Generator, batch: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def augment_indices(
+    rng: np.random.Generator, batch: int, size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Row and column source indices (batch, size) of a reflect-pad-4 random crop with a random horizontal flip."""
     dy, dx = rng.integers(0, 2 * PAD + 1, size=(2, batch, 1))
     flip = rng.random((batch, 1)) < 0.5
@@ -75,14 +77,20 @@ class ArrayBatches(keras.utils.PyDataset):
         workers: int = 0,
         ahead: int | None = None,
     ):
-        super().__init__(workers=1, use_multiprocessing=False)  # Keras' enqueuer off: see the module docstring
+        super().__init__(
+            workers=1, use_multiprocessing=False
+        )  # Keras' enqueuer off: see the module docstring
         self.threads = workers
         self.ahead = 2 * workers if ahead is None else ahead
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ArrayBatches") if workers else None
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="ArrayBatches") if workers else None
+        )
         self._pending: dict[tuple[int, int], Future] = {}
         self._lock = threading.Lock()
         self.images = images
-        self._pixels = np.ascontiguousarray(images).reshape(-1, images.shape[-1])  # one flat gather per batch
+        self._pixels = np.ascontiguousarray(images).reshape(
+            -1, images.shape[-1]
+        )  # one flat gather per batch
         self.labels = labels.astype(np.int32)
         self.batch_size = batch_size
         self.seed = seed
@@ -106,7 +114,9 @@ class ArrayBatches(keras.utils.PyDataset):
             cached = self._order = (epoch, rng.permutation(len(self.images)))
         return cached[1]
 
-    def sources(self, epoch: int, index: int) -> tuple[np.ndarray | slice, tuple[np.ndarray, np.ndarray] | None]:
+    def sources(
+        self, epoch: int, index: int
+    ) -> tuple[np.ndarray | slice, tuple[np.ndarray, np.ndarray] | None]:
         """Which images batch `index` of `epoch` holds and, when augmenting, their crop-and-flip rows and columns.
 
         Returns `(window, None)` in evaluation, `(idx, None)` without augmentation, or `(idx, (rows, cols))`, each

@@ -24,7 +24,9 @@ def hide_gpus_from_tensorflow(backend: str) -> None:
         return
     try:
         tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialised its devices (hidden or not): nothing left to change
+    except (
+        RuntimeError
+    ):  # TF already initialised its devices (hidden or not): nothing left to change
         pass
 
 
@@ -50,7 +52,12 @@ def pixel_indices(images: tf.Tensor, seed: tf.Tensor | None, size: int = 32) -> 
     rows = cols = tf.broadcast_to(window, [batch, size])
     if seed is not None:
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        offsets = tf.random.stateless_uniform([2, batch, 1], seed=crop_seed, maxval=2 * PAD + 1, dtype=tf.int64) - PAD
+        offsets = (
+            tf.random.stateless_uniform(
+                [2, batch, 1], seed=crop_seed, maxval=2 * PAD + 1, dtype=tf.int64
+            )
+            - PAD
+        )
         flip = tf.random.stateless_uniform([batch, 1], seed=flip_seed) < 0.5
         rows = reflect(offsets[0] + window, size)
         cols = reflect(offsets[1] + tf.where(flip, size - 1 - window, window), size)
@@ -97,7 +104,9 @@ def train_dataset(
         x = tf.gather(pixels, pixel_indices(idx, key if augment else None, size))
         return tf.cast(x, tf.float32), tf.gather(labels, idx)
 
-    ds = tf.data.Dataset.from_tensors(0).map(lambda _: epoch.read_value())  # once, as an iterator starts
+    ds = tf.data.Dataset.from_tensors(0).map(
+        lambda _: epoch.read_value()
+    )  # once, as an iterator starts
     ds = ds.flat_map(batches_of_epoch)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))

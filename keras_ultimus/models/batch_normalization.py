@@ -32,8 +32,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def _fused(self, inputs, mask) -> bool:
         axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)
-        return (keras.backend.backend() == "torch" and mask is None and not self.synchronized
-                and not self.renorm and axis == len(inputs.shape) - 1 and len(inputs.shape) >= 2)
+        return (
+            keras.backend.backend() == "torch"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and axis == len(inputs.shape) - 1
+            and len(inputs.shape) >= 2
+        )
 
     def call(self, inputs, training=None, mask=None):
         learning = bool(training) and self.trainable
@@ -46,7 +52,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # memory format, which the fused kernel reads without a copy.
         order = (0, inputs.ndim - 1, *range(1, inputs.ndim - 1))
         back = (0, *range(2, inputs.ndim), 1)
-        x = inputs.float().permute(order)  # upcast as Keras does: float16/bfloat16 statistics overflow
+        x = inputs.float().permute(
+            order
+        )  # upcast as Keras does: float16/bfloat16 statistics overflow
         gamma = self.gamma.value.float() if self.scale else None
         beta = self.beta.value.float() if self.center else None
         if learning:
@@ -57,13 +65,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
             # momentum=1 makes torch write this batch's mean and unbiased variance into the scratch buffers.
             outputs = F.batch_norm(x, mean, variance, gamma, beta, True, 1.0, self.epsilon)
             biased = variance * ((count - 1) / count)
-            self.moving_mean.assign(self.moving_mean.value * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_mean.assign(
+                self.moving_mean.value * self.momentum + mean * (1.0 - self.momentum)
+            )
             self.moving_variance.assign(
                 self.moving_variance.value * self.momentum + biased * (1.0 - self.momentum)
             )
         else:
             outputs = F.batch_norm(
-                x, self.moving_mean.value.float(), self.moving_variance.value.float(), gamma, beta,
-                False, 0.0, self.epsilon,
+                x,
+                self.moving_mean.value.float(),
+                self.moving_variance.value.float(),
+                gamma,
+                beta,
+                False,
+                0.0,
+                self.epsilon,
             )
         return keras.ops.cast(outputs.permute(back), self.compute_dtype)

@@ -35,11 +35,17 @@ class Conv2D(keras.layers.Conv2D):
 
     def _padding(self):
         """torch's `padding` argument for this layer, or None where the fast path doesn't apply."""
-        if keras.backend.backend() != "torch" or self.data_format != "channels_last" or self.groups != 1:
+        if (
+            keras.backend.backend() != "torch"
+            or self.data_format != "channels_last"
+            or self.groups != 1
+        ):
             return None
         import torch
 
-        if torch.compiler.is_compiling():  # inductor plans the layout itself, and fails on this view (torch 2.13)
+        if (
+            torch.compiler.is_compiling()
+        ):  # inductor plans the layout itself, and fails on this view (torch 2.13)
             return None
         if self.padding == "valid":
             return 0
@@ -57,6 +63,11 @@ class Conv2D(keras.layers.Conv2D):
 
         inputs, kernel = keras.ops.convert_to_tensor(inputs), keras.ops.convert_to_tensor(kernel)
         weight = kernel.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-        outputs = F.conv2d(inputs.permute(0, 3, 1, 2), weight, stride=tuple(self.strides), padding=padding,
-                           dilation=tuple(self.dilation_rate))
+        outputs = F.conv2d(
+            inputs.permute(0, 3, 1, 2),
+            weight,
+            stride=tuple(self.strides),
+            padding=padding,
+            dilation=tuple(self.dilation_rate),
+        )
         return outputs.permute(0, 2, 3, 1)

@@ -88,8 +88,7 @@ class UltimusLayer(keras.layers.Layer):
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(
-                "UltimusLayer expects input of shape (batch, features), "
-                f"got {input_shape}."
+                f"UltimusLayer expects input of shape (batch, features), got {input_shape}."
             )
         features = input_shape[-1]
 
@@ -123,7 +122,9 @@ class UltimusLayer(keras.layers.Layer):
         if self.attention == "sample":
             scores = q[:, :, None] * k[:, None, :]  # scores[b, i, j] = q[b, i] * k[b, j]
         elif self.attention == "batch":
-            scores = ops.matmul(ops.transpose(q), k)  # scores[i, j] = sum over the batch of q[b, i] * k[b, j]
+            scores = ops.matmul(
+                ops.transpose(q), k
+            )  # scores[i, j] = sum over the batch of q[b, i] * k[b, j]
         else:
             scores = q * k
         norm = math.sqrt(self.key_dim)
@@ -154,7 +155,9 @@ class UltimusLayer(keras.layers.Layer):
         )
         if return_attention_scores:
             batch, n = inputs.shape[0], self.key_dim
-            scores_shape = {"sample": (batch, n, n), "batch": (n, n), "elementwise": (batch, n)}[self.attention]
+            scores_shape = {"sample": (batch, n, n), "batch": (n, n), "elementwise": (batch, n)}[
+                self.attention
+            ]
             return outputs, keras.KerasTensor(scores_shape, dtype="float32")
         return outputs
 
@@ -166,9 +169,7 @@ class UltimusLayer(keras.layers.Layer):
                 "scale": self.scale,
                 "residual": self.residual,
                 "attention": self.attention,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
         return config

@@ -8,11 +8,18 @@ import keras
 import numpy as np
 
 from keras_ultimus.constants import (  # noqa: F401  CLASS_NAMES: kept importable from here
-    CIFAR10_MEAN, CIFAR10_STD, CLASS_NAMES, DOWNSAMPLE, IMAGE_SIZE, POOLING, STEMS,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CLASS_NAMES,
+    DOWNSAMPLE,
+    IMAGE_SIZE,
+    POOLING,
+    STEMS,
 )
 from keras_ultimus.models.batch_normalization import BatchNormalization
 from keras_ultimus.models.conv2d import Conv2D
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
+
 # The frozen whitening conv: 2x2 patches of 3 channels (12 dimensions), each eigen-direction with both signs.
 WHITEN_PATCH = 2
 WHITEN_WIDTH = 2 * WHITEN_PATCH * WHITEN_PATCH * 3
@@ -24,7 +31,9 @@ def parse_conv_widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in str(text).split(",")]
     except ValueError:
-        raise ValueError(f"conv widths {text!r}: expected comma-separated integers like 32,256,48") from None
+        raise ValueError(
+            f"conv widths {text!r}: expected comma-separated integers like 32,256,48"
+        ) from None
     if min(widths) < 1:
         raise ValueError(f"conv widths {text!r}: every width must be at least 1")
     return widths
@@ -39,8 +48,9 @@ def parse_downsample(text: str) -> list[str]:
     return steps
 
 
-def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = None,
-              size: int = IMAGE_SIZE) -> list[tuple[int, int, bool, int]]:
+def stem_plan(
+    conv_widths: Sequence[int], downsample: Sequence[str] | None = None, size: int = IMAGE_SIZE
+) -> list[tuple[int, int, bool, int]]:
     """Check the stem arguments; return `(width, stride, pool_after, output_size)` per conv.
 
     Every conv is 3x3 with "valid" padding, so the feature map shrinks by 2
@@ -48,7 +58,9 @@ def stem_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = Non
     """
     widths = list(conv_widths)
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"`conv_widths` must be one or more positive integers, got {conv_widths!r}.")
+        raise ValueError(
+            f"`conv_widths` must be one or more positive integers, got {conv_widths!r}."
+        )
     steps = ["none"] * (len(widths) - 1) if downsample is None else list(downsample)
     if len(steps) != len(widths) - 1:
         raise ValueError(
@@ -81,7 +93,9 @@ def resnet_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = N
     """
     widths = list(conv_widths)
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"`conv_widths` must be one or more positive integers, got {conv_widths!r}.")
+        raise ValueError(
+            f"`conv_widths` must be one or more positive integers, got {conv_widths!r}."
+        )
     if len(widths) > 5:
         raise ValueError(f"a resnet stem has at most 5 stages on 32x32 images, got {len(widths)}.")
     if downsample is not None and any(step != "none" for step in downsample):
@@ -89,18 +103,37 @@ def resnet_plan(conv_widths: Sequence[int], downsample: Sequence[str] | None = N
     return widths
 
 
-def check_head(num_blocks: int, key_dim: int, scale: str, bn_momentum: float, num_classes: int,
-               attention: str = "sample", pooling: str = "avg", stem: str = "plain") -> None:
+def check_head(
+    num_blocks: int,
+    key_dim: int,
+    scale: str,
+    bn_momentum: float,
+    num_classes: int,
+    attention: str = "sample",
+    pooling: str = "avg",
+    stem: str = "plain",
+) -> None:
     """Check the non-stem arguments of `build_model` with a clear ValueError."""
-    for name, value, low in (("num_blocks", num_blocks, 1), ("key_dim", key_dim, 1), ("num_classes", num_classes, 2)):
+    for name, value, low in (
+        ("num_blocks", num_blocks, 1),
+        ("key_dim", key_dim, 1),
+        ("num_classes", num_classes, 2),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an integer of at least {low}, got {value!r}.")
     if scale not in ("pre", "post"):
         raise ValueError(f"`scale` must be 'pre' or 'post', got {scale!r}.")
-    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1:
+    if (
+        isinstance(bn_momentum, bool)
+        or not isinstance(bn_momentum, (int, float))
+        or not 0 <= bn_momentum < 1
+    ):
         raise ValueError(f"`bn_momentum` must be a number in [0, 1), got {bn_momentum!r}.")
-    for name, value, choices in (("attention", attention, ATTENTION), ("pooling", pooling, POOLING),
-                                 ("stem", stem, STEMS)):
+    for name, value, choices in (
+        ("attention", attention, ATTENTION),
+        ("pooling", pooling, POOLING),
+        ("stem", stem, STEMS),
+    ):
         if value not in choices:
             raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
@@ -146,7 +179,11 @@ def build_model(
     """
     check_head(num_blocks, key_dim, scale, bn_momentum, num_classes, attention, pooling, stem)
     size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
-    plan = stem_plan(conv_widths, downsample, size) if stem == "plain" else resnet_plan(conv_widths, downsample)
+    plan = (
+        stem_plan(conv_widths, downsample, size)
+        if stem == "plain"
+        else resnet_plan(conv_widths, downsample)
+    )
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
     x = keras.layers.Normalization(
         mean=CIFAR10_MEAN,
@@ -155,16 +192,16 @@ def build_model(
     )(inputs)
     if whiten:
         x = Conv2D(WHITEN_WIDTH, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten")(x)
-        x = keras.layers.Activation("gelu", name="whiten_gelu")(x)  # both signs of each direction, as in airbench
+        x = keras.layers.Activation("gelu", name="whiten_gelu")(
+            x
+        )  # both signs of each direction, as in airbench
     if stem == "plain":
         for i, (width, stride, pool, _) in enumerate(plan, start=1):
-            x = Conv2D(
-                width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}"
-            )(x)
+            x = Conv2D(width, 3, strides=stride, padding="valid", use_bias=False, name=f"conv{i}")(
+                x
+            )
             x = keras.layers.Activation("gelu", name=f"gelu{i}")(x)
-            x = BatchNormalization(
-                momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}"
-            )(x)
+            x = BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"bn{i}")(x)
             if pool:
                 x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     else:
@@ -205,15 +242,34 @@ def trainable_params(**model_args: Any) -> int:
         raise TypeError(f"trainable_params: {e}") from None
     bound.apply_defaults()
     args = bound.arguments
-    num_blocks, key_dim, num_classes, stem = args["num_blocks"], args["key_dim"], args["num_classes"], args["stem"]
+    num_blocks, key_dim, num_classes, stem = (
+        args["num_blocks"],
+        args["key_dim"],
+        args["num_classes"],
+        args["stem"],
+    )
     conv_widths, downsample, whiten = args["conv_widths"], args["downsample"], args["whiten"]
-    check_head(num_blocks, key_dim, args["scale"], args["bn_momentum"], num_classes, args["attention"],
-               args["pooling"], stem)
+    check_head(
+        num_blocks,
+        key_dim,
+        args["scale"],
+        args["bn_momentum"],
+        num_classes,
+        args["attention"],
+        args["pooling"],
+        stem,
+    )
     if stem == "plain":
         size = IMAGE_SIZE - WHITEN_PATCH + 1 if whiten else IMAGE_SIZE
-        widths, convs_per_width = [width for width, *_ in stem_plan(conv_widths, downsample, size)], 0
+        widths, convs_per_width = (
+            [width for width, *_ in stem_plan(conv_widths, downsample, size)],
+            0,
+        )
     else:
-        widths, convs_per_width = resnet_plan(conv_widths, downsample), 2  # two more convs in the residual block
+        widths, convs_per_width = (
+            resnet_plan(conv_widths, downsample),
+            2,
+        )  # two more convs in the residual block
     total, channels = 0, WHITEN_WIDTH if whiten else 3  # the whitening kernel is frozen
     for width in widths:
         total += 9 * channels * width + 2 * width  # conv kernel (no bias) + BN gamma and beta
@@ -234,13 +290,25 @@ def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
     total, outer, count = np.zeros(dims), np.zeros((dims, dims)), 0
     for start in range(0, len(images), 500):  # about 50 MB of patches at a time
         x = (np.asarray(images[start : start + 500], np.float64) - CIFAR10_MEAN) / CIFAR10_STD
-        patches = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))  # (n, h', w', c, k, k)
-        patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)  # (kh, kw, c), a Conv2D kernel's order
-        total, outer, count = total + patches.sum(axis=0), outer + patches.T @ patches, count + len(patches)
+        patches = np.lib.stride_tricks.sliding_window_view(
+            x, (k, k), axis=(1, 2)
+        )  # (n, h', w', c, k, k)
+        patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(
+            -1, dims
+        )  # (kh, kw, c), a Conv2D kernel's order
+        total, outer, count = (
+            total + patches.sum(axis=0),
+            outer + patches.T @ patches,
+            count + len(patches),
+        )
     mean = total / count
     eigenvalues, eigenvectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
     directions = eigenvectors / np.sqrt(eigenvalues + eps)
-    return np.concatenate([directions, -directions], axis=1).reshape(k, k, channels, -1).astype(np.float32)
+    return (
+        np.concatenate([directions, -directions], axis=1)
+        .reshape(k, k, channels, -1)
+        .astype(np.float32)
+    )
 
 
 def set_whitening(model: keras.Model, images: np.ndarray) -> None:

@@ -23,20 +23,45 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     """The report's flags."""
     p = ArgumentParser(prog=prog("keras_ultimus.report", "ultimus-report"), description=DESCRIPTION)
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s) holding log.csv and run.json, "
-                   "or one search folder of the tuner (holding leaderboard.csv)")
-    p.add_argument("--out", help="report folder to write (e.g. reports/NAME); required unless --evaluate")
-    p.add_argument("--evaluate", metavar="RUN_OR_MODEL", help="re-evaluate a run folder's model.keras (or a "
-                   ".keras file beside its log.csv and run.json) on the test images its run validated on")
-    p.add_argument("--tolerance", type=int, default=0, metavar="IMAGES",
-                   help="with --evaluate: exit 1 if the accuracies differ by more than this many test images "
-                   "(default 0: the same backend recomputes the same predictions)")
-    p.add_argument("--data", help="local CIFAR-10 copy for the test split (default: $CIFAR10_PATH, else TFDS)")
-    p.add_argument("--no-model", action="store_true",
-                   help="don't load model.keras: skip the test-split figures (no data needed)")
-    p.add_argument("--slim", action="store_true", help="leave out the learning-rate chart and each run's confusion "
-                   "matrix and misclassified gallery (the heaviest charts; redrawn without --slim), for reports kept "
-                   "in git")
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run folder(s) holding log.csv and run.json, "
+        "or one search folder of the tuner (holding leaderboard.csv)",
+    )
+    p.add_argument(
+        "--out", help="report folder to write (e.g. reports/NAME); required unless --evaluate"
+    )
+    p.add_argument(
+        "--evaluate",
+        metavar="RUN_OR_MODEL",
+        help="re-evaluate a run folder's model.keras (or a "
+        ".keras file beside its log.csv and run.json) on the test images its run validated on",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=int,
+        default=0,
+        metavar="IMAGES",
+        help="with --evaluate: exit 1 if the accuracies differ by more than this many test images "
+        "(default 0: the same backend recomputes the same predictions)",
+    )
+    p.add_argument(
+        "--data", help="local CIFAR-10 copy for the test split (default: $CIFAR10_PATH, else TFDS)"
+    )
+    p.add_argument(
+        "--no-model",
+        action="store_true",
+        help="don't load model.keras: skip the test-split figures (no data needed)",
+    )
+    p.add_argument(
+        "--slim",
+        action="store_true",
+        help="leave out the learning-rate chart and each run's confusion "
+        "matrix and misclassified gallery (the heaviest charts; redrawn without --slim), for reports kept "
+        "in git",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     return p
 
@@ -80,11 +105,15 @@ def evaluate_main(target: Path, data: str | None, tolerance: int) -> int:
     check = check_saved_model(target, data)
     diff = check.correct - check.logged_correct
     verdict = "agree" if diff == 0 else f"differ by {diff:+d} image{'s' * (abs(diff) != 1)}"
-    print(f"{shown_path(check.model_path)}: test accuracy {pct(check.accuracy)} "
-          f"({check.correct:,} of {check.images:,} test images); {check.log_name}'s final val_accuracy "
-          f"{pct(check.logged)} (epoch {check.epoch}): {verdict}")
-    print(f"{shown_path(check.model_path)}: with flip TTA {pct(check.tta_accuracy)} "
-          f"({check.tta_correct:,} of {check.images:,}); a separate figure, not the one the log holds")
+    print(
+        f"{shown_path(check.model_path)}: test accuracy {pct(check.accuracy)} "
+        f"({check.correct:,} of {check.images:,} test images); {check.log_name}'s final val_accuracy "
+        f"{pct(check.logged)} (epoch {check.epoch}): {verdict}"
+    )
+    print(
+        f"{shown_path(check.model_path)}: with flip TTA {pct(check.tta_accuracy)} "
+        f"({check.tta_correct:,} of {check.images:,}); a separate figure, not the one the log holds"
+    )
     return 0 if abs(diff) <= tolerance else 1
 
 
@@ -117,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.evaluate is not None:
         return evaluate_main(Path(args.evaluate), args.data, args.tolerance)
-    command = shlex.join(["python", "-m", "keras_ultimus.report", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(
+        ["python", "-m", "keras_ultimus.report", *(sys.argv[1:] if argv is None else argv)]
+    )
     if any(is_search(f) for f in folders):
         if len(folders) > 1:
             raise UserError("a search folder (with leaderboard.csv) is reported on its own")
         search = read_search(folders[0])
-        write_folder(out, lambda folder: write_search_report(search, folder, command, published=out))
+        write_folder(
+            out, lambda folder: write_search_report(search, folder, command, published=out)
+        )
     else:
         runs = [read_run(f, n) for f, n in zip(folders, run_names(folders))]
         attach_models(runs, args.data, args.no_model)

@@ -6,16 +6,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ultimus.training import evaluation
+from keras_ultimus.config import model_kwargs
 from keras_ultimus.datasets.cifar10 import load_cifar10
 from keras_ultimus.errors import UserError, one_line
 from keras_ultimus.models.layers import UltimusLayer
-from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.models.ultimus import build_model
-from keras_ultimus.config import model_kwargs
 from keras_ultimus.report.predictions import Evaluation
 from keras_ultimus.report.runs import Run, read_info, read_log
 from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME
+from keras_ultimus.serving.loading import load_keras_model
+from keras_ultimus.training import evaluation
 
 BATCH_SIZE = 250
 
@@ -29,7 +29,9 @@ class Check:
     correct: int
     logged: float  # the log's final val_accuracy
     epoch: int  # 1-based
-    log_name: str  # the log file it was checked against: log.csv, or NAME-log.csv in a multi-run report
+    log_name: (
+        str  # the log file it was checked against: log.csv, or NAME-log.csv in a multi-run report
+    )
     tta_correct: int = 0  # with flip test-time augmentation: a separate figure, never the one checked against the log
 
     @property
@@ -56,7 +58,11 @@ def attention_model(model: keras.Model) -> keras.Model:
     outputs have another structure than its first call's.
     """
     scores = []
-    for block in (layer for layer in model.layers if isinstance(layer, UltimusLayer) and layer.attention == "sample"):
+    for block in (
+        layer
+        for layer in model.layers
+        if isinstance(layer, UltimusLayer) and layer.attention == "sample"
+    ):
         twin = UltimusLayer.from_config({**block.get_config(), "name": f"{block.name}_attention"})
         scores.append(twin(block.input, return_attention_scores=True)[1])
         twin.set_weights(block.get_weights())
@@ -65,11 +71,15 @@ def attention_model(model: keras.Model) -> keras.Model:
 
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Predict class probabilities and mean attention maps on the test images, with a progress bar."""
-    logits, *scores = attention_model(model).predict(images.astype("float32"), batch_size=BATCH_SIZE, verbose=1)
+    logits, *scores = attention_model(model).predict(
+        images.astype("float32"), batch_size=BATCH_SIZE, verbose=1
+    )
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
-    return Evaluation(images, labels, probs, [np.asarray(s, np.float64).mean(axis=0) for s in scores])
+    return Evaluation(
+        images, labels, probs, [np.asarray(s, np.float64).mean(axis=0) for s in scores]
+    )
 
 
 def load_test_split(data: str | None, hint: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -86,14 +96,19 @@ def attach_models(runs: list[Run], data: str | None, no_model: bool) -> None:
     for run in runs:
         saved = run.folder / MODEL_NAME
         if saved.exists() and not no_model:
-            run.model, run.model_note = load_keras_model(saved), "From the run's saved `model.keras`."
+            run.model, run.model_note = (
+                load_keras_model(saved),
+                "From the run's saved `model.keras`.",
+            )
             continue
         run.skipped = "`--no-model`" if no_model else "no `model.keras` in the run folder"
         run.model_note = f"Built from run.json's config ({run.skipped})."
         try:
             run.model = build_model(**model_kwargs(run.info["config"]))
         except (ValueError, TypeError) as e:
-            raise UserError(f"{run.folder / INFO_NAME}: config can't build the model ({e})") from None
+            raise UserError(
+                f"{run.folder / INFO_NAME}: config can't build the model ({e})"
+            ) from None
     to_evaluate = [run for run in runs if not run.skipped]
     if not to_evaluate:
         return
@@ -116,18 +131,32 @@ def check_saved_model(path: Path, data: str | None) -> Check:
     if not path.exists():
         raise UserError(f"{path}: no such run folder or model file")
     folder = path if path.is_dir() else path.parent
-    prefix = path.name[: -len(MODEL_NAME)] if path.is_file() and path.name.endswith(f"-{MODEL_NAME}") else ""
+    prefix = (
+        path.name[: -len(MODEL_NAME)]
+        if path.is_file() and path.name.endswith(f"-{MODEL_NAME}")
+        else ""
+    )
     log, info = read_log(folder / f"{prefix}{CSV_NAME}"), read_info(folder / f"{prefix}{INFO_NAME}")
     model = load_keras_model(path)
     x_test, y_test = load_test_split(data or recorded_data(info))
-    limit, batch_size = info["config"].get("limit_test"), info["config"].get("batch_size", BATCH_SIZE)
+    limit, batch_size = (
+        info["config"].get("limit_test"),
+        info["config"].get("batch_size", BATCH_SIZE),
+    )
     x_test, y_test = x_test[:limit], y_test[:limit]
     plain = evaluation.logits(model, x_test, batch_size)
     tta = (plain + evaluation.logits(model, x_test, batch_size, mirrored=True)) / 2
     correct, tta_correct = (int(np.sum(np.argmax(x, axis=-1) == y_test)) for x in (plain, tta))
     model_path = path / MODEL_NAME if path.is_dir() else path
-    return Check(model_path, len(y_test), correct, float(log["val_accuracy"].iloc[-1]), int(log["epoch"].iloc[-1]),
-                 f"{prefix}{CSV_NAME}", tta_correct)
+    return Check(
+        model_path,
+        len(y_test),
+        correct,
+        float(log["val_accuracy"].iloc[-1]),
+        int(log["epoch"].iloc[-1]),
+        f"{prefix}{CSV_NAME}",
+        tta_correct,
+    )
 
 
 def recorded_data(info: dict) -> str | None:

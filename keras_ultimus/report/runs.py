@@ -54,8 +54,9 @@ def require_folder(path: Path, what: str = "run folder") -> Path:
     return path
 
 
-def read_table(path: Path, required: tuple[str, ...], numeric: tuple[str, ...], gaps: bool = False,
-               **read_csv) -> pd.DataFrame:
+def read_table(
+    path: Path, required: tuple[str, ...], numeric: tuple[str, ...], gaps: bool = False, **read_csv
+) -> pd.DataFrame:
     """Read a CSV having the `required` columns; `numeric` ones become numbers (gaps allowed if `gaps`)."""
     try:
         table = pd.read_csv(require_file(path), **read_csv)

@@ -34,8 +34,12 @@ def duration(seconds: float | None) -> str:
 def summary(log: pd.DataFrame) -> dict:
     """Final and best values of each metric, with the (1-based) epoch of the best."""
     out = {}
-    for column, best in (("loss", "idxmin"), ("accuracy", "idxmax"),
-                         ("val_loss", "idxmin"), ("val_accuracy", "idxmax")):
+    for column, best in (
+        ("loss", "idxmin"),
+        ("accuracy", "idxmax"),
+        ("val_loss", "idxmin"),
+        ("val_accuracy", "idxmax"),
+    ):
         i = getattr(log[column], best)()
         out[column] = (log[column].iloc[-1], log[column][i], int(log["epoch"][i]))
     return out
@@ -50,8 +54,14 @@ def largest_drop(log: pd.DataFrame, after: int = 3) -> tuple[float, int] | None:
 
 def model_table(model: keras.Model, trainable: int) -> str:
     """The model in the reference's format: layer (type), output shape, params; then totals."""
-    rows = [[f"{layer.name} ({type(layer).__name__})", f"{tuple(layer.output.shape)}",
-             f"{layer.count_params():,}"] for layer in model.layers]
+    rows = [
+        [
+            f"{layer.name} ({type(layer).__name__})",
+            f"{tuple(layer.output.shape)}",
+            f"{layer.count_params():,}",
+        ]
+        for layer in model.layers
+    ]
     total = model.count_params()
     return (
         markdown_table(["Layer (type)", "Output Shape", "Param #"], rows, right=(2,))
@@ -68,37 +78,74 @@ def epoch_table(log: pd.DataFrame) -> str:
     rows = []
     for r in log.itertuples():
         row = [r.epoch, f"{r.loss:.4f}", pct(r.accuracy), f"{r.val_loss:.4f}", pct(r.val_accuracy)]
-        row += [f"{getattr(r, c):.3g}" if c == "learning_rate" else f"{getattr(r, c):.1f}" for c in extra]
+        row += [
+            f"{getattr(r, c):.3g}" if c == "learning_rate" else f"{getattr(r, c):.1f}"
+            for c in extra
+        ]
         rows.append(row)
     return markdown_table(headers, rows, right=tuple(range(len(headers))))
 
 
 def comparison_table(runs: list[Run]) -> str:
     """One row per run, plus mean ± std of the final and best test accuracy."""
-    headers = ["run", "backend", "seed", "epochs", "wall time", "final train acc",
-               "final test loss", "final test acc", "best test acc (epoch)"]
+    headers = [
+        "run",
+        "backend",
+        "seed",
+        "epochs",
+        "wall time",
+        "final train acc",
+        "final test loss",
+        "final test acc",
+        "best test acc (epoch)",
+    ]
     rows, finals, bests = [], [], []
     for run in runs:
         s = summary(run.log)
         finals.append(s["val_accuracy"][0])
         bests.append(s["val_accuracy"][1])
-        rows.append([f"`{run.name}`", run.info.get("backend", "n/a"), run.info["config"].get("seed", "n/a"),
-                     len(run.log), duration(run.info.get("wall_seconds")), pct(s["accuracy"][0]),
-                     f"{s['val_loss'][0]:.4f}", pct(s["val_accuracy"][0]),
-                     f"{pct(s['val_accuracy'][1])} ({s['val_accuracy'][2]})"])
+        rows.append(
+            [
+                f"`{run.name}`",
+                run.info.get("backend", "n/a"),
+                run.info["config"].get("seed", "n/a"),
+                len(run.log),
+                duration(run.info.get("wall_seconds")),
+                pct(s["accuracy"][0]),
+                f"{s['val_loss'][0]:.4f}",
+                pct(s["val_accuracy"][0]),
+                f"{pct(s['val_accuracy'][1])} ({s['val_accuracy'][2]})",
+            ]
+        )
     epochs = sorted({len(run.log) for run in runs})
-    label = "mean ± std" if len(epochs) == 1 else f"mean ± std (of {', '.join(map(str, epochs))} epochs: mixed)"
-    rows.append([label, "", "", "", "", "", "",
-                 f"{100 * np.mean(finals):.2f} ± {100 * np.std(finals, ddof=1):.2f}%",
-                 f"{100 * np.mean(bests):.2f} ± {100 * np.std(bests, ddof=1):.2f}%"])
+    label = (
+        "mean ± std"
+        if len(epochs) == 1
+        else f"mean ± std (of {', '.join(map(str, epochs))} epochs: mixed)"
+    )
+    rows.append(
+        [
+            label,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"{100 * np.mean(finals):.2f} ± {100 * np.std(finals, ddof=1):.2f}%",
+            f"{100 * np.mean(bests):.2f} ± {100 * np.std(bests, ddof=1):.2f}%",
+        ]
+    )
     return markdown_table(headers, rows, right=tuple(range(2, len(headers))))
 
 
 def per_class_table(evaluation: Evaluation) -> str:
     """Test images, correct predictions and accuracy per class."""
     counts = evaluation.confusion()
-    rows = [[name, counts[c].sum(), counts[c, c], pct(accuracy)]
-            for c, (name, accuracy) in enumerate(zip(CLASS_NAMES, evaluation.class_accuracy()))]
+    rows = [
+        [name, counts[c].sum(), counts[c, c], pct(accuracy)]
+        for c, (name, accuracy) in enumerate(zip(CLASS_NAMES, evaluation.class_accuracy()))
+    ]
     correct = np.trace(counts)
     rows.append(["**all**", counts.sum(), correct, pct(correct / counts.sum())])
     return markdown_table(["class", "test images", "correct", "accuracy"], rows, right=(1, 2, 3))
@@ -117,7 +164,10 @@ def leaderboard_cell(column: str, value) -> str:
 
 def leaderboard_table(board: pd.DataFrame) -> str:
     """A search's leaderboard as it is, one row per trial; numeric columns right-aligned."""
-    numeric = tuple(i for i, c in enumerate(board.columns)
-                    if pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(board[c]))
+    numeric = tuple(
+        i
+        for i, c in enumerate(board.columns)
+        if pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(board[c])
+    )
     rows = [[leaderboard_cell(c, v) for c, v in row.items()] for row in board.to_dict("records")]
     return markdown_table(list(board.columns), rows, right=numeric)

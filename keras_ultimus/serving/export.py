@@ -77,7 +77,9 @@ def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
 
     base = Path(base)
     if base.exists() and not base.is_dir():
-        raise UserError(f"{base}: is a file; a SavedModel export needs a folder (it gets {base}/<version>/)")
+        raise UserError(
+            f"{base}: is a file; a SavedModel export needs a folder (it gets {base}/<version>/)"
+        )
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving_fn(model), input_signature=[image_spec()])
@@ -90,7 +92,9 @@ def export_saved_model(model: keras.Model, base: str | os.PathLike) -> Path:
         try:
             archive.write_out(partial, verbose=False)
             partial.rename(base / str(version))
-        except OSError as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
+        except (
+            OSError
+        ) as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
             raise write_error(e, base) from None
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -127,7 +131,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
     try:
         import onnxruntime
         import tf2onnx
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
     except ImportError as e:
         raise UserError(
             f"ONNX export needs tf2onnx and onnxruntime ({e}): {INSTALL_ONNX}"
@@ -160,11 +166,17 @@ def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
                 session = onnxruntime.InferenceSession(partial, providers=["CPUExecutionProvider"])
                 got = session.run(["probabilities"], {"images": images})[0]
             except Exception as e:
-                raise UserError(f"onnxruntime cannot run the converted model ({e})".splitlines()[0]) from None
+                raise UserError(
+                    f"onnxruntime cannot run the converted model ({e})".splitlines()[0]
+                ) from None
             if not np.allclose(got, want, atol=1e-4):
-                raise UserError(f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}")
+                raise UserError(
+                    f"ONNX output differs from TensorFlow by {np.abs(got - want).max():.2g}"
+                )
             partial.rename(path)
-        except OSError as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
+        except (
+            OSError
+        ) as e:  # a full disk (exit 3) or a read-only folder (exit 2): say where, in one line
             raise write_error(e, path) from None
         finally:
             tf_logger.setLevel(level)
@@ -186,4 +198,6 @@ def make_folder(folder: Path) -> None:
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"{folder}: cannot make this folder, a file is in the way") from None
     except OSError as e:
-        raise UserError(f"{folder}: cannot make this folder ({one_line(e.strerror or e)})") from None
+        raise UserError(
+            f"{folder}: cannot make this folder ({one_line(e.strerror or e)})"
+        ) from None

@@ -24,7 +24,9 @@ def load_keras_model(path: str | os.PathLike) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # a corrupt zip or config raises many different types
-        raise UserError(f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise UserError(
+            f"{path}: cannot load model ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
 
 
 def float32_copy(model: keras.Model) -> keras.Model:
@@ -36,7 +38,10 @@ def float32_copy(model: keras.Model) -> keras.Model:
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
     copy = keras.models.clone_model(
-        model, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+        model,
+        clone_function=lambda layer: layer.__class__.from_config(
+            {**layer.get_config(), "dtype": "float32"}
+        ),
     )
     copy.set_weights(model.get_weights())
     return copy
@@ -71,7 +76,9 @@ def onnx_predictor(path: Path) -> Predictor:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError(f"{path}: an ONNX model needs onnxruntime: pip install onnxruntime==1.32.0") from None
+        raise UserError(
+            f"{path}: an ONNX model needs onnxruntime: pip install onnxruntime==1.32.0"
+        ) from None
     try:
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for a bad file

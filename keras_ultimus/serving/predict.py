@@ -56,13 +56,19 @@ class NpyImages:
             major, _ = np.lib.format.read_magic(f)
             if major not in (1, 2):
                 raise ValueError(f".npy format version {major} (re-save it with numpy.save)")
-            reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            reader = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = reader(f)
             self.offset = f.tell()
         shape = (1, *shape) if len(shape) == 3 else shape
         if dtype != np.uint8 or tuple(shape[1:]) != (32, 32, 3) or fortran_order:
             order = " (Fortran order)" if fortran_order else ""
-            raise ImageError(f"{path}: .npy must be uint8 (N, 32, 32, 3), got {dtype} {tuple(shape)}{order}")
+            raise ImageError(
+                f"{path}: .npy must be uint8 (N, 32, 32, 3), got {dtype} {tuple(shape)}{order}"
+            )
         self.shape = tuple(shape)
         if os.path.getsize(path) < self.offset + np.prod(self.shape):
             raise ValueError("the file is shorter than its header says")
@@ -96,7 +102,9 @@ def read_units(path: str) -> Iterator[tuple[list[str], np.ndarray]]:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: too large to decode safely ({one_line(e)})") from None
     except Exception as e:  # a decoder fed arbitrary bytes can raise almost any type
-        raise ImageError(f"{path}: not a readable image ({getattr(e, 'strerror', None) or one_line(e)})") from None
+        raise ImageError(
+            f"{path}: not a readable image ({getattr(e, 'strerror', None) or one_line(e)})"
+        ) from None
     yield [path], pixels
 
 
@@ -114,8 +122,9 @@ def input_files(path: str) -> Iterator[str]:
     return (os.path.join(path, name) for name in names)
 
 
-def readable_units(paths: Iterable[str | os.PathLike],
-                   on_error: Callable[[ImageError], None]) -> Iterator[tuple[list[str], np.ndarray]]:
+def readable_units(
+    paths: Iterable[str | os.PathLike], on_error: Callable[[ImageError], None]
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names, pixels) of every readable input in order, read as needed; each unreadable one goes to `on_error`."""
     for path in map(os.fspath, paths):
         try:
@@ -130,8 +139,11 @@ def readable_units(paths: Iterable[str | os.PathLike],
                 on_error(e)
 
 
-def batches(paths: Iterable[str | os.PathLike], on_error: Callable[[ImageError], None],
-            size: int = BATCH_SIZE) -> Iterator[tuple[list[str], np.ndarray]]:
+def batches(
+    paths: Iterable[str | os.PathLike],
+    on_error: Callable[[ImageError], None],
+    size: int = BATCH_SIZE,
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names, pixels) batches of `size` images over every readable input, read only as they are needed.
 
     A `.npy` is read a slice at a time and a folder is listed, not loaded: memory stays about one batch, however many
@@ -160,7 +172,9 @@ def read_images(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
     parts = list(batches([path], fail))
     names = [name for part_names, _ in parts for name in part_names]
-    return names, np.concatenate([p for _, p in parts]) if parts else np.zeros((0, 32, 32, 3), np.uint8)
+    return names, np.concatenate([p for _, p in parts]) if parts else np.zeros(
+        (0, 32, 32, 3), np.uint8
+    )
 
 
 def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
@@ -169,6 +183,9 @@ def top_classes(probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict]]:
 
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return [
-        [{"class_id": int(c), "class_name": CLASS_NAMES[c], "probability": float(row[c])} for c in top]
+        [
+            {"class_id": int(c), "class_name": CLASS_NAMES[c], "probability": float(row[c])}
+            for c in top
+        ]
         for row, top in zip(probabilities, order)
     ]

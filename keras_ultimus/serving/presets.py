@@ -19,8 +19,11 @@ def list_presets() -> dict[str, dict]:
     """The shipped presets: name -> metadata (description, test accuracy, params, the run that made it)."""
     if not PRESETS_DIR.is_dir():
         return {}
-    return {folder.name: json.loads((folder / METADATA_FILE).read_text())
-            for folder in sorted(PRESETS_DIR.iterdir()) if (folder / METADATA_FILE).is_file()}
+    return {
+        folder.name: json.loads((folder / METADATA_FILE).read_text())
+        for folder in sorted(PRESETS_DIR.iterdir())
+        if (folder / METADATA_FILE).is_file()
+    }
 
 
 def preset_names() -> list[str]:

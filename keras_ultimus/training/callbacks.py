@@ -1,4 +1,4 @@
-"""The callbacks of a training run: per-epoch stats, log trimming, atomic backups, run.json's clock, EMA, TensorBoard."""
+"""A training run's callbacks: per-epoch stats, log trimming, atomic backups, run.json's clock, EMA, TensorBoard."""
 
 import json
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from keras_ultimus.errors import UserError
 from keras_ultimus.config import RecipeOptions
+from keras_ultimus.errors import UserError
 from keras_ultimus.runs.folder import fsync_tree, write_atomic
 
 
@@ -35,15 +35,27 @@ class OrderedCSVLogger(keras.callbacks.CSVLogger):
     None (an internal attribute, guarded by tests/test_contracts.py).
     """
 
-    ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "heldout_loss", "heldout_accuracy", "learning_rate",
-             "epoch_seconds")
+    ORDER = (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "heldout_loss",
+        "heldout_accuracy",
+        "learning_rate",
+        "epoch_seconds",
+    )
 
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs:
             path = Path(self.filename)
             header = path.read_text().partition("\n")[0].split(self.sep) if path.is_file() else [""]
             known = {k: i for i, k in enumerate(self.ORDER)}
-            self.keys = header[1:] if header[0] == "epoch" else sorted(logs, key=lambda k: (known.get(k, 99), k))
+            self.keys = (
+                header[1:]
+                if header[0] == "epoch"
+                else sorted(logs, key=lambda k: (known.get(k, 99), k))
+            )
         super().on_epoch_end(epoch, logs)
 
 
@@ -117,7 +129,11 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
 
     def newest(self) -> Path | None:
         """The newest whole epoch folder, or None."""
-        epochs = {int(m[1]): p for p in self.folder.glob("epoch-*") if (m := self.FOLDER.fullmatch(p.name))}
+        epochs = {
+            int(m[1]): p
+            for p in self.folder.glob("epoch-*")
+            if (m := self.FOLDER.fullmatch(p.name))
+        }
         return epochs[max(epochs)] if epochs else None
 
     def _point_at(self, folder: Path) -> None:
@@ -134,8 +150,9 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
         try:
             super()._load_model()
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{newest}: unreadable backup ({type(e).__name__}); restore it or start a new run") \
-                from None
+            raise UserError(
+                f"{newest}: unreadable backup ({type(e).__name__}); restore it or start a new run"
+            ) from None
 
     def _save_model(self):
         partial = self.folder / f".partial-epoch-{self._current_epoch}"
@@ -210,16 +227,21 @@ class EventScalars(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._writers = {split: EventFileWriter(str(self.log_dir / split)) for split in ("train", "validation")}
+        self._writers = {
+            split: EventFileWriter(str(self.log_dir / split)) for split in ("train", "validation")
+        }
 
     def on_epoch_end(self, epoch, logs=None):
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         for name, value in (logs or {}).items():
             split, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=f"epoch_{tag}",
-                                                                           simple_value=float(value))])
-            self._writers[split].add_event(event_pb2.Event(wall_time=time.time(), step=epoch, summary=summary))
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=f"epoch_{tag}", simple_value=float(value))]
+            )
+            self._writers[split].add_event(
+                event_pb2.Event(wall_time=time.time(), step=epoch, summary=summary)
+            )
         for writer in self._writers.values():
             writer.flush()
 
@@ -237,5 +259,7 @@ def tensorboard(log_dir: Path) -> list[keras.callbacks.Callback]:
             print("TensorBoard logs need TensorFlow or the tensorboard package; skipping")
             return []
         return [EventScalars(log_dir)]
-    hide_gpus_from_tensorflow(keras.backend.backend())  # before TensorBoard starts TF under torch or jax
+    hide_gpus_from_tensorflow(
+        keras.backend.backend()
+    )  # before TensorBoard starts TF under torch or jax
     return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]

@@ -4,9 +4,9 @@ import sys
 
 import keras
 
+from keras_ultimus.config import RecipeOptions
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 from keras_ultimus.training.schedules import OneCycle
-from keras_ultimus.config import RecipeOptions
 
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend, torch.compile on torch).
 JIT = {"auto": "auto", "on": True, "off": False}
@@ -65,7 +65,11 @@ def make_optimizer(
     ema = {"use_ema": True, "ema_momentum": options.ema} if options.ema else {}
     if options.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
-            schedule, momentum=options.momentum, nesterov=True, weight_decay=options.weight_decay or None, **ema
+            schedule,
+            momentum=options.momentum,
+            nesterov=True,
+            weight_decay=options.weight_decay or None,
+            **ema,
         )
     elif options.weight_decay:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay, **ema)
@@ -77,8 +81,13 @@ def make_optimizer(
 
 
 def compile_model(
-    model: keras.Model, max_lr: float, total_steps: int, pct_start: float = 0.25, jit: str = "auto",
-    options: RecipeOptions = RecipeOptions(), steps_per_execution: int = 1,
+    model: keras.Model,
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.25,
+    jit: str = "auto",
+    options: RecipeOptions = RecipeOptions(),
+    steps_per_execution: int = 1,
 ) -> None:
     """Compile with the recipe's optimizer on the one-cycle schedule, cross-entropy on logits, accuracy.
 
@@ -95,5 +104,10 @@ def compile_model(
     jit_compile, eager_because = resolve_jit(jit, model, total_steps)
     if eager_because:
         print(f"jit='auto': torch.compile off: {eager_because}", file=sys.stderr)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile,
-                  steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )

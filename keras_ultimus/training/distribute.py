@@ -27,8 +27,11 @@ from keras_ultimus.errors import UserError
 
 MODES = DISTRIBUTE_MODES
 ENGINES = {"mirrored": "tensorflow", "data-parallel": "jax", "multi-worker": "tensorflow"}
-PROCESS_VARS = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                "KERAS_DISTRIBUTION_PROCESS_ID")
+PROCESS_VARS = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 # JAX's own default is 100 s; the coordinator declares a silent process dead after this long.
 HEARTBEAT_VAR = "ULTIMUS_HEARTBEAT_SECONDS"
 MULTI_WORKER_ISSUE = "https://github.com/keras-team/keras/issues/20585"
@@ -67,7 +70,9 @@ class Plan:
         if self.mode != "data-parallel":
             return images, labels
         n = len(images) - len(images) % self.replicas
-        return images[self.process_id : n : self.processes], labels[self.process_id : n : self.processes]
+        return images[self.process_id : n : self.processes], labels[
+            self.process_id : n : self.processes
+        ]
 
     def output_dir(self, out: Path) -> Path:
         """Where this process writes the run folder `out`: `out` itself on the chief.
@@ -114,19 +119,28 @@ def setup(mode: str = "none", devices: int | None = None, batch_size: int | None
         raise UserError(f"devices={devices}: must be at least 1")
     if mode == "none":
         if devices and devices > 1:
-            raise UserError(f"devices={devices} needs distribute='mirrored' (TensorFlow) or 'data-parallel' (JAX)")
+            raise UserError(
+                f"devices={devices} needs distribute='mirrored' (TensorFlow) or 'data-parallel' (JAX)"
+            )
         return Plan()
     if ENGINES[mode] != backend:
         hint = {"tensorflow": "mirrored", "jax": "data-parallel"}.get(backend)
         raise UserError(
             f"distribute={mode!r} needs the {ENGINES[mode]} backend, not {backend}; "
-            + (f"use distribute={hint!r} on {backend}" if hint else
-               f"Keras {keras.__version__} has no distribution engine for {backend}: "
-               "use KERAS_BACKEND=jax with data-parallel or tensorflow with mirrored")
+            + (
+                f"use distribute={hint!r} on {backend}"
+                if hint
+                else f"Keras {keras.__version__} has no distribution engine for {backend}: "
+                "use KERAS_BACKEND=jax with data-parallel or tensorflow with mirrored"
+            )
         )
-    plan = {"mirrored": _mirrored, "data-parallel": _data_parallel, "multi-worker": _multi_worker}[mode](devices)
+    plan = {"mirrored": _mirrored, "data-parallel": _data_parallel, "multi-worker": _multi_worker}[
+        mode
+    ](devices)
     if batch_size is not None and batch_size % plan.replicas:
-        raise UserError(f"batch_size={batch_size} must be a multiple of the {plan.replicas} replicas")
+        raise UserError(
+            f"batch_size={batch_size} must be a multiple of the {plan.replicas} replicas"
+        )
     return plan
 
 
@@ -160,11 +174,15 @@ def _split_cpu(tf, count: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, wanted)
         if count > 1 and "TF_NUM_INTRAOP_THREADS" not in os.environ:
-            tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // count))
+            tf.config.threading.set_intra_op_parallelism_threads(
+                max(1, (os.cpu_count() or 1) // count)
+            )
         if count > 1 and "TF_NUM_INTEROP_THREADS" not in os.environ:
             tf.config.threading.set_inter_op_parallelism_threads(count)
     except RuntimeError:
-        raise UserError(f"devices={count} must be set before TensorFlow starts; run it in a fresh process") from None
+        raise UserError(
+            f"devices={count} must be set before TensorFlow starts; run it in a fresh process"
+        ) from None
 
 
 def _data_parallel(devices: int | None) -> Plan:
@@ -194,7 +212,9 @@ def _join_processes(jax) -> tuple[int, int]:
         count = int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"])
         index = int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"])
     except ValueError:
-        raise UserError("KERAS_DISTRIBUTION_NUM_PROCESSES and _PROCESS_ID must be integers") from None
+        raise UserError(
+            "KERAS_DISTRIBUTION_NUM_PROCESSES and _PROCESS_ID must be integers"
+        ) from None
     if not 0 <= index < count:
         raise UserError(f"KERAS_DISTRIBUTION_PROCESS_ID must be in 0..{count - 1}, got {index}")
     heartbeat = os.environ.get(HEARTBEAT_VAR)
@@ -238,7 +258,8 @@ def portable_batchnorm(model: keras.Model) -> Iterator[None]:
     the same, but JAX and torch refuse to build a layer whose config says True.
     """
     layers = [
-        layer for layer in model._flatten_layers()
+        layer
+        for layer in model._flatten_layers()
         if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
     ]
     for layer in layers:
@@ -260,7 +281,9 @@ class PortableCheckpoint(keras.callbacks.ModelCheckpoint):
     def _save_model(self, epoch, batch, logs):
         final = Path(self.filepath)
         partial = final.with_name(f".{final.stem}.partial{final.suffix}")
-        partial.unlink(missing_ok=True)  # a leftover of a killed save must never replace the checkpoint
+        partial.unlink(
+            missing_ok=True
+        )  # a leftover of a killed save must never replace the checkpoint
         self.filepath = str(partial)
         try:
             with portable_batchnorm(self.model), ema_weights(self.model):

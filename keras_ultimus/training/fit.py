@@ -1,4 +1,4 @@
-"""Train from Python: `model, history = keras_ultimus.fit(epochs=2)`, the notebook face of `python -m keras_ultimus.train`."""
+"""Train from Python: `model, history = keras_ultimus.fit(epochs=2)`, the notebook face of `ultimus-train`."""
 
 import os
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ultimus.errors import UserError
 from keras_ultimus.config import check_config, check_settings, default_config
+from keras_ultimus.errors import UserError
 from keras_ultimus.runs.folder import FolderLock, check_folder_path, check_new_folder
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -45,15 +45,27 @@ def fit(
     """
     from keras_ultimus.training.recipe import check_model, fit_run
 
-    config = {**default_config(), **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit")}
+    config = {
+        **default_config(),
+        **check_settings(settings, "keras_ultimus.fit", "keras_ultimus.fit"),
+    }
     if config["max_lr"] == "auto":
-        raise UserError("keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number")
+        raise UserError(
+            "keras_ultimus.fit: max_lr='auto' runs only from the train command; give a number"
+        )
     if config["distribute"] != "none" or config["devices"]:
-        raise UserError("keras_ultimus.fit trains on one device: distribute='none' and no devices; spread a run with the train command")
+        raise UserError(
+            "keras_ultimus.fit trains on one device: distribute='none' and no devices; "
+            "spread a run with the train command"
+        )
     check_config(config)  # the ranges train checks: epochs, batch size, peak LR, recipe options...
-    config = check_model(config)  # parses conv_widths and downsample strings, checks the model settings
+    config = check_model(
+        config
+    )  # parses conv_widths and downsample strings, checks the model settings
     arrays = check_arrays(data) if isinstance(data, tuple) else None
-    config["data"] = None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
+    config["data"] = (
+        None if arrays else str(data) if data is not None else os.environ.get("CIFAR10_PATH")
+    )
     if arrays is None:
         from keras_ultimus.datasets.cifar10 import load_cifar10
 
@@ -72,14 +84,25 @@ def check_arrays(data: tuple) -> Arrays:
     try:
         (x_train, y_train), (x_test, y_test) = data
     except (TypeError, ValueError):
-        raise UserError("keras_ultimus.fit: data must be a path or ((x_train, y_train), (x_test, y_test))") from None
+        raise UserError(
+            "keras_ultimus.fit: data must be a path or ((x_train, y_train), (x_test, y_test))"
+        ) from None
     checked = []
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y).reshape(-1)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise UserError(f"keras_ultimus.fit: x_{split} must be uint8 of shape (N, 32, 32, 3), got "
-                            f"{x.dtype} {x.shape}")
-        if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or len(y) and not 0 <= y.min() <= y.max() < 10:
-            raise UserError(f"keras_ultimus.fit: y_{split} must hold one integer label in 0-9 per image")
+            raise UserError(
+                f"keras_ultimus.fit: x_{split} must be uint8 of shape (N, 32, 32, 3), got "
+                f"{x.dtype} {x.shape}"
+            )
+        if (
+            len(y) != len(x)
+            or not np.issubdtype(y.dtype, np.integer)
+            or len(y)
+            and not 0 <= y.min() <= y.max() < 10
+        ):
+            raise UserError(
+                f"keras_ultimus.fit: y_{split} must hold one integer label in 0-9 per image"
+            )
         checked.append((x, y.astype(np.int32)))
     return tuple(checked)

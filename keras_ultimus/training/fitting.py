@@ -6,9 +6,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_ultimus.config import RecipeOptions
 from keras_ultimus.datasets.pipelines import eval_data, train_data
 from keras_ultimus.training.callbacks import EpochStats, recipe_callbacks
-from keras_ultimus.config import RecipeOptions
 
 
 def fit_arrays(
@@ -35,7 +35,9 @@ def fit_arrays(
     train_ds, data_epoch = train_data(x, y, batch_size, seed, augment, kind=pipeline)
     val_ds = eval_data(*validation, batch_size, kind=pipeline) if validation is not None else None
     recipe = [*recipe_callbacks(options), EpochStats()] if options is not None else []
-    if verbose == "auto":  # a progress bar on a terminal or in a notebook; in a log file, one plain line per epoch
+    if (
+        verbose == "auto"
+    ):  # a progress bar on a terminal or in a notebook; in a log file, one plain line per epoch
         verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
     return model.fit(
         train_ds,

@@ -15,7 +15,9 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         **kwargs: other keyword arguments of `keras.losses.Loss`.
     """
 
-    def __init__(self, label_smoothing: float = 0.1, name: str = "smoothed_sparse_crossentropy", **kwargs):
+    def __init__(
+        self, label_smoothing: float = 0.1, name: str = "smoothed_sparse_crossentropy", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
 

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: no GUI backend, PNGs render with Agg
 
-from keras_ultimus.errors import UserError
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.errors import UserError
 from keras_ultimus.plotting import save_png
 
 SWEEP_CSV, CHART, SUMMARY = "sweep.csv", "lr_find.png", "lr_find.json"
@@ -81,7 +81,9 @@ class LRSweep(keras.callbacks.Callback):
             self.stopped = f"smoothed loss above {self.diverge:g}x its best at step {step - 1}"
         if self.print_every and (step % self.print_every == 0 or self.stopped):
             lr = self.history["lr"][-1]
-            print(f"step {step}/{len(self.lrs)}  lr {lr:.3g}  loss {loss:.4f}  smoothed {smoothed:.4f}")
+            print(
+                f"step {step}/{len(self.lrs)}  lr {lr:.3g}  loss {loss:.4f}  smoothed {smoothed:.4f}"
+            )
         if self.stopped or len(self.history["lr"]) == len(self.lrs):
             self.model.stop_training = True
 
@@ -164,7 +166,10 @@ def plot(table: pd.DataFrame, suggested: float | None, title: str = "LR range te
         ax.plot([suggested], [at], "o", color="C3", label=f"steepest descent: {suggested:.3g}")
     ax.set_xscale("log")
     # From the lowest batch loss to a little above the start: the divergence at the end would flatten the rest.
-    low, start = np.nanmin(table["loss"].where(np.isfinite(table["loss"]))), table["smoothed"].iloc[0]
+    low, start = (
+        np.nanmin(table["loss"].where(np.isfinite(table["loss"]))),
+        table["smoothed"].iloc[0],
+    )
     span = max(start - low, 1e-3 * abs(start), 1e-12)
     ax.set_ylim(low - 0.1 * span, start + 0.5 * span)
     ax.set(xlabel="learning rate", ylabel="training loss", title=title)
@@ -193,14 +198,16 @@ def find_lr(
     Raises UserError, after writing the sweep, when the loss never fell.
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
+    from keras_ultimus.config import RecipeOptions
     from keras_ultimus.models.ultimus import set_whitening
+    from keras_ultimus.runs.folder import write_atomic
     from keras_ultimus.training.compiling import compile_model
     from keras_ultimus.training.fitting import fit_arrays
     from keras_ultimus.training.recipe import build, environment, seed_everything
-    from keras_ultimus.config import RecipeOptions
-    from keras_ultimus.runs.folder import write_atomic
 
-    env = environment()  # before the sweep: the git commit of the code that runs, not of a later checkout
+    env = (
+        environment()
+    )  # before the sweep: the git commit of the code that runs, not of a later checkout
     seed_everything(config["seed"], config.get("deterministic", False))
     (x_train, y_train), _ = data
     x_train, y_train = x_train[: config.get("limit_train")], y_train[: config.get("limit_train")]
@@ -213,15 +220,32 @@ def find_lr(
 
     model = build(config, config.get("precision", "float32"))
     set_whitening(model, x_train)
-    compile_model(model, min_lr, steps, jit=config.get("jit", "auto"), options=RecipeOptions.from_config(config))
+    compile_model(
+        model,
+        min_lr,
+        steps,
+        jit=config.get("jit", "auto"),
+        options=RecipeOptions.from_config(config),
+    )
     with_float_lr(model, min_lr)
 
     def fit(epochs: int, callbacks: list[keras.callbacks.Callback]) -> None:
-        fit_arrays(model, x_train, y_train, batch_size=batch_size, seed=config["seed"], augment=augment,
-                   pipeline=pipeline, epochs=epochs, callbacks=callbacks)
+        fit_arrays(
+            model,
+            x_train,
+            y_train,
+            batch_size=batch_size,
+            seed=config["seed"],
+            augment=augment,
+            pipeline=pipeline,
+            epochs=epochs,
+            callbacks=callbacks,
+        )
 
     table, stopped = sweep(fit, min_lr, max_lr, steps, per_epoch, sizes, beta, print_every=10)
-    skip = min(round(1 / (1 - beta)), len(table) // 4)  # the first EMA values average only a few batches
+    skip = min(
+        round(1 / (1 - beta)), len(table) // 4
+    )  # the first EMA values average only a few batches
     try:
         suggested, failed = suggest_lr(table["lr"], table["smoothed"], skip), None
     except UserError as e:  # still write the sweep, so the user can see why
@@ -229,7 +253,11 @@ def find_lr(
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / SWEEP_CSV, index=False)
-    save_png(plot(table, suggested, f"LR range test: {len(table)} steps, batch {batch_size}"), out / CHART, dpi=120)
+    save_png(
+        plot(table, suggested, f"LR range test: {len(table)} steps, batch {batch_size}"),
+        out / CHART,
+        dpi=120,
+    )
     best = int(table["smoothed"].idxmin())
     result = {
         "suggested": suggested,
@@ -239,7 +267,10 @@ def find_lr(
         "steps_run": len(table),
         "stopped_early": stopped,
         "beta": beta,
-        "lowest_smoothed_loss": {"lr": float(table["lr"][best]), "loss": float(table["smoothed"][best])},
+        "lowest_smoothed_loss": {
+            "lr": float(table["lr"][best]),
+            "loss": float(table["smoothed"][best]),
+        },
         "sweep_csv": str(out / SWEEP_CSV),
         "chart": str(out / CHART),
         "pipeline": pipeline,

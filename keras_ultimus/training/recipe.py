@@ -14,23 +14,27 @@ import numpy as np
 import pandas as pd
 
 import keras_ultimus
-from keras_ultimus.training import distribute
-from keras_ultimus.training.callbacks import (
-    HeldOutScore, OrderedCSVLogger, RunClock, TrimLog, WholeBackup, tensorboard,
-)
-from keras_ultimus.training.compiling import compile_model
-from keras_ultimus.errors import UserError
-from keras_ultimus.training.evaluation import accuracies
-from keras_ultimus.models.saving import save_for_inference
-from keras_ultimus.models.ultimus import build_model, set_whitening
+from keras_ultimus.config import RecipeOptions, model_kwargs
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.cifar10 import split_validation
 from keras_ultimus.datasets.pipelines import eval_data, resolve
-from keras_ultimus.training.fitting import fit_arrays
+from keras_ultimus.errors import UserError
+from keras_ultimus.models.saving import save_for_inference
+from keras_ultimus.models.ultimus import build_model, set_whitening
 from keras_ultimus.provenance import git_state
-from keras_ultimus.config import RecipeOptions, model_kwargs
 from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
-
+from keras_ultimus.training import distribute
+from keras_ultimus.training.callbacks import (
+    HeldOutScore,
+    OrderedCSVLogger,
+    RunClock,
+    TrimLog,
+    WholeBackup,
+    tensorboard,
+)
+from keras_ultimus.training.compiling import compile_model
+from keras_ultimus.training.evaluation import accuracies
+from keras_ultimus.training.fitting import fit_arrays
 
 
 def check_model(config: dict) -> dict:
@@ -77,13 +81,19 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     elif backend == "torch":
         import torch
 
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' deterministic mode needs it
+        os.environ.setdefault(
+            "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+        )  # cuBLAS' deterministic mode needs it
         torch.use_deterministic_algorithms(True)
 
 
 def environment() -> dict:
     """Package version and git commit, backend, library versions and machine, for run.json."""
-    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
     for name in ("tensorflow", "torch", "jax"):
         if name in sys.modules and hasattr(sys.modules[name], "__version__"):
             versions[name] = sys.modules[name].__version__
@@ -108,15 +118,29 @@ def fingerprint(data: tuple) -> str:
     return h.hexdigest()
 
 
-def train(config: dict, out: Path, data: tuple, resume: bool = False, command: str = "",
-          plan: "distribute.Plan | None" = None, extra: dict | None = None) -> dict:
+def train(
+    config: dict,
+    out: Path,
+    data: tuple,
+    resume: bool = False,
+    command: str = "",
+    plan: "distribute.Plan | None" = None,
+    extra: dict | None = None,
+) -> dict:
     """Fit the model described by `config` on `data` into run folder `out`; return run.json."""
     return fit_run(config, data, out, resume, command, plan, extra)[2]
 
 
-def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = False, command: str = "",
-            plan: "distribute.Plan | None" = None, extra: dict | None = None,
-            verbose: str | int = "auto") -> tuple[keras.Model, keras.callbacks.History, dict]:
+def fit_run(
+    config: dict,
+    data: tuple,
+    out: Path | None = None,
+    resume: bool = False,
+    command: str = "",
+    plan: "distribute.Plan | None" = None,
+    extra: dict | None = None,
+    verbose: str | int = "auto",
+) -> tuple[keras.Model, keras.callbacks.History, dict]:
     """Fit the model described by `config` on `data`; return the model, its History and the run record.
 
     With a run folder `out`, the run is resumable and leaves its files there
@@ -128,7 +152,9 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     start = time.perf_counter()
     plan = plan or distribute.Plan()
     if out is not None:
-        out = plan.output_dir(out)  # a scratch copy on non-chief processes: they save what the chief saves
+        out = plan.output_dir(
+            out
+        )  # a scratch copy on non-chief processes: they save what the chief saves
     run_info = json.loads((out / INFO_NAME).read_text()) if resume else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
@@ -144,56 +170,95 @@ def fit_run(config: dict, data: tuple, out: Path | None = None, resume: bool = F
     (x_train, y_train), (x_test, y_test) = data
     x_train, y_train = x_train[: config["limit_train"]], y_train[: config["limit_train"]]
     heldout = None
-    if config.get("val_split"):  # chosen on, never trained on; the test split stays the per-epoch val_*
-        (x_train, y_train), heldout = split_validation(x_train, y_train, config["val_split"], config["seed"])
+    if config.get(
+        "val_split"
+    ):  # chosen on, never trained on; the test split stays the per-epoch val_*
+        (x_train, y_train), heldout = split_validation(
+            x_train, y_train, config["val_split"], config["seed"]
+        )
     whiten_from = x_train  # every process whitens with the same, unsharded images
     x_train, y_train = plan.shard(x_train, y_train)
     x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
-    steps = batches_per_epoch(len(x_train), batch) * config["epochs"]  # global steps: one per global batch
+    steps = (
+        batches_per_epoch(len(x_train), batch) * config["epochs"]
+    )  # global steps: one per global batch
     with plan.scope():
         model = build(config, precision)
         set_whitening(model, whiten_from)
         compile_model(model, config["max_lr"], steps, config["pct_start"], jit, options)
     if not resume:
         run_info = {
-            "config": config, "command": command, **environment(),
-            "precision": precision, "jit_compile": bool(model.jit_compile), "pipeline": pipeline,
-            "distribute": plan.record(), "data_fingerprint": digest,
-            "started": datetime.now().isoformat(timespec="seconds"), **(extra or {}),
+            "config": config,
+            "command": command,
+            **environment(),
+            "precision": precision,
+            "jit_compile": bool(model.jit_compile),
+            "pipeline": pipeline,
+            "distribute": plan.record(),
+            "data_fingerprint": digest,
+            "started": datetime.now().isoformat(timespec="seconds"),
+            **(extra or {}),
         }
     else:
         run_info["config"] = config  # --data may point to a moved copy
         run_info.setdefault("resumed", []).append(
-            {"command": command, "at": datetime.now().isoformat(timespec="seconds"), **environment()}
+            {
+                "command": command,
+                "at": datetime.now().isoformat(timespec="seconds"),
+                **environment(),
+            }
         )
-    scoring = [HeldOutScore(eval_data(*plan.shard(*heldout), batch, kind=pipeline), bool(options.ema))] \
-        if heldout is not None else []
-    folder_callbacks = run_folder_callbacks(model, out, run_info, start, resume, bool(scoring)) \
-        if out is not None else []
+    scoring = (
+        [HeldOutScore(eval_data(*plan.shard(*heldout), batch, kind=pipeline), bool(options.ema))]
+        if heldout is not None
+        else []
+    )
+    folder_callbacks = (
+        run_folder_callbacks(model, out, run_info, start, resume, bool(scoring))
+        if out is not None
+        else []
+    )
     with plan.scope():
         history = fit_arrays(
-            model, x_train, y_train, batch_size=batch, seed=config["seed"], augment=config["augment"],
-            pipeline=pipeline, epochs=config["epochs"], options=options, validation=(x_test, y_test),
-            callbacks=[*scoring, *folder_callbacks], verbose=verbose,
+            model,
+            x_train,
+            y_train,
+            batch_size=batch,
+            seed=config["seed"],
+            augment=config["augment"],
+            pipeline=pipeline,
+            epochs=config["epochs"],
+            options=options,
+            validation=(x_test, y_test),
+            callbacks=[*scoring, *folder_callbacks],
+            verbose=verbose,
         )
         if out is not None:
             with distribute.portable_batchnorm(model):
                 save_for_inference(model, out / MODEL_NAME)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
-    run_info["final"] = pd.read_csv(out / CSV_NAME).iloc[-1].to_dict() if out is not None else {
-        "epoch": history.epoch[-1], **{k: v[-1] for k, v in history.history.items()}}
+    run_info["final"] = (
+        pd.read_csv(out / CSV_NAME).iloc[-1].to_dict()
+        if out is not None
+        else {"epoch": history.epoch[-1], **{k: v[-1] for k, v in history.history.items()}}
+    )
     if options.tta == "flip":  # val_accuracy stays the plain figure; the TTA one has its own key
         tta = accuracies(model, x_test, y_test, batch)["test_accuracy_flip_tta"]
         run_info["final"]["test_accuracy_flip_tta"] = tta
-        print(f"Test accuracy: {run_info['final']['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA")
+        print(
+            f"Test accuracy: {run_info['final']['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA"
+        )
     if out is not None:
-        next(c for c in folder_callbacks if isinstance(c, RunClock)).update()  # final figures, wall time
+        next(
+            c for c in folder_callbacks if isinstance(c, RunClock)
+        ).update()  # final figures, wall time
     return model, history, run_info
 
 
-def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: float,
-                         resume: bool, heldout: bool = False) -> list[keras.callbacks.Callback]:
+def run_folder_callbacks(
+    model: keras.Model, out: Path, run_info: dict, start: float, resume: bool, heldout: bool = False
+) -> list[keras.callbacks.Callback]:
     """Create or reopen run folder `out` and return the callbacks that keep it (RunClock: run.json).
 
     With a `heldout` score in the logs, best.keras keeps the epoch that scored best on it; without,
@@ -214,8 +279,13 @@ def run_folder_callbacks(model: keras.Model, out: Path, run_info: dict, start: f
         write_atomic(out / "summary.txt", "".join(lines))
         model.summary()
     csv_path = out / CSV_NAME
-    best = distribute.PortableCheckpoint(out / "best.keras", monitor="heldout_accuracy", mode="max",
-                                         save_best_only=True) if heldout else None
+    best = (
+        distribute.PortableCheckpoint(
+            out / "best.keras", monitor="heldout_accuracy", mode="max", save_best_only=True
+        )
+        if heldout
+        else None
+    )
     return [
         *tensorboard(out / "tensorboard"),
         OrderedCSVLogger(csv_path, append=True),

@@ -9,7 +9,14 @@ import json
 from pathlib import Path
 
 from keras_ultimus.config import (
-    FIELDS, QUICK, ModelConfig, RecipeOptions, RunConfig, check_config, check_settings, default_config,
+    FIELDS,
+    QUICK,
+    ModelConfig,
+    RecipeOptions,
+    RunConfig,
+    check_config,
+    check_settings,
+    default_config,
 )
 from keras_ultimus.errors import ArgumentParser, MissingFileError, UserError, prog
 from keras_ultimus.flags import add_flags
@@ -33,15 +40,26 @@ def quick_text(value: object) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto the run config: `build_model`, the recipe and the run's own settings."""
-    p = ArgumentParser(prog=prog("keras_ultimus.train", "ultimus-train"),
-                       description="Train the Ultimus model on CIFAR-10 into a resumable run folder.")
-    p.add_argument("--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)")
-    p.add_argument("--quick", action="store_true", help="a first run that visibly learns in minutes on a CPU: the "
-                   "best family model on a subset (" + ", ".join(f"{k}={quick_text(v)}" for k, v in QUICK.items())
-                   + "); other flags and --config values override these")
+    p = ArgumentParser(
+        prog=prog("keras_ultimus.train", "ultimus-train"),
+        description="Train the Ultimus model on CIFAR-10 into a resumable run folder.",
+    )
+    p.add_argument(
+        "--config", help="JSON file of flag values to use as defaults (e.g. a tuner's best.json)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first run that visibly learns in minutes on a CPU: the "
+        "best family model on a subset ("
+        + ", ".join(f"{k}={quick_text(v)}" for k, v in QUICK.items())
+        + "); other flags and --config values override these",
+    )
     add_flags(p, ["data"])
     p.add_argument("--out", help="new run folder (default: runs/ultimus-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue an interrupted run folder from its last epoch"
+    )
     add_flags(p, [n for n in names(RunConfig) if n != "data"])
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
     add_flags(p.add_argument_group("model"), names(ModelConfig))
@@ -72,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick or args.config:  # --config values over --quick's, and flags over both
-        parser.set_defaults(**{**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {})})
+        parser.set_defaults(
+            **{**(QUICK if args.quick else {}), **(read_config(args.config) if args.config else {})}
+        )
         args = parser.parse_args(argv)
     check_config(vars(args))
     return args

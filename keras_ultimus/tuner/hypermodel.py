@@ -10,20 +10,20 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_ultimus.training import compiling, distribute
-from keras_ultimus.training import recipe
-from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, SPACES, STEMS
-from keras_ultimus.models.saving import save_for_inference
-from keras_ultimus.models.ultimus import build_model, set_whitening, trainable_params
+from keras_ultimus.config import RecipeOptions, check_settings, default_config, model_kwargs
+from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, STEMS
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.models.saving import save_for_inference
+from keras_ultimus.models.ultimus import build_model, set_whitening, trainable_params
+from keras_ultimus.runs.folder import CSV_NAME, MODEL_NAME
+from keras_ultimus.training import compiling, distribute, recipe
 from keras_ultimus.training.callbacks import OrderedCSVLogger
 from keras_ultimus.training.fitting import fit_arrays
-from keras_ultimus.config import RecipeOptions
-from keras_ultimus.config import check_settings, default_config, model_kwargs
-from keras_ultimus.runs.folder import CSV_NAME, MODEL_NAME
 
-FIT_NAME = "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
+FIT_NAME = (
+    "fit.json"  # per trial: who ran it, for how long, how big the model was, how it was trained
+)
 MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
 REFERENCE_WIDTHS = (32, 256, 48)
@@ -31,7 +31,16 @@ REFERENCE_WIDTHS = (32, 256, 48)
 # residual stem, max pooling, the whitening conv and the recipe options (keras_ultimus.config.RecipeOptions).
 # Run-config keys that size the search or say where it ran, not what it trained: `best.json` leaves them to
 # `train`'s defaults, so it trains in full on any machine (a search's resolved "tfdata" would fail without TF).
-BUDGET_KEYS = ("epochs", "limit_train", "limit_test", "data", "pipeline", "jit", "distribute", "devices")
+BUDGET_KEYS = (
+    "epochs",
+    "limit_train",
+    "limit_test",
+    "data",
+    "pipeline",
+    "jit",
+    "distribute",
+    "devices",
+)
 
 
 def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
@@ -44,7 +53,11 @@ def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
     hp.Int("num_convs", 2, MAX_CONVS, default=len(REFERENCE_WIDTHS))
     for i in range(1, MAX_CONVS + 1):
         # Conv i, and the gap before it, exist when num_convs >= i.
-        scope = hp.conditional_scope("num_convs", list(range(i, MAX_CONVS + 1))) if i > 2 else nullcontext()
+        scope = (
+            hp.conditional_scope("num_convs", list(range(i, MAX_CONVS + 1)))
+            if i > 2
+            else nullcontext()
+        )
         with scope:
             default = REFERENCE_WIDTHS[i - 1] if i <= len(REFERENCE_WIDTHS) else 64
             hp.Choice(f"conv{i}_width", list(WIDTHS), default=default)
@@ -65,8 +78,13 @@ def searched_values(values: dict) -> dict:
     config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
     config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
     config["downsample"] = [values[f"down{i}"] for i in range(1, n)]
-    config.update({k: values[k] for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema", "whiten")
-                   if k in values})
+    config.update(
+        {
+            k: values[k]
+            for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema", "whiten")
+            if k in values
+        }
+    )
     if config.get("stem") == "resnet":
         config["downsample"] = None  # every residual stage pools
     return config
@@ -78,8 +96,11 @@ def trial_config(values: dict, settings: dict | None = None) -> dict:
     Checked as `--config` is (`keras_ultimus.training.run_config`), so a trial trains from the same object a `train`
     run does, and `best.json` is a `train --config` file as it is.
     """
-    return check_settings({**default_config(), **(settings or {}), **searched_values(values)},
-                          "trial config", "trial config")
+    return check_settings(
+        {**default_config(), **(settings or {}), **searched_values(values)},
+        "trial config",
+        "trial config",
+    )
 
 
 def budget_reason(values: dict, max_params: int) -> str | None:
@@ -133,8 +154,17 @@ class UltimusHyperModel(kt.HyperModel):
         super().__init__(name="ultimus", **kwargs)
         # The run-config keys every trial shares; `trial_config` adds each trial's own values.
         self.settings = check_settings(
-            {"batch_size": batch_size, "pct_start": pct_start, "augment": augment, "seed": seed,
-             "precision": precision, "jit": jit, "pipeline": pipeline}, "UltimusHyperModel")
+            {
+                "batch_size": batch_size,
+                "pct_start": pct_start,
+                "augment": augment,
+                "seed": seed,
+                "precision": precision,
+                "jit": jit,
+                "pipeline": pipeline,
+            },
+            "UltimusHyperModel",
+        )
         self.plan = plan
         self.space = space
 
@@ -185,18 +215,32 @@ class UltimusHyperModel(kt.HyperModel):
         options = RecipeOptions.from_config(config)
         with self._scope():
             set_whitening(model, x)
-            compiling.compile_model(model, config["max_lr"], steps, config["pct_start"], config["jit"], options)
+            compiling.compile_model(
+                model, config["max_lr"], steps, config["pct_start"], config["jit"], options
+            )
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-        print(f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {searched_values(hp.values)}")
+        print(
+            f"{tuner_id}: trial {os.path.basename(folder)} epochs {epochs}: {searched_values(hp.values)}"
+        )
         csv = OrderedCSVLogger(os.path.join(folder, CSV_NAME))
         with self._scope():
             history = fit_arrays(
-                model, x, y, batch_size=config["batch_size"], seed=config["seed"], augment=config["augment"],
+                model,
+                x,
+                y,
+                batch_size=config["batch_size"],
+                seed=config["seed"],
+                augment=config["augment"],
                 pipeline=pipeline,
-                epochs=epochs, options=options, validation=validation_data, callbacks=[csv, *callbacks],
+                epochs=epochs,
+                options=options,
+                validation=validation_data,
+                callbacks=[csv, *callbacks],
                 verbose=verbose,
             )
-            with distribute.portable_batchnorm(model):  # the trial folder predicts and exports as a run folder does
+            with distribute.portable_batchnorm(
+                model
+            ):  # the trial folder predicts and exports as a run folder does
                 save_for_inference(model, os.path.join(folder, MODEL_NAME))
         record = {
             "tuner_id": tuner_id,

@@ -75,12 +75,16 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
             p.wait()
 
 
-def start_child(tuner_id: str, env: dict, tune_args: list[str], logs: Path, mode: str = "w") -> subprocess.Popen:
+def start_child(
+    tuner_id: str, env: dict, tune_args: list[str], logs: Path, mode: str = "w"
+) -> subprocess.Popen:
     """Start the chief or one worker, logging to `logs/<tuner_id>.log` (appending after a restart)."""
     with open(logs / f"{tuner_id}.log", mode) as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "keras_ultimus.tuner.tune", *tune_args],
-            env={**env, "KERASTUNER_TUNER_ID": tuner_id}, stdout=log, stderr=subprocess.STDOUT,
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
     print(f"{tuner_id}: pid {child.pid}")
@@ -89,17 +93,28 @@ def start_child(tuner_id: str, env: dict, tune_args: list[str], logs: Path, mode
 
 def child_env(host: str, port: int) -> dict:
     """The environment that makes `tune` a KerasTuner chief or worker of the oracle at `host:port`."""
-    return {**os.environ, "KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "KERASTUNER_ORACLE_IP": host,
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def start(workers: int, env: dict, tune_args: list[str], logs: Path) -> dict[str, subprocess.Popen]:
     """Start the chief and the workers, each logging to its own file."""
-    return {tuner_id: start_child(tuner_id, env, tune_args, logs)
-            for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]}
+    return {
+        tuner_id: start_child(tuner_id, env, tune_args, logs)
+        for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]
+    }
 
 
-def watch(procs: dict[str, subprocess.Popen], logs: Path, out: Path,
-          restart: Callable[[str], subprocess.Popen]) -> int:
+def watch(
+    procs: dict[str, subprocess.Popen],
+    logs: Path,
+    out: Path,
+    restart: Callable[[str], subprocess.Popen],
+) -> int:
     """Report progress until every child exits; stop the rest when one fails or the chief is long done.
 
     A worker killed by a signal (the OOM killer, a SIGKILL) is started again under its own tuner id, up to
@@ -112,19 +127,32 @@ def watch(procs: dict[str, subprocess.Popen], logs: Path, out: Path,
         for name, p in procs.items():
             if name not in codes and p.poll() is not None:
                 codes[name] = p.returncode
-                print(f"{name} exited with code {p.returncode} after {time.monotonic() - started:.0f} s")
+                print(
+                    f"{name} exited with code {p.returncode} after {time.monotonic() - started:.0f} s"
+                )
         for name, code in list(codes.items()):
-            if name != "chief" and code < 0 and restarts.get(name, 0) < MAX_RESTARTS and "chief" not in codes:
+            if (
+                name != "chief"
+                and code < 0
+                and restarts.get(name, 0) < MAX_RESTARTS
+                and "chief" not in codes
+            ):
                 restarts[name] = restarts.get(name, 0) + 1
-                print(f"{name} was killed by {signal.Signals(-code).name}; starting it again "
-                      f"({restarts[name]} of {MAX_RESTARTS})")
+                print(
+                    f"{name} was killed by {signal.Signals(-code).name}; starting it again "
+                    f"({restarts[name]} of {MAX_RESTARTS})"
+                )
                 procs[name] = restart(name)
                 del codes[name]
         failed = next((n for n, c in codes.items() if c), None)
         if failed:
-            lines = (logs / f"{failed}.log").read_text(errors="replace").strip().splitlines() or [""]
-            print(f"error: {failed} failed: {lines[-1]} (log: {logs / failed}.log); stopping the others",
-                  file=sys.stderr)
+            lines = (logs / f"{failed}.log").read_text(errors="replace").strip().splitlines() or [
+                ""
+            ]
+            print(
+                f"error: {failed} failed: {lines[-1]} (log: {logs / failed}.log); stopping the others",
+                file=sys.stderr,
+            )
             return 2 if codes[failed] == 2 else 1
         if "chief" in codes and chief_done is None:
             chief_done = time.monotonic()
@@ -147,10 +175,14 @@ def raise_terminated(signum, frame):
 @cli
 def main(argv: list[str] | None = None) -> int:
     """Parse the launcher's flags, check the search flags, launch, and stop every child on the way out."""
-    launch_prog, tune_prog = prog("keras_ultimus.tuner.launch", "ultimus-launch"), prog("keras_ultimus.tuner.tune",
-                                                                                       "ultimus-tune")
+    launch_prog, tune_prog = (
+        prog("keras_ultimus.tuner.launch", "ultimus-launch"),
+        prog("keras_ultimus.tuner.tune", "ultimus-tune"),
+    )
     p = ArgumentParser(
-        prog=launch_prog, description="Run one search as a KerasTuner chief and N workers on this machine.", allow_abbrev=False,
+        prog=launch_prog,
+        description="Run one search as a KerasTuner chief and N workers on this machine.",
+        allow_abbrev=False,
         epilog=f"All other flags are the search's (see {tune_prog} --help); e.g. "
         f"{launch_prog} --workers 2 --data cifar-10-binary.tar.gz --epochs 4",
     )
@@ -166,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare(verbose=search.verbose)  # a bad backend too, before any child starts
     out = Path(search.out)
     options.check_out(out)
-    with FolderLock(out):  # refused here, in one line, if another search holds it; the chief takes it after
+    with FolderLock(
+        out
+    ):  # refused here, in one line, if another search holds it; the chief takes it after
         if search.fresh:
             # The launcher wipes the folder itself, before any process can write into it.
             clear_folder(out)
@@ -182,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chief and {args.workers} workers on {args.host}:{port}; logs in {logs}/")
         return watch(procs, logs, out, lambda name: start_child(name, env, tune_args, logs, "a"))
     except (KeyboardInterrupt, Terminated) as e:
-        print(f"\n{type(e).__name__ if isinstance(e, KeyboardInterrupt) else e}: stopping the search; "
-              f"run the same command again to resume {out}", file=sys.stderr)
+        print(
+            f"\n{type(e).__name__ if isinstance(e, KeyboardInterrupt) else e}: stopping the search; "
+            f"run the same command again to resume {out}",
+            file=sys.stderr,
+        )
         return 130 if isinstance(e, KeyboardInterrupt) else 143
     finally:
         stop(procs)

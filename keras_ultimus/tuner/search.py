@@ -18,13 +18,25 @@ import numpy as np
 import pandas as pd
 
 from keras_ultimus.datasets.cifar10 import load_cifar10, split_validation
-from keras_ultimus.errors import NO_SPACE, UserError
 from keras_ultimus.datasets.pipelines import eval_data
+from keras_ultimus.errors import NO_SPACE, UserError
 from keras_ultimus.runs.folder import (  # noqa: F401  the file names, importable from here as before
-    BEST_NAME, LEADERBOARD_NAME, RESULT_NAME, SEARCH_NAME, SKIPPED, write_atomic,
+    BEST_NAME,
+    LEADERBOARD_NAME,
+    RESULT_NAME,
+    SEARCH_NAME,
+    SKIPPED,
+    write_atomic,
+)
+from keras_ultimus.tuner.hypermodel import (
+    BUDGET_KEYS,
+    FIT_NAME,
+    budget_reason,
+    declare_space,
+    searched_values,
+    trial_config,
 )
 from keras_ultimus.tuner.options import MAX_PARAMS, SETTINGS
-from keras_ultimus.tuner.hypermodel import BUDGET_KEYS, FIT_NAME, budget_reason, declare_space, searched_values, trial_config
 
 OBJECTIVE = "val_accuracy"
 # The files of a search folder.
@@ -128,16 +140,24 @@ class UltimusTuner(kt.Tuner):
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
-        if role() == "worker":  # a single search stopped by the user resumes its trial as often as asked
+        if (
+            role() == "worker"
+        ):  # a single search stopped by the user resumes its trial as often as asked
             record_attempt(Path(self.get_trial_dir(trial.trial_id)))
         if "tuner/epochs" in trial.hyperparameters.values:
             kwargs["epochs"] = trial.hyperparameters.values["tuner/epochs"]
-        kwargs["trial_folder"] = self.get_trial_dir(trial.trial_id)  # public: run_trial's kwargs reach fit
+        kwargs["trial_folder"] = self.get_trial_dir(
+            trial.trial_id
+        )  # public: run_trial's kwargs reach fit
         try:
             return super().run_trial(trial, *args, **kwargs)
         except OSError as e:
-            if e.errno in NO_SPACE:  # the command ends in one line, exit 3 (errors.cli); a rerun resumes
-                raise NoSpace(e.errno, e.strerror, e.filename or self.get_trial_dir(trial.trial_id)) from None
+            if (
+                e.errno in NO_SPACE
+            ):  # the command ends in one line, exit 3 (errors.cli); a rerun resumes
+                raise NoSpace(
+                    e.errno, e.strerror, e.filename or self.get_trial_dir(trial.trial_id)
+                ) from None
             raise
 
     def pre_create_trial(self):
@@ -156,9 +176,13 @@ def record_attempt(folder: Path) -> None:
     attempts = json.loads(path.read_text()) if path.exists() else []
     if len(attempts) >= MAX_ATTEMPTS:
         last = attempts[-1]
-        raise kt.errors.FailedTrialError(f"{len(attempts)} processes died running this trial (last: "
-                                         f"{last['tuner_id']}, pid {last['pid']}); not started again")
-    attempts.append({"tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"), "pid": os.getpid()})
+        raise kt.errors.FailedTrialError(
+            f"{len(attempts)} processes died running this trial (last: "
+            f"{last['tuner_id']}, pid {last['pid']}); not started again"
+        )
+    attempts.append(
+        {"tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"), "pid": os.getpid()}
+    )
     write_atomic(path, json.dumps(attempts))
 
 
@@ -188,8 +212,12 @@ def make_tuner(
             max_trials=max_trials, num_initial_points=max(2, max_trials // 3), **common
         )
     return UltimusTuner(
-        oracle=oracle, hypermodel=hypermodel, overwrite=overwrite, directory=str(out.parent),
-        project_name=out.name, distribution_strategy=strategy,
+        oracle=oracle,
+        hypermodel=hypermodel,
+        overwrite=overwrite,
+        directory=str(out.parent),
+        project_name=out.name,
+        distribution_strategy=strategy,
     )
 
 
@@ -207,27 +235,45 @@ def leaderboard(tuner: kt.Tuner) -> pd.DataFrame:
         fit_file = Path(tuner.get_trial_dir(trial.trial_id)) / FIT_NAME
         fit = json.loads(fit_file.read_text()) if fit_file.exists() else {}
         values = trial.hyperparameters.values
-        rows.append({
-            "trial_id": trial.trial_id,
-            "status": trial.status,
-            "reason": (trial.message or "").strip().splitlines()[-1:][0] if trial.message else "",
-            **_config_columns(values),
-            **{k: v for k, v in values.items() if k.startswith("tuner/")},  # Hyperband's bookkeeping
-            "trainable_params": fit.get("trainable_params"),
-            "best_val_accuracy": trial.score,
-            "epochs_run": fit.get("epochs_run"),
-            "seconds": fit.get("seconds"),
-            "tuner_id": fit.get("tuner_id"),
-        })
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "status": trial.status,
+                "reason": (trial.message or "").strip().splitlines()[-1:][0]
+                if trial.message
+                else "",
+                **_config_columns(values),
+                **{
+                    k: v for k, v in values.items() if k.startswith("tuner/")
+                },  # Hyperband's bookkeeping
+                "trainable_params": fit.get("trainable_params"),
+                "best_val_accuracy": trial.score,
+                "epochs_run": fit.get("epochs_run"),
+                "seconds": fit.get("seconds"),
+                "tuner_id": fit.get("tuner_id"),
+            }
+        )
     stats = ["trainable_params", "best_val_accuracy", "epochs_run", "seconds", "tuner_id"]
     trained = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["trial_id", *stats])
-    trained = trained.sort_values(["best_val_accuracy", "trial_id"], ascending=[False, True], na_position="last")
-    skipped = [{"trial_id": "", "status": SKIPPED, "reason": s["reason"], **_config_columns(s["values"]),
-                "trainable_params": s.get("trainable_params")} for s in getattr(tuner.oracle, "skipped", [])]
+    trained = trained.sort_values(
+        ["best_val_accuracy", "trial_id"], ascending=[False, True], na_position="last"
+    )
+    skipped = [
+        {
+            "trial_id": "",
+            "status": SKIPPED,
+            "reason": s["reason"],
+            **_config_columns(s["values"]),
+            "trainable_params": s.get("trainable_params"),
+        }
+        for s in getattr(tuner.oracle, "skipped", [])
+    ]
     table = pd.concat([trained, pd.DataFrame(skipped)], ignore_index=True) if skipped else trained
     extra = sorted(c for c in table.columns if c.startswith("tuner/"))
     config = [c for c in table.columns if c not in {"trial_id", "status", "reason", *extra, *stats}]
-    return table.reindex(columns=["trial_id", "status", "reason", *config, *extra, *stats]).reset_index(drop=True)
+    return table.reindex(
+        columns=["trial_id", "status", "reason", *config, *extra, *stats]
+    ).reset_index(drop=True)
 
 
 def best_config(values: dict, settings: dict) -> dict:
@@ -235,7 +281,9 @@ def best_config(values: dict, settings: dict) -> dict:
     return {k: v for k, v in trial_config(values, settings).items() if k not in BUDGET_KEYS}
 
 
-def finish(tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, np.ndarray], pipeline: str) -> dict:
+def finish(
+    tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, np.ndarray], pipeline: str
+) -> dict:
     """Write leaderboard.csv, best.json and result.json (with the best model's test accuracy)."""
     tuner.save()  # a chief's oracle saves before it drops the last ended trial from its ongoing ones
     table = leaderboard(tuner)
@@ -244,8 +292,10 @@ def finish(tuner: kt.Tuner, out: Path, settings: dict, test: tuple[np.ndarray, n
     if completed.empty:
         raise UserError(f"no trial completed; see the trial folders in {out}")
     best = tuner.oracle.get_best_trials(1)[0]
-    write_atomic(out / BEST_NAME, json.dumps(best_config(best.hyperparameters.values, tuner.hypermodel.settings),
-                                              indent=2))
+    write_atomic(
+        out / BEST_NAME,
+        json.dumps(best_config(best.hyperparameters.values, tuner.hypermodel.settings), indent=2),
+    )
     model = tuner.load_model(best)  # weights of its best epoch
     logits = model.predict(eval_data(*test, settings["batch_size"], kind=pipeline), verbose=0)
     result = {
@@ -272,17 +322,23 @@ def check_settings(out: Path, settings: dict) -> None:
         raise UserError(f"{path}: unreadable ({e}); start over with fresh=True") from None
     for k in SETTINGS:
         if k in old and old[k] != settings[k]:
-            raise UserError(f"{out} was searched with {k}={old[k]!r}, not {settings[k]!r}: "
-                            "repeat its settings to resume, or start over with fresh=True")
+            raise UserError(
+                f"{out} was searched with {k}={old[k]!r}, not {settings[k]!r}: "
+                "repeat its settings to resume, or start over with fresh=True"
+            )
 
 
-def search_data(data: str | None, limit_train: int | None, val_fraction: float, seed: int, batch_size: int):
+def search_data(
+    data: str | None, limit_train: int | None, val_fraction: float, seed: int, batch_size: int
+):
     """(fit, validation, test) arrays; validation is a seeded split of the training set only."""
     (x_train, y_train), test = load_cifar10(data)
     x_train, y_train = x_train[:limit_train], y_train[:limit_train]
     fit, val = split_validation(x_train, y_train, val_fraction, seed)
     if len(val[0]) < 1 or len(fit[0]) < 2 * batch_size:
-        raise UserError(f"{len(fit[0])} training / {len(val[0])} validation images: need a validation image "
-                        "and at least 2 batches per epoch (lower --batch-size or --val-fraction, or raise "
-                        "--limit-train)")
+        raise UserError(
+            f"{len(fit[0])} training / {len(val[0])} validation images: need a validation image "
+            "and at least 2 batches per epoch (lower --batch-size or --val-fraction, or raise "
+            "--limit-train)"
+        )
     return fit, val, test

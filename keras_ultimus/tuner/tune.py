@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = prepare(verbose=args.verbose, devices=args.devices)
     out = Path(args.out)
     check_out(out)
-    from keras_ultimus.training import distribute
     from keras_ultimus.datasets.pipelines import resolve
+    from keras_ultimus.training import distribute
     from keras_ultimus.tuner import search
     from keras_ultimus.tuner.hypermodel import UltimusHyperModel
 
@@ -40,20 +40,42 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = resolve(args.pipeline)
     plan = distribute.setup(args.distribute, args.devices, args.batch_size)
     if plan.processes > 1:
-        raise UserError("the tuner trains each trial in one process; spread trials over processes with "
-                        "python -m keras_ultimus.tuner.launch --workers N")
-    (x_fit, y_fit), val, test = search.search_data(args.data, args.limit_train, args.val_fraction, args.seed,
-                                                   args.batch_size)
-    test = (test[0][: args.limit_test], test[1][: args.limit_test])  # scores the best trial's model at the end
+        raise UserError(
+            "the tuner trains each trial in one process; spread trials over processes with "
+            "python -m keras_ultimus.tuner.launch --workers N"
+        )
+    (x_fit, y_fit), val, test = search.search_data(
+        args.data, args.limit_train, args.val_fraction, args.seed, args.batch_size
+    )
+    test = (
+        test[0][: args.limit_test],
+        test[1][: args.limit_test],
+    )  # scores the best trial's model at the end
     print(f"{mode}: {len(x_fit)} training, {len(val[0])} validation images; search folder {out}")
     # Workers share the chief's folder: the chief (or a single search) holds its lock, and only it wipes it.
     with contextlib.nullcontext() if mode == "worker" else FolderLock(out):
         if args.fresh and mode != "worker":
             clear_folder(out)
-        hypermodel = UltimusHyperModel(args.batch_size, seed=args.seed, precision=args.precision, jit=args.jit,
-                                       pipeline=pipeline, plan=plan, space=args.space)
-        tuner = search.make_tuner(args.algorithm, out, hypermodel, args.epochs, args.max_trials, args.seed,
-                                  args.max_params, overwrite=False, strategy=plan.strategy)
+        hypermodel = UltimusHyperModel(
+            args.batch_size,
+            seed=args.seed,
+            precision=args.precision,
+            jit=args.jit,
+            pipeline=pipeline,
+            plan=plan,
+            space=args.space,
+        )
+        tuner = search.make_tuner(
+            args.algorithm,
+            out,
+            hypermodel,
+            args.epochs,
+            args.max_trials,
+            args.seed,
+            args.max_params,
+            overwrite=False,
+            strategy=plan.strategy,
+        )
         if mode != "worker":
             argv = sys.argv[1:] if argv is None else argv
             command = shlex.join(["python", "-m", "keras_ultimus.tuner.tune", *argv])
@@ -68,14 +90,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
             return 130
         except RuntimeError as e:  # KerasTuner gives up after repeated failed trials
-            print(f"error: {str(e).splitlines()[0]} (the trials' messages are in {out}/trial_*/trial.json)",
-                  file=sys.stderr)
+            print(
+                f"error: {str(e).splitlines()[0]} (the trials' messages are in {out}/trial_*/trial.json)",
+                file=sys.stderr,
+            )
             return 1
-    print(f"best trial {result['best_trial']}: val_accuracy {result['val_accuracy']:.4f}, "
-          f"test_accuracy {result['test_accuracy']:.4f} on {result['test_images']} test images")
-    env = f"KERAS_BACKEND={backend} " if os.environ.get("KERAS_BACKEND") else ""  # the backend this search ran on
-    print(f"wrote {out / search.LEADERBOARD_NAME}; train it in full with:\n"
-          f"  {env}python -m keras_ultimus.train --config {out / search.BEST_NAME}")
+    print(
+        f"best trial {result['best_trial']}: val_accuracy {result['val_accuracy']:.4f}, "
+        f"test_accuracy {result['test_accuracy']:.4f} on {result['test_images']} test images"
+    )
+    env = (
+        f"KERAS_BACKEND={backend} " if os.environ.get("KERAS_BACKEND") else ""
+    )  # the backend this search ran on
+    print(
+        f"wrote {out / search.LEADERBOARD_NAME}; train it in full with:\n"
+        f"  {env}python -m keras_ultimus.train --config {out / search.BEST_NAME}"
+    )
     return 0
 
 
