@@ -485,8 +485,8 @@ def stage_repro(s: Session) -> None:
             for a, f in folders.items()
         ],
     )
-    from keras_ultimus.report.charts import plot_reproduction
     from keras_ultimus.report.runs import read_log
+    from keras_ultimus.report.search_charts import plot_reproduction
 
     logs = {
         a: read_log(f / "log.csv") for a, f in folders.items() if accuracy(f) is not None
@@ -625,7 +625,7 @@ def top_configs(search: Path, n: int = 3) -> list[dict]:
 
     Hyperband trains one configuration at several budgets, hence distinct; the leaderboard is best first.
     """
-    from keras_ultimus.tuner.search import best_config
+    from keras_ultimus.tuner.leaderboard import best_config
 
     best = json.loads((search / "best.json").read_text())
     with open(search / "leaderboard.csv") as f:
@@ -696,7 +696,7 @@ def stage_confirm(s: Session) -> None:
 
     from keras_ultimus.config import model_kwargs
     from keras_ultimus.models.ultimus import trainable_params
-    from keras_ultimus.report.charts import plot_test_depth
+    from keras_ultimus.report.search_charts import plot_test_depth
 
     lines = ["confirmations (scored on the test set):"]
     for k, config in enumerate(configs, 1):

@@ -20,7 +20,7 @@ PRIVATE_MEMBERS = {
     "_current_epoch": "training/callbacks.py WholeBackup (reads BackupAndRestore's)",
     "_stateful_handle_non_finite_grads": "training/compiling.py LossScaleOptimizer (overrides Keras')",
     "_stateless_handle_non_finite_grads": "training/compiling.py LossScaleOptimizer (overrides Keras')",
-    "_flatten_layers": "training/distribute.py portable_batchnorm (calls Model._flatten_layers)",
+    "_flatten_layers": "training/checkpoints.py portable_batchnorm (calls Model._flatten_layers)",
     "_random_values": "tuner/search.py BudgetOracle (overrides Oracle)",
     "_tried_so_far": "tuner/search.py BudgetOracle (adds to Oracle's)",
     "_compute_values_hash": "tuner/search.py BudgetOracle (calls Oracle's)",

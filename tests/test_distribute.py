@@ -393,7 +393,7 @@ def probe_equivalence(out: str, backend: str) -> None:
     import keras
     import tensorflow as tf
 
-    from keras_ultimus.training import distribute
+    from keras_ultimus.training import checkpoints, distribute
 
     out = Path(out)
     mode = {"tensorflow": "mirrored", "jax": "data-parallel"}[backend]
@@ -420,7 +420,7 @@ def probe_equivalence(out: str, backend: str) -> None:
         with plan.scope():
             model = fit(small_model(sync_bn=True), "sync")
             fit(small_model(), "local")
-            with distribute.portable_batchnorm(model):
+            with checkpoints.portable_batchnorm(model):
                 model.save(out / "sync.keras")
             assert all(
                 layer.synchronized for layer in model.layers if "bn" in layer.name

@@ -63,7 +63,7 @@ def trial_values(blocks: int, widths: tuple[int, ...]) -> dict:
 
 
 def test_top_configs_are_best_json_then_distinct_completed_trials_by_score(tmp_path):
-    from keras_ultimus.tuner.search import best_config
+    from keras_ultimus.tuner.leaderboard import best_config
 
     trials = {
         "0000": (trial_values(2, (16, 32)), 0.5, "COMPLETED"),
@@ -233,7 +233,7 @@ def test_ablation_trains_each_arm_at_each_seed_and_compares_its_mean_with_the_ba
 def test_confirm_trains_each_top_config_at_each_seed_and_each_depth_with_the_residual_on_and_off(
     tmp_path, monkeypatch
 ):
-    from keras_ultimus.tuner.search import best_config
+    from keras_ultimus.tuner.leaderboard import best_config
 
     s, started = fake_session(
         tmp_path,

@@ -247,7 +247,8 @@ def test_whitening_adds_a_frozen_2x2_conv_and_24_input_channels_to_conv1(kwargs)
 
 
 def test_the_whitening_conv_makes_training_patches_uncorrelated_with_unit_variance(tmp_path):
-    from keras_ultimus.models.ultimus import CIFAR10_MEAN, CIFAR10_STD, set_whitening
+    from keras_ultimus.models.ultimus import CIFAR10_MEAN, CIFAR10_STD
+    from keras_ultimus.models.whitening import set_whitening
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (300, 32, 32, 3)).astype(np.float64)

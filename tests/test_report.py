@@ -16,7 +16,7 @@ from PIL import Image
 
 from keras_ultimus.datasets.cifar10 import load_local
 from keras_ultimus.models.ultimus import CLASS_NAMES, build_model
-from keras_ultimus.report import charts
+from keras_ultimus.report import charts, search_charts
 from keras_ultimus.report.cli import main
 from keras_ultimus.report.evaluate import evaluate
 from keras_ultimus.report.markdown import shown_path
@@ -828,16 +828,16 @@ def test_depth_chart_has_a_legend_entry_only_for_what_trials_used(tmp_path, monk
         }
     )
     labels = []
-    original = charts.save
+    original = search_charts.save
     monkeypatch.setattr(
-        charts,
+        search_charts,
         "save",
         lambda fig, path: (
             labels.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts()),
             original(fig, path),
         ),
     )
-    charts.plot_search_depth(board, "1", tmp_path / "depth.png")
+    search_charts.plot_search_depth(board, "1", tmp_path / "depth.png")
     assert labels == ["residual off", "best: trial 1"]
 
 

@@ -32,7 +32,7 @@ def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path
 
 
 def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
-    from keras_ultimus.models.ultimus import whitening_kernel
+    from keras_ultimus.models.whitening import whitening_kernel
 
     data = arrays()
     model, _ = keras_ultimus.fit(
@@ -45,7 +45,7 @@ def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
 
 
 def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_process():
-    from keras_ultimus.models.ultimus import whitening_kernel
+    from keras_ultimus.models.whitening import whitening_kernel
     from keras_ultimus.training import distribute, recipe
     from keras_ultimus.training.run_config import default_config
 

@@ -21,7 +21,7 @@ from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.models.ultimus import build_model, trainable_params
 from keras_ultimus.training.run_config import default_config
 from keras_ultimus.training.schedules import OneCycle
-from keras_ultimus.tuner import options, search, tune
+from keras_ultimus.tuner import leaderboard, options, search, tune
 from keras_ultimus.tuner.hypermodel import (
     BUDGET_KEYS,
     UltimusHyperModel,
@@ -299,7 +299,7 @@ def test_best_json_is_a_train_config_that_trains(fake_cifar_tarball, tmp_path):
         "tuner/epochs": 3,
     }
     path = tmp_path / "best.json"
-    path.write_text(json.dumps(search.best_config(values, {"batch_size": 16})))
+    path.write_text(json.dumps(leaderboard.best_config(values, {"batch_size": 16})))
     run = tmp_path / "run"
     assert (
         train.main(

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_ultimus.constants import (  # noqa: F401  CLASS_NAMES: kept importable from here
     CIFAR10_MEAN,
@@ -19,11 +18,7 @@ from keras_ultimus.constants import (  # noqa: F401  CLASS_NAMES: kept importabl
 from keras_ultimus.models.batch_normalization import BatchNormalization
 from keras_ultimus.models.conv2d import Conv2D
 from keras_ultimus.models.layers import ATTENTION, UltimusLayer
-
-# The frozen whitening conv: 2x2 patches of 3 channels (12 dimensions), each eigen-direction with both signs.
-WHITEN_PATCH = 2
-WHITEN_WIDTH = 2 * WHITEN_PATCH * WHITEN_PATCH * 3
-WHITEN_IMAGES = 5_000  # training images whose patches give the covariance
+from keras_ultimus.models.whitening import WHITEN_PATCH, WHITEN_WIDTH
 
 
 def parse_conv_widths(text: str) -> list[int]:
@@ -277,42 +272,3 @@ def trainable_params(**model_args: Any) -> int:
         channels = width
     block = 3 * (channels * key_dim + key_dim) + key_dim * channels + channels
     return total + num_blocks * block + channels * num_classes + num_classes
-
-
-def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
-    """The `whiten` conv's kernel for `images` (uint8 NHWC): each output channel is a whitened 2x2 patch direction.
-
-    Patches of the normalised images have covariance C = V diag(l) V^T; the kernel holds V diag(l + eps)^-1/2
-    and its negation, so its outputs have (nearly) unit variance and no correlation, in both signs (GELU follows).
-    """
-    k, channels = WHITEN_PATCH, images.shape[-1]
-    dims = k * k * channels
-    total, outer, count = np.zeros(dims), np.zeros((dims, dims)), 0
-    for start in range(0, len(images), 500):  # about 50 MB of patches at a time
-        x = (np.asarray(images[start : start + 500], np.float64) - CIFAR10_MEAN) / CIFAR10_STD
-        patches = np.lib.stride_tricks.sliding_window_view(
-            x, (k, k), axis=(1, 2)
-        )  # (n, h', w', c, k, k)
-        patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(
-            -1, dims
-        )  # (kh, kw, c), a Conv2D kernel's order
-        total, outer, count = (
-            total + patches.sum(axis=0),
-            outer + patches.T @ patches,
-            count + len(patches),
-        )
-    mean = total / count
-    eigenvalues, eigenvectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
-    directions = eigenvectors / np.sqrt(eigenvalues + eps)
-    return (
-        np.concatenate([directions, -directions], axis=1)
-        .reshape(k, k, channels, -1)
-        .astype(np.float32)
-    )
-
-
-def set_whitening(model: keras.Model, images: np.ndarray) -> None:
-    """Set the frozen `whiten` conv of `model`, if it has one, from the first `WHITEN_IMAGES` training images."""
-    layer = next((layer for layer in model.layers if layer.name == "whiten"), None)
-    if layer is not None:
-        layer.kernel.assign(whitening_kernel(images[:WHITEN_IMAGES]))

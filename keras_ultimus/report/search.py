@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from keras_ultimus.errors import UserError
-from keras_ultimus.report import charts
+from keras_ultimus.report import search_charts
 from keras_ultimus.report.markdown import portable, portable_command, shown_path
 from keras_ultimus.report.runs import read_json, read_log, read_table
 from keras_ultimus.report.tables import leaderboard_table, markdown_table, pct
@@ -141,8 +141,8 @@ def write_search_report(
         ]
     else:
         md += [f"No {RESULT_NAME}: the search has not finished.", ""]
-    charts.plot_search_depth(board, best_trial, out / "search_depth.png")
-    charts.plot_search_curves(board, search.logs, best_trial, out / "search_curves.png")
+    search_charts.plot_search_depth(board, best_trial, out / "search_depth.png")
+    search_charts.plot_search_curves(board, search.logs, best_trial, out / "search_curves.png")
     md += [
         "## Leaderboard",
         "",

@@ -199,7 +199,7 @@ def find_lr(
     """
     # Imported here, so that recipe.py may import this module for `train --max-lr auto`.
     from keras_ultimus.config import RecipeOptions
-    from keras_ultimus.models.ultimus import set_whitening
+    from keras_ultimus.models.whitening import set_whitening
     from keras_ultimus.runs.folder import write_atomic
     from keras_ultimus.training.compiling import compile_model
     from keras_ultimus.training.fitting import fit_arrays

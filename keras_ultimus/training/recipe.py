@@ -20,10 +20,11 @@ from keras_ultimus.datasets.cifar10 import split_validation
 from keras_ultimus.datasets.pipelines import eval_data, resolve
 from keras_ultimus.errors import UserError
 from keras_ultimus.models.saving import save_for_inference
-from keras_ultimus.models.ultimus import build_model, set_whitening
+from keras_ultimus.models.ultimus import build_model
+from keras_ultimus.models.whitening import set_whitening
 from keras_ultimus.provenance import git_state
 from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
-from keras_ultimus.training import distribute
+from keras_ultimus.training import checkpoints, distribute
 from keras_ultimus.training.callbacks import (
     HeldOutScore,
     OrderedCSVLogger,
@@ -235,7 +236,7 @@ def fit_run(
             verbose=verbose,
         )
         if out is not None:
-            with distribute.portable_batchnorm(model):
+            with checkpoints.portable_batchnorm(model):
                 save_for_inference(model, out / MODEL_NAME)
     run_info["finished"] = datetime.now().isoformat(timespec="seconds")
     run_info["final"] = (
@@ -280,7 +281,7 @@ def run_folder_callbacks(
         model.summary()
     csv_path = out / CSV_NAME
     best = (
-        distribute.PortableCheckpoint(
+        checkpoints.PortableCheckpoint(
             out / "best.keras", monitor="heldout_accuracy", mode="max", save_best_only=True
         )
         if heldout

@@ -15,9 +15,10 @@ from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, STEMS
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
 from keras_ultimus.models.saving import save_for_inference
-from keras_ultimus.models.ultimus import build_model, set_whitening, trainable_params
+from keras_ultimus.models.ultimus import build_model, trainable_params
+from keras_ultimus.models.whitening import set_whitening
 from keras_ultimus.runs.folder import CSV_NAME, MODEL_NAME
-from keras_ultimus.training import compiling, distribute, recipe
+from keras_ultimus.training import checkpoints, compiling, recipe
 from keras_ultimus.training.callbacks import OrderedCSVLogger
 from keras_ultimus.training.fitting import fit_arrays
 
@@ -238,7 +239,7 @@ class UltimusHyperModel(kt.HyperModel):
                 callbacks=[csv, *callbacks],
                 verbose=verbose,
             )
-            with distribute.portable_batchnorm(
+            with checkpoints.portable_batchnorm(
                 model
             ):  # the trial folder predicts and exports as a run folder does
                 save_for_inference(model, os.path.join(folder, MODEL_NAME))
