@@ -827,8 +827,15 @@ def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.real_data
+@pytest.mark.skipif(
+    os.environ.get("ULTIMUS_ACCURACY_TESTS") != "1",
+    reason="trains 2 epochs on 25,000 real images (about 90 s of both cores); set ULTIMUS_ACCURACY_TESTS=1",
+)
 def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
-    """The README's quick start: `train --quick` (minutes on a CPU) reaches 60% on its 2,000 test images."""
+    """The README's quick start: `train --quick` (minutes on a CPU) reaches 60% on its 2,000 test images.
+
+    Opt-in, to keep CI under its time budget: `ULTIMUS_ACCURACY_TESTS=1 python -m pytest -k quick_learns`.
+    """
     env = {
         **{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
         "CIFAR10_PATH": real_cifar,
