@@ -14,6 +14,7 @@ import pytest
 from keras_ultimus import train
 from keras_ultimus.errors import UserError
 from keras_ultimus.runs import folder as run_folder
+from tests.helpers import assert_same_log
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32"]
 # The commands' own quiet logging, whatever TF_CPP_MIN_LOG_LEVEL an earlier in-process test left behind.
@@ -222,18 +223,7 @@ def test_a_full_disk_ends_train_in_one_line_and_the_run_resumes_once_space_is_ba
         timeout=300,
         check=True,
     )
-    columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
-    log, reference = (
-        pd.read_csv(out / "log.csv")[columns],
-        pd.read_csv(straight / "log.csv")[columns],
-    )
-    pd.testing.assert_frame_equal(
-        log,
-        reference,
-        check_exact=os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow",
-        rtol=1e-3,
-        atol=1e-4,
-    )
+    assert_same_log(out, straight)
     assert (out / "model.keras").is_file() and not (out / ".lock").exists()
 
 

@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import pytest
 
+from tests.helpers import assert_same_log
 from tools import park_run
 
 TINY = ["--conv-widths", "4,8,8", "--batch-size", "32", "--epochs", "5", "--deterministic"]
@@ -85,16 +86,5 @@ def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log
         check=True,
         env=ENV,
     )
-    columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
-    log, reference = (
-        pd.read_csv(parked / "log.csv")[columns],
-        pd.read_csv(straight / "log.csv")[columns],
-    )
-    pd.testing.assert_frame_equal(
-        log,
-        reference,
-        check_exact=os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow",
-        rtol=1e-3,
-        atol=1e-4,
-    )
+    assert_same_log(parked, straight)
     assert (parked / "model.keras").is_file() and not out.exists()
