@@ -1,4 +1,4 @@
-"""The package's structure: imports run one way (commands -> library), in no circle; private members listed."""
+"""The tree's structure: imports one way (commands -> library), in no circle; private members listed; short modules."""
 
 import ast
 from pathlib import Path
@@ -33,6 +33,8 @@ KINDS = {"models", "datasets", "training", "serving", "benchmark", "report", "tu
 # Packages that must not import each other in either direction (sideways), besides the no-two-way rule.
 APART = [("report", "tuner"), ("serving", "training")]
 MAX_LINES = 300
+# The folders outside the package that the line rule covers too: the experiment driver and the tools.
+OUTSIDE = [PACKAGE.parent / "benchmarks", PACKAGE.parent / "tools"]
 
 
 def module_name(path: Path) -> str:
@@ -165,13 +167,33 @@ def test_library_modules_are_grouped_by_kind_and_top_level_modules_are_commands_
     assert top_level <= COMMANDS | SHARED
 
 
-def test_no_module_is_over_300_lines():
-    long = {
-        p.name: n
-        for p in PACKAGE.rglob("*.py")
+def long_modules(folders: list[Path]) -> dict[str, int]:
+    """The modules under `folders` over MAX_LINES lines, by path, with their line counts."""
+    return {
+        str(p): n
+        for folder in folders
+        for p in sorted(folder.rglob("*.py"))
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
-    assert not long
+
+
+def test_no_module_is_over_300_lines():
+    assert not long_modules([PACKAGE, *OUTSIDE])
+
+
+def test_the_line_rule_finds_a_long_module_anywhere_below_a_folder(tmp_path):
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    (tmp_path / "short.py").write_text("x = 1\n" * MAX_LINES)
+    assert long_modules([tmp_path]) == {str(tmp_path / "deep" / "long.py"): MAX_LINES + 1}
+
+
+def test_tools_import_nothing_from_benchmarks():
+    for path in (PACKAGE.parent / "tools").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {n for n in names if n.split(".")[0] == "benchmarks"}, path
 
 
 def test_no_module_imports_keras_private_api():

@@ -60,17 +60,17 @@ def plot_search_depth(board: pd.DataFrame, best_trial: str | None, path: Path) -
 
 
 def plot_test_depth(
-    series: dict[str, tuple[list[int], list[float]]], epochs: int, path: Path
+    series: dict[str, tuple[list[int], list[float]]], epochs: int, path: Path, split: str = "test"
 ) -> None:
-    """Test accuracy of one configuration trained at several depths (all else held), one line per label."""
+    """Accuracy on `split` of one configuration trained at several depths (all else held), one line per label."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for label, (blocks, accuracies) in series.items():
         ax.plot(blocks, [100 * a for a in accuracies], "o-", label=label)
     ax.set(
         xlabel="number of Ultimus blocks (all else at the best configuration)",
-        ylabel="test accuracy (%)",
-        title=f"Test accuracy vs depth, {epochs} epochs, seed 0",
+        ylabel=f"{split} accuracy (%)",
+        title=f"{split.capitalize()} accuracy vs depth, {epochs} epochs, seed 0",
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -80,9 +80,9 @@ def plot_test_depth(
 
 
 def plot_reproduction(
-    curves: dict[str, pd.DataFrame], published: dict[int, float], path: Path
+    curves: dict[str, pd.DataFrame], published: dict[int, float], path: Path, split: str = "test"
 ) -> None:
-    """Test accuracy per epoch of each run's log (`read_log`: epochs from 1), beside the epochs a published log gave."""
+    """Accuracy on `split` per epoch of each run's log (`read_log`: epochs from 1), beside a published log's."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for label, log in curves.items():
@@ -94,12 +94,13 @@ def plot_reproduction(
         "k*",
         ms=12,
         ls="none",
-        label="the PyTorch original's log (the epochs it gives)",
+        label="the PyTorch original's log (the epochs it gives)"
+        + ("; test" if split != "test" else ""),
     )
     ax.set(
-        title="Test accuracy per epoch on the original's schedule",
+        title=f"{split.capitalize()} accuracy per epoch on the original's schedule",
         xlabel="epoch",
-        ylabel="test accuracy (%)",
+        ylabel=f"{split} accuracy (%)",
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
