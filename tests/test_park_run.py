@@ -51,11 +51,20 @@ def test_park_keeps_only_the_newest_backup_and_the_logs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multi_backend
 def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log(
     tmp_path, fake_cifar_tarball
 ):
+    """The session hand-over on this backend: killed after a backup, parked, resumed elsewhere, same log."""
     out, parked, straight = tmp_path / "run", tmp_path / "pending" / "run", tmp_path / "straight"
     common = ["--data", str(fake_cifar_tarball), *TINY]
+    reference = subprocess.Popen(
+        [*TRAIN, *common, "--out", str(straight)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     child = subprocess.Popen(
         [*TRAIN, *common, "--out", str(out)],
         stdout=subprocess.DEVNULL,
@@ -79,12 +88,6 @@ def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log
         env=ENV,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    subprocess.run(
-        [*TRAIN, *common, "--out", str(straight)],
-        capture_output=True,
-        timeout=300,
-        check=True,
-        env=ENV,
-    )
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
     assert_same_log(parked, straight)
     assert (parked / "model.keras").is_file() and not out.exists()
