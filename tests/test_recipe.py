@@ -1,6 +1,5 @@
 """The shared training recipe: loss scaling keeps the one-cycle position, TrimLog, the data fingerprint."""
 
-
 import keras
 import numpy as np
 import pandas as pd

@@ -33,7 +33,7 @@ def check_model(config: dict) -> dict:
 
     Bad values raise a one-line UserError.
     """
-    from keras_ultimus.models.ultimus import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.models.ultimus import check_model_args, parse_conv_widths, parse_downsample
 
     config = dict(config)
     try:
@@ -41,7 +41,7 @@ def check_model(config: dict) -> dict:
             config["conv_widths"] = parse_conv_widths(config["conv_widths"])
         if isinstance(config.get("downsample"), str):
             config["downsample"] = parse_downsample(config["downsample"])
-        trainable_params(**model_kwargs(config))
+        check_model_args(**model_kwargs(config))
     except (ValueError, TypeError) as e:
         raise UserError(f"model settings: {e}") from None
     return config
