@@ -1,4 +1,4 @@
-"""Command-line flags generated from the run's typed config (`keras_ultimus.config`); imports no Keras.
+"""Command-line flags generated from typed configs (`keras_ultimus.config`'s, the search's); imports no Keras.
 
 Commands call `add_flags(parser, names)`; the library never sees argparse.
 """
@@ -34,11 +34,15 @@ def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     names: list[str] | tuple[str, ...],
     defaults: dict | None = None,
+    fields: dict[str, dataclasses.Field] = FIELDS,
 ) -> list[argparse.Action]:
-    """Add the flags of the settings `names` (their dests are the names); return their actions."""
+    """Add the flags of the settings `names` (their dests are the names); return their actions.
+
+    `fields` holds the settings: the run config's, or another typed config's (the tuner's search settings).
+    """
     actions = []
     for name in names:
-        f, meta = FIELDS[name], FIELDS[name].metadata
+        f, meta = fields[name], fields[name].metadata
         default = (defaults or {}).get(
             name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         )

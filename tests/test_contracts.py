@@ -31,6 +31,8 @@ PRIVATE_MEMBERS = {
 # tests/test_layout.py can't find them): each has a test here too.
 INTERNAL_ATTRIBUTES = {
     "CSVLogger.keys": "training/callbacks.py OrderedCSVLogger (sets the column order before Keras sorts it)",
+    "per-thread global state": "models/ultimus.py count_trainable (builds a model with uninitialized weights "
+    "in a thread of its own, so Keras' list of them goes with the thread)",
 }
 
 
@@ -144,6 +146,33 @@ def test_csv_logger_writes_the_keys_it_is_given_and_sorts_them_only_while_unset(
     assert "in self.keys" in source.split("self.writer", 1)[1], (
         "CSVLogger.keys: no longer what rows are written from"
     )
+
+
+def test_uninitialized_weights_are_listed_per_thread_and_keep_their_shapes():
+    import threading
+
+    from keras.src.backend.common import global_state
+
+    built = {}
+
+    def build():
+        with keras.StatelessScope(initialize_variables=False):
+            built["layer"] = keras.layers.Dense(3)
+            built["layer"].build((None, 4))
+        built["listed"] = len(global_state.get_global_attribute("uninitialized_variables", []))
+
+    before = global_state.get_global_attribute("uninitialized_variables")
+    thread = threading.Thread(target=build)
+    thread.start()
+    thread.join()
+    what = f"{INTERNAL_ATTRIBUTES['per-thread global state']} relies on it: update it before moving the pin"
+    assert built["listed"] == 2, (
+        f"uninitialized weights no longer listed in keras {keras.__version__}; {what}"
+    )
+    assert global_state.get_global_attribute("uninitialized_variables") == before, (
+        f"Keras' global state is no longer per thread in keras {keras.__version__}; {what}"
+    )
+    assert [tuple(w.shape) for w in built["layer"].trainable_weights] == [(4, 3), (3,)]
 
 
 def test_every_listed_member_is_checked_here():

@@ -7,6 +7,7 @@ import pytest
 from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.models.ultimus import (
     build_model,
+    count_trainable,
     parse_conv_widths,
     parse_downsample,
     stem_plan,
@@ -148,6 +149,27 @@ def test_bad_arguments_raise_a_clear_value_error(kwargs, match):
         build_model(**kwargs)
     with pytest.raises(ValueError, match=match):
         trainable_params(**kwargs)
+
+
+def test_the_faithful_and_quick_models_count_192778_and_233914_trainable_parameters():
+    from keras_ultimus.config import QUICK, model_kwargs
+
+    assert trainable_params() == 192_778
+    assert trainable_params(**model_kwargs(QUICK)) == 233_914
+    assert (
+        trainable_params(sync_bn=True) == 192_778
+    )  # built without it: only TensorFlow synchronizes
+
+
+def test_counting_parameters_leaves_the_next_seeded_build_as_it_was():
+    count_trainable.cache_clear()  # so that the count builds a model
+    keras.utils.set_random_seed(0)
+    want = build_model(conv_widths=(4, 8), num_blocks=1).get_weights()
+    keras.utils.set_random_seed(0)
+    assert trainable_params(conv_widths=(8, 4), num_blocks=2) > 0
+    got = build_model(conv_widths=(4, 8), num_blocks=1).get_weights()
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_trainable_params_takes_exactly_build_models_arguments():

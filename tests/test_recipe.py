@@ -1,6 +1,4 @@
-"""The shared training recipe: loss scaling keeps the one-cycle position, TrimLog, run.json bookkeeping."""
-
-import json
+"""The shared training recipe: loss scaling keeps the one-cycle position, TrimLog, the data fingerprint."""
 
 import keras
 import numpy as np
@@ -125,15 +123,6 @@ def test_trim_log_leaves_a_fresh_run_alone(tmp_path):
     )
     callbacks.TrimLog(csv, best).on_epoch_begin(0)
     assert csv.read_text() == ""
-
-
-def test_run_clock_writes_every_segment_at_each_epoch_end(tmp_path):
-    info = {"segments_seconds": [12.5]}  # a killed segment's time, written at its last epoch end
-    clock = callbacks.RunClock(info, tmp_path / "run.json", start=0.0)
-    clock.on_epoch_end(0)
-    written = json.loads((tmp_path / "run.json").read_text())
-    assert len(written["segments_seconds"]) == 2 and written["segments_seconds"][1] > 0
-    assert written["wall_seconds"] == pytest.approx(sum(written["segments_seconds"]), abs=0.1)
 
 
 def test_fingerprint_tells_data_apart():

@@ -1,4 +1,4 @@
-"""The notebook API: `keras_ultimus.fit` trains from arrays or a path, returns model and History, writes if asked."""
+"""The notebook API: `keras_ultimus.fit` trains from arrays or a path, returns a result (model and History first)."""
 
 import json
 
@@ -31,6 +31,14 @@ def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fit_returns_a_frozen_result_with_the_final_figures_and_no_folder():
+    result = keras_ultimus.fit(arrays(), epochs=1, batch_size=16, conv_widths=[4, 8], verbose=0)
+    assert result.folder is None and result.info["final"] is result.final
+    assert result.final == {"epoch": 0, **{k: v[-1] for k, v in result.history.history.items()}}
+    with pytest.raises(AttributeError):
+        result.model = None
+
+
 def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
     from keras_ultimus.models.whitening import whitening_kernel
 
@@ -60,14 +68,14 @@ def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_pro
     plan = distribute.Plan(
         mode="data-parallel", replicas=2, processes=2, process_id=1
     )  # trains on every other image
-    model, _, _ = recipe.fit_run(config, data, plan=plan, verbose=0)
+    model = recipe.fit_run(config, data, plan=plan, verbose=0).model
     kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel)
     np.testing.assert_array_equal(kernel, whitening_kernel(data[0][0]))
 
 
 def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_tarball):
     out = tmp_path / "run"
-    model, history = keras_ultimus.fit(
+    result = keras_ultimus.fit(
         str(fake_cifar_tarball),
         out=out,
         epochs=1,
@@ -76,7 +84,10 @@ def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_ta
         label_smoothing=0.1,
         verbose=0,
     )
+    model, history = result
     info = json.loads((out / "run.json").read_text())
+    assert (result.model, result.history, result.folder) == (model, history, out)
+    assert result.info == info and result.final == info["final"]
     assert info["config"]["conv_widths"] == [4, 8] and info["config"]["label_smoothing"] == 0.1
     assert (
         info["config"]["data"] == str(fake_cifar_tarball) and info["command"] == "keras_ultimus.fit"

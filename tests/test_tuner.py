@@ -17,6 +17,7 @@ import pytest
 
 from keras_ultimus import predict
 from keras_ultimus.datasets.cifar10 import load_local
+from keras_ultimus.errors import UserError
 from keras_ultimus.models.layers import UltimusLayer
 from keras_ultimus.models.ultimus import build_model, trainable_params
 from keras_ultimus.training.run_config import default_config
@@ -26,6 +27,7 @@ from keras_ultimus.tuner.hypermodel import (
     BUDGET_KEYS,
     UltimusHyperModel,
     budget_reason,
+    declare_axis,
     declare_space,
     searched_values,
     trial_config,
@@ -109,6 +111,33 @@ def test_space_covers_depth_key_dim_scale_residual_lr_and_the_stem():
         **REFERENCE,
     }  # the reference run config, exactly
     assert "conv4_width" not in hp.values and not hp.is_active(space["conv4_width"])
+
+
+def test_the_wide_space_defaults_to_the_reference_run_config():
+    hp = kt.HyperParameters()
+    declare_space(hp, "wide")
+    space = {p.name: p for p in hp.space}
+    assert list(space["stem"].values) == ["plain", "resnet"] and space["whiten"].default is False
+    assert trial_config(hp.values) == {**default_config(), **REFERENCE}
+
+
+def test_a_search_axis_outside_its_settings_range_or_type_is_refused():
+    with pytest.raises(UserError, match="label_smoothing=1.5: must be in"):
+        declare_axis(kt.HyperParameters(), "label_smoothing", [0.0, 1.5])
+    with pytest.raises(UserError, match="'key_dim': expected int"):
+        declare_axis(kt.HyperParameters(), "key_dim", [4, 8.5])
+
+
+def test_search_flags_are_generated_from_the_typed_search_options():
+    import dataclasses
+
+    args = vars(options.parse_args([]))
+    assert {k: args[k] for k in options.SEARCH_FIELDS} == dataclasses.asdict(
+        options.SearchOptions()
+    )
+    assert options.search_options(options.parse_args(["--epochs", "9"])).epochs == 9
+    with pytest.raises(UserError, match="val_fraction=1.0: must be below 1"):
+        options.SearchOptions(val_fraction=1.0)
 
 
 def test_build_uses_the_trial_values():

@@ -1,6 +1,5 @@
-"""A training run's callbacks: per-epoch stats, log trimming, atomic backups, run.json's clock, EMA, TensorBoard."""
+"""A training run's callbacks: per-epoch stats, the ordered log, log trimming, atomic backups, EMA, TensorBoard."""
 
-import json
 import os
 import re
 import shutil
@@ -13,7 +12,7 @@ import pandas as pd
 
 from keras_ultimus.config import RecipeOptions
 from keras_ultimus.errors import UserError
-from keras_ultimus.runs.folder import fsync_tree, write_atomic
+from keras_ultimus.runs.folder import fsync_tree
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -46,6 +45,12 @@ class OrderedCSVLogger(keras.callbacks.CSVLogger):
         "epoch_seconds",
     )
 
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__(filename, separator, append)
+        self.last_row: dict | None = (
+            None  # the last row written, as the log reads back: every figure a float
+        )
+
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs:
             path = Path(self.filename)
@@ -57,6 +62,13 @@ class OrderedCSVLogger(keras.callbacks.CSVLogger):
                 else sorted(logs, key=lambda k: (known.get(k, 99), k))
             )
         super().on_epoch_end(epoch, logs)
+        logs = logs or {}
+        self.last_row = {
+            "epoch": float(epoch),
+            **{
+                k: float(logs[k]) if k in logs else float("nan") for k in self.keys
+            },  # "NA" reads as NaN
+        }
 
 
 class TrimLog(keras.callbacks.Callback):
@@ -188,24 +200,6 @@ class HeldOutScore(keras.callbacks.Callback):
         scores = self.model.evaluate(self.data, verbose=0, return_dict=True, callbacks=swap)
         if logs is not None:
             logs["heldout_loss"], logs["heldout_accuracy"] = scores["loss"], scores["accuracy"]
-
-
-class RunClock(keras.callbacks.Callback):
-    """Write the run's wall time into run.json at every epoch end, so a killed segment still counts."""
-
-    def __init__(self, run_info: dict, path: Path, start: float):
-        super().__init__()
-        self.run_info, self.path, self.start = run_info, path, start
-        run_info.setdefault("segments_seconds", []).append(0.0)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.update()
-
-    def update(self) -> None:
-        """Record the time since this segment started and rewrite run.json."""
-        self.run_info["segments_seconds"][-1] = round(time.perf_counter() - self.start, 1)
-        self.run_info["wall_seconds"] = round(sum(self.run_info["segments_seconds"]), 1)
-        write_atomic(self.path, json.dumps(self.run_info, indent=2))
 
 
 def recipe_callbacks(options: RecipeOptions) -> list[keras.callbacks.Callback]:

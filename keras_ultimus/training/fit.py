@@ -3,12 +3,12 @@
 import os
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from keras_ultimus.config import check_config, check_settings, default_config
 from keras_ultimus.errors import UserError
 from keras_ultimus.runs.folder import FolderLock, check_folder_path, check_new_folder
+from keras_ultimus.training.result import FitResult
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -18,8 +18,11 @@ def fit(
     out: str | os.PathLike | None = None,
     verbose: str | int = "auto",
     **settings,
-) -> tuple[keras.Model, keras.callbacks.History]:
-    """Train the Ultimus model as `python -m keras_ultimus.train` does; return the model and its `History`.
+) -> FitResult:
+    """Train the Ultimus model as `python -m keras_ultimus.train` does; return the model, its `History` and more.
+
+    The `FitResult` unpacks as `model, history`; it also holds the last epoch's figures (`final`), the run folder
+    (`folder`) and the run record (`info`, run.json's contents when there is a folder).
 
     Args:
         data: the local CIFAR-10 copy (`cifar-10-binary.tar.gz` or
@@ -41,6 +44,9 @@ def fit(
 
     model, history = keras_ultimus.fit(epochs=2, limit_train=2000)
     history.history["val_accuracy"]
+
+    result = keras_ultimus.fit(epochs=2, limit_train=2000, out="runs/notebook")
+    result.final["val_accuracy"], result.folder
     ```
     """
     from keras_ultimus.training.recipe import check_model, fit_run
@@ -71,12 +77,12 @@ def fit(
 
         arrays = load_cifar10(config["data"])
     if out is None:
-        return fit_run(config, arrays, command="keras_ultimus.fit", verbose=verbose)[:2]
+        return fit_run(config, arrays, command="keras_ultimus.fit", verbose=verbose)
     out = Path(out)
     check_folder_path(out)
     with FolderLock(out):
         check_new_folder(out)
-        return fit_run(config, arrays, out, command="keras_ultimus.fit", verbose=verbose)[:2]
+        return fit_run(config, arrays, out, command="keras_ultimus.fit", verbose=verbose)
 
 
 def check_arrays(data: tuple) -> Arrays:

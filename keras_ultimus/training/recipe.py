@@ -1,17 +1,14 @@
 """A training run: build and compile the model of a run config, fit it, and keep its run folder if it has one."""
 
 import hashlib
-import json
 import os
 import platform
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 
 import keras_ultimus
 from keras_ultimus.config import RecipeOptions, model_kwargs
@@ -19,23 +16,16 @@ from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.cifar10 import split_validation
 from keras_ultimus.datasets.pipelines import eval_data, resolve
 from keras_ultimus.errors import UserError
-from keras_ultimus.models.saving import save_for_inference
 from keras_ultimus.models.ultimus import build_model
 from keras_ultimus.models.whitening import set_whitening
 from keras_ultimus.provenance import git_state
-from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME, write_atomic
-from keras_ultimus.training import checkpoints, distribute
-from keras_ultimus.training.callbacks import (
-    HeldOutScore,
-    OrderedCSVLogger,
-    RunClock,
-    TrimLog,
-    WholeBackup,
-    tensorboard,
-)
+from keras_ultimus.training import distribute
+from keras_ultimus.training.callbacks import HeldOutScore
 from keras_ultimus.training.compiling import compile_model
 from keras_ultimus.training.evaluation import accuracies
 from keras_ultimus.training.fitting import fit_arrays
+from keras_ultimus.training.result import FitResult
+from keras_ultimus.training.run_folder import RunFolder
 
 
 def check_model(config: dict) -> dict:
@@ -43,7 +33,7 @@ def check_model(config: dict) -> dict:
 
     Bad values raise a one-line UserError.
     """
-    from keras_ultimus.models.ultimus import parse_conv_widths, parse_downsample, trainable_params
+    from keras_ultimus.models.ultimus import check_model_args, parse_conv_widths, parse_downsample
 
     config = dict(config)
     try:
@@ -51,7 +41,7 @@ def check_model(config: dict) -> dict:
             config["conv_widths"] = parse_conv_widths(config["conv_widths"])
         if isinstance(config.get("downsample"), str):
             config["downsample"] = parse_downsample(config["downsample"])
-        trainable_params(**model_kwargs(config))
+        check_model_args(**model_kwargs(config))
     except (ValueError, TypeError) as e:
         raise UserError(f"model settings: {e}") from None
     return config
@@ -129,7 +119,7 @@ def train(
     extra: dict | None = None,
 ) -> dict:
     """Fit the model described by `config` on `data` into run folder `out`; return run.json."""
-    return fit_run(config, data, out, resume, command, plan, extra)[2]
+    return fit_run(config, data, out, resume, command, plan, extra).info
 
 
 def fit_run(
@@ -141,25 +131,22 @@ def fit_run(
     plan: "distribute.Plan | None" = None,
     extra: dict | None = None,
     verbose: str | int = "auto",
-) -> tuple[keras.Model, keras.callbacks.History, dict]:
-    """Fit the model described by `config` on `data`; return the model, its History and the run record.
+) -> FitResult:
+    """Fit the model described by `config` on `data`; return the model, its History, final figures and record.
 
-    With a run folder `out`, the run is resumable and leaves its files there
-    (log.csv, run.json, checkpoints, model.keras); everything that can fail on
-    bad input (data, model settings, the folder) is checked before the first
-    file is written. Under a multi-process `plan` only the chief writes `out`;
-    `extra` goes into a new run's run.json. Without `out`, nothing is written.
+    With a run folder `out` (a `RunFolder`), the run is resumable and leaves its files there
+    (log.csv, run.json, checkpoints, model.keras); everything that can fail on bad input (data,
+    model settings, the folder) is checked before the first file is written. Under a multi-process
+    `plan` only the chief writes `out`; `extra` goes into a new run's run.json. Without `out`,
+    nothing is written.
     """
-    start = time.perf_counter()
     plan = plan or distribute.Plan()
-    if out is not None:
-        out = plan.output_dir(
-            out
-        )  # a scratch copy on non-chief processes: they save what the chief saves
-    run_info = json.loads((out / INFO_NAME).read_text()) if resume else {}
+    # Non-chief processes write a scratch copy: they save what the chief saves.
+    folder = RunFolder(plan.output_dir(out), resume) if out is not None else None
+    run_info = folder.info if folder is not None else {}
     digest = fingerprint(data)
     if resume and run_info.get("data_fingerprint", digest) != digest:
-        raise UserError(f"data={config['data']}: not the data run {out} trained on")
+        raise UserError(f"data={config['data']}: not the data run {folder.path} trained on")
     precision, jit = config.get("precision", "float32"), config.get("jit", "auto")
     try:
         options = RecipeOptions.from_config(config)
@@ -215,11 +202,8 @@ def fit_run(
         if heldout is not None
         else []
     )
-    folder_callbacks = (
-        run_folder_callbacks(model, out, run_info, start, resume, bool(scoring))
-        if out is not None
-        else []
-    )
+    if folder is not None:
+        folder.open(run_info, model)
     with plan.scope():
         history = fit_arrays(
             model,
@@ -232,66 +216,23 @@ def fit_run(
             epochs=config["epochs"],
             options=options,
             validation=(x_test, y_test),
-            callbacks=[*scoring, *folder_callbacks],
+            callbacks=[*scoring, *(folder.callbacks(bool(scoring)) if folder is not None else [])],
             verbose=verbose,
         )
-        if out is not None:
-            with checkpoints.portable_batchnorm(model):
-                save_for_inference(model, out / MODEL_NAME)
-    run_info["finished"] = datetime.now().isoformat(timespec="seconds")
-    run_info["final"] = (
-        pd.read_csv(out / CSV_NAME).iloc[-1].to_dict()
-        if out is not None
+        if folder is not None:
+            folder.save_model(model)
+    finished = datetime.now().isoformat(timespec="seconds")
+    final = (
+        folder.final()
+        if folder is not None
         else {"epoch": history.epoch[-1], **{k: v[-1] for k, v in history.history.items()}}
     )
     if options.tta == "flip":  # val_accuracy stays the plain figure; the TTA one has its own key
         tta = accuracies(model, x_test, y_test, batch)["test_accuracy_flip_tta"]
-        run_info["final"]["test_accuracy_flip_tta"] = tta
-        print(
-            f"Test accuracy: {run_info['final']['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA"
-        )
-    if out is not None:
-        next(
-            c for c in folder_callbacks if isinstance(c, RunClock)
-        ).update()  # final figures, wall time
-    return model, history, run_info
-
-
-def run_folder_callbacks(
-    model: keras.Model, out: Path, run_info: dict, start: float, resume: bool, heldout: bool = False
-) -> list[keras.callbacks.Callback]:
-    """Create or reopen run folder `out` and return the callbacks that keep it (RunClock: run.json).
-
-    With a `heldout` score in the logs, best.keras keeps the epoch that scored best on it; without,
-    no best.keras is written (choosing by the per-epoch test figures would select on the test set).
-
-    On each epoch's end the CSV row is written before the backup, and on resume
-    TrimLog drops rows the restored state hasn't seen, so every epoch is logged once.
-    """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"out={out}: cannot create the run folder ({e.strerror})") from None
-    clock = RunClock(run_info, out / INFO_NAME, start)
-    clock.update()  # first: a folder with a run.json is one that --resume can take up
-    if not resume:
-        lines = []
-        model.summary(print_fn=lambda line, **_: lines.append(line + "\n"))
-        write_atomic(out / "summary.txt", "".join(lines))
-        model.summary()
-    csv_path = out / CSV_NAME
-    best = (
-        checkpoints.PortableCheckpoint(
-            out / "best.keras", monitor="heldout_accuracy", mode="max", save_best_only=True
-        )
-        if heldout
-        else None
-    )
-    return [
-        *tensorboard(out / "tensorboard"),
-        OrderedCSVLogger(csv_path, append=True),
-        *([best] if best else []),
-        WholeBackup(out / "backup"),
-        TrimLog(csv_path, best),
-        clock,
-    ]
+        final["test_accuracy_flip_tta"] = tta
+        print(f"Test accuracy: {final['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA")
+    if folder is not None:
+        folder.finish(finished, final)  # run.json: the final figures and the wall time
+    else:
+        run_info.update(finished=finished, final=final)
+    return FitResult(model, history, final, folder.path if folder is not None else None, run_info)

@@ -10,10 +10,18 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from keras_ultimus.config import RecipeOptions, check_settings, default_config, model_kwargs
-from keras_ultimus.constants import DOWNSAMPLE, POOLING, SCALES, STEMS
+from keras_ultimus.config import (
+    FIELDS,
+    RecipeOptions,
+    check_config,
+    check_settings,
+    default_config,
+    model_kwargs,
+)
+from keras_ultimus.constants import DOWNSAMPLE
 from keras_ultimus.datasets.batching import batches_per_epoch
 from keras_ultimus.datasets.pipelines import resolve
+from keras_ultimus.fields import check_range, check_value
 from keras_ultimus.models.saving import save_for_inference
 from keras_ultimus.models.ultimus import build_model, trainable_params
 from keras_ultimus.models.whitening import set_whitening
@@ -27,9 +35,27 @@ FIT_NAME = (
 )
 MAX_CONVS = 6
 WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256)
-REFERENCE_WIDTHS = (32, 256, 48)
-# The search spaces: "reference" searches the model and peak LR around the reference; "wide" adds the
-# residual stem, max pooling, the whitening conv and the recipe options (keras_ultimus.config.RecipeOptions).
+REFERENCE_WIDTHS = tuple(default_config()["conv_widths"])
+# The search spaces: what each searched run setting ranges over. Its type, default (the reference's) and allowed
+# range are its field's in keras_ultimus.config: an (low, high) pair is an Int, or a log-sampled Float; a list, the
+# values to choose from; None, all of a bool's or a choice field's values. "reference" searches the model and peak LR
+# around the reference, and the conv stem (`declare_space`); "wide" adds the residual stem, max pooling, the
+# whitening conv and the recipe options (keras_ultimus.config.RecipeOptions).
+REFERENCE_AXES = {
+    "num_blocks": (1, 8),
+    "key_dim": [4, 8, 16],
+    "scale": None,
+    "residual": None,
+    "max_lr": (3e-4, 1e-2),
+}
+WIDE_AXES = {
+    "stem": None,
+    "pooling": None,
+    "label_smoothing": [0.0, 0.1, 0.2],
+    "weight_decay": [0.0, 0.004, 0.04],
+    "ema": [0.0, 0.99],
+    "whiten": None,
+}
 # Run-config keys that size the search or say where it ran, not what it trained: `best.json` leaves them to
 # `train`'s defaults, so it trains in full on any machine (a search's resolved "tfdata" would fail without TF).
 BUDGET_KEYS = (
@@ -44,13 +70,28 @@ BUDGET_KEYS = (
 )
 
 
+def declare_axis(hp: kt.HyperParameters, name: str, axis: tuple | list | None) -> None:
+    """Declare the run setting `name` over `axis`, its default the setting's; values outside its range raise."""
+    f = FIELDS[name]
+    kind, choices = f.metadata["kind"], f.metadata["choices"]
+    for value in axis or ():
+        check_range(f, check_value(f, value, "search space"))
+    if kind == "bool":
+        hp.Boolean(name, default=f.default)
+    elif axis is None:
+        hp.Choice(name, list(choices), default=f.default)
+    elif isinstance(axis, list):
+        hp.Choice(name, axis, default=f.default)
+    elif kind == "int":
+        hp.Int(name, *axis, default=f.default)
+    else:
+        hp.Float(name, *axis, sampling="log", default=f.default)
+
+
 def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
     """Declare every searched axis of `space`; the defaults are the reference model and recipe."""
-    hp.Int("num_blocks", 1, 8, default=4)
-    hp.Choice("key_dim", [4, 8, 16], default=8)
-    hp.Choice("scale", list(SCALES), default="pre")
-    hp.Boolean("residual", default=False)
-    hp.Float("max_lr", 3e-4, 1e-2, sampling="log", default=3e-3)
+    for name, axis in REFERENCE_AXES.items():
+        declare_axis(hp, name, axis)
     hp.Int("num_convs", 2, MAX_CONVS, default=len(REFERENCE_WIDTHS))
     for i in range(1, MAX_CONVS + 1):
         # Conv i, and the gap before it, exist when num_convs >= i.
@@ -65,27 +106,17 @@ def declare_space(hp: kt.HyperParameters, space: str = "reference") -> None:
             if i > 1:
                 hp.Choice(f"down{i - 1}", list(DOWNSAMPLE), default="none")
     if space == "wide":
-        hp.Choice("stem", list(STEMS), default="plain")
-        hp.Choice("pooling", list(POOLING), default="avg")
-        hp.Choice("label_smoothing", [0.0, 0.1, 0.2], default=0.0)
-        hp.Choice("weight_decay", [0.0, 0.004, 0.04], default=0.0)
-        hp.Choice("ema", [0.0, 0.99], default=0.0)
-        hp.Boolean("whiten", default=False)
+        for name, axis in WIDE_AXES.items():
+            declare_axis(hp, name, axis)
 
 
 def searched_values(values: dict) -> dict:
     """The run-config keys a trial's hyperparameter values set (the leaderboard's columns)."""
     n = int(values["num_convs"])
-    config = {k: values[k] for k in ("num_blocks", "key_dim", "scale", "residual", "max_lr")}
+    config = {k: values[k] for k in REFERENCE_AXES}
     config["conv_widths"] = [int(values[f"conv{i}_width"]) for i in range(1, n + 1)]
     config["downsample"] = [values[f"down{i}"] for i in range(1, n)]
-    config.update(
-        {
-            k: values[k]
-            for k in ("stem", "pooling", "label_smoothing", "weight_decay", "ema", "whiten")
-            if k in values
-        }
-    )
+    config.update({k: values[k] for k in WIDE_AXES if k in values})
     if config.get("stem") == "resnet":
         config["downsample"] = None  # every residual stage pools
     return config
@@ -127,45 +158,19 @@ class UltimusHyperModel(kt.HyperModel):
     the same per-epoch CSV log, written into the trial's folder.
 
     Args:
-        batch_size: int. Training batch size. Defaults to `512`.
-        pct_start: float. One-cycle warm-up fraction. Defaults to `0.25`.
-        augment: bool. Crop/flip augmentation while training. Defaults to `True`.
-        seed: int. Seed for weight init, shuffling and augmentation. Defaults to `0`.
-        precision: str. Keras dtype policy of every trial. Defaults to `"float32"`.
-        jit: str. `"auto"`, `"on"` or `"off"`, as `train --jit`. Defaults to `"auto"`.
-        pipeline: str. `"auto"`, `"tfdata"`, `"numpy"` or `"device"`, as `train --pipeline`. Defaults to `"auto"`.
         plan: a `keras_ultimus.training.distribute.Plan` whose scope each trial builds,
             compiles and fits in. Defaults to `None` (one device).
         space: str. `"reference"` or `"wide"` (see `SPACES`). Defaults to `"reference"`.
+        **settings: the run settings every trial shares, by their run-config keys (`batch_size=`,
+            `seed=`, `precision=`, `jit=`, `pipeline=`, ...), checked as `--config` checks them;
+            the others are `train`'s defaults.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 512,
-        pct_start: float = 0.25,
-        augment: bool = True,
-        seed: int = 0,
-        precision: str = "float32",
-        jit: str = "auto",
-        pipeline: str = "auto",
-        plan=None,
-        space: str = "reference",
-        **kwargs,
-    ):
-        super().__init__(name="ultimus", **kwargs)
+    def __init__(self, plan=None, space: str = "reference", **settings):
+        super().__init__(name="ultimus")
         # The run-config keys every trial shares; `trial_config` adds each trial's own values.
-        self.settings = check_settings(
-            {
-                "batch_size": batch_size,
-                "pct_start": pct_start,
-                "augment": augment,
-                "seed": seed,
-                "precision": precision,
-                "jit": jit,
-                "pipeline": pipeline,
-            },
-            "UltimusHyperModel",
-        )
+        self.settings = check_settings(settings, "UltimusHyperModel", "UltimusHyperModel")
+        check_config(self.settings)
         self.plan = plan
         self.space = space
 

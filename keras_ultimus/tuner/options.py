@@ -1,22 +1,84 @@
-"""The search's command-line options, shared by `tune` and `launch`; they import no Keras."""
+"""The search's settings, typed once (`SearchOptions`), and its command-line options; they import no Keras.
 
+`tune` and `launch` share them. Each search setting's type, default, range and help is a field of
+`SearchOptions`, as each run setting's is in `keras_ultimus.config`; the flags are generated from both.
+"""
+
+import dataclasses
 from argparse import Namespace
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 from keras_ultimus.config import check_config
 from keras_ultimus.constants import SPACES
 from keras_ultimus.errors import ArgumentParser, UserError, in_flag_terms, prog
+from keras_ultimus.fields import check_range, setting
 from keras_ultimus.flags import add_flags
 from keras_ultimus.runs.folder import LOCK_NAME
 
 PROG = "python -m keras_ultimus.tuner.tune"
 ALGORITHMS = ("hyperband", "bayesian", "random")
 MAX_PARAMS = 250_000  # the trainable-parameter budget of a searched model
-# Flags that define a search; resuming with other values would mix two searches.
-# (--max-trials may change: a search can be resumed with a larger budget.)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The settings of a search that are not run settings: the algorithm, its budget, its data split, its space."""
+
+    algorithm: str = setting(
+        "hyperband",
+        "KerasTuner's search algorithm (bayesian needs scikit-learn)",
+        "str",
+        choices=ALGORITHMS,
+    )
+    max_trials: int | None = setting(
+        None,
+        "stop after this many trials (default: 10 for bayesian/random; for hyperband, its own schedule)",
+        "int",
+        minimum=1,
+    )
+    epochs: int = setting(
+        4, "epochs per trial (hyperband: the most for one model)", "int", minimum=1
+    )
+    max_params: int = setting(
+        MAX_PARAMS,
+        "trainable-parameter budget; larger configurations are listed, not trained (default: 250000)",
+        "int",
+        minimum=1,
+    )
+    limit_train: int | None = setting(
+        None,
+        "use only the first N training images (before the split; default: all 50,000)",
+        "int",
+        minimum=2,
+    )
+    val_fraction: float = setting(
+        0.1,
+        "share of the training images held out for the objective (default: 0.1, i.e. 45,000 / 5,000)",
+        "float",
+        above=0,
+        below=1,
+    )
+    seed: int = setting(0, "seeds the split, the oracle and the training", "int")
+    space: str = setting(
+        "reference",
+        "reference: the model and peak LR around the reference; wide: also the residual stem, max pooling, "
+        "whitening, label smoothing, weight decay, EMA",
+        "str",
+        choices=SPACES,
+    )
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check_range(f, getattr(self, f.name))
+
+
+SEARCH_FIELDS = {f.name: f for f in dataclasses.fields(SearchOptions)}
 # The run settings a search takes from the run config (`keras_ultimus.config`): flags, types and ranges.
 RUN_SETTINGS = ("limit_test", "batch_size", "precision", "jit", "pipeline", "distribute", "devices")
+# Flags that define a search; resuming with other values would mix two searches.
+# (--max-trials may change: a search can be resumed with a larger budget.)
 SETTINGS = (
     "algorithm",
     "epochs",
@@ -46,50 +108,10 @@ def parser() -> ArgumentParser:
     p.add_argument(
         "--fresh", action="store_true", help="delete the search folder's trials and start over"
     )
-    p.add_argument(
-        "--algorithm",
-        choices=ALGORITHMS,
-        default="hyperband",
-        help="KerasTuner's search algorithm (bayesian needs scikit-learn)",
-    )
-    p.add_argument(
-        "--max-trials",
-        type=int,
-        help="stop after this many trials (default: 10 for "
-        "bayesian/random; for hyperband, its own schedule)",
-    )
-    p.add_argument(
-        "--epochs", type=int, default=4, help="epochs per trial (hyperband: the most for one model)"
-    )
-    p.add_argument(
-        "--max-params",
-        type=int,
-        default=MAX_PARAMS,
-        help="trainable-parameter budget; larger configurations are listed, not trained (default: 250000)",
-    )
-    p.add_argument(
-        "--limit-train",
-        type=int,
-        help="use only the first N training images (before the split; default: all 50,000)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training images held out "
-        "for the objective (default: 0.1, i.e. 45,000 / 5,000)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seeds the split, the oracle and the training"
-    )
+    search = [name for name in SEARCH_FIELDS if name != "space"]
+    add_flags(p, search, fields=SEARCH_FIELDS)
     add_flags(p, RUN_SETTINGS[:2])
-    p.add_argument(
-        "--space",
-        choices=SPACES,
-        default="reference",
-        help="reference: the model and peak LR around "
-        "the reference; wide: also the residual stem, max pooling, whitening, label smoothing, weight decay, EMA",
-    )
+    add_flags(p, ["space"], fields=SEARCH_FIELDS)
     g = p.add_argument_group("how each trial trains (train's own flags)")
     add_flags(g, RUN_SETTINGS[2:])
     p.add_argument("-v", "--verbose", action="store_true", help="keep TensorFlow's C++ log lines")
@@ -102,19 +124,17 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     args = p.parse_args(argv)
     try:
         check_config({name: getattr(args, name) for name in RUN_SETTINGS})
+        search_options(args)
     except UserError as e:
         p.error(in_flag_terms(str(e)))
-    for flag in ("epochs", "max_trials", "max_params"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.limit_train is not None and args.limit_train < 2:
-        p.error(f"--limit-train must be at least 2, got {args.limit_train}")
-    if not 0 < args.val_fraction < 1:
-        p.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     if args.algorithm == "bayesian" and find_spec("sklearn") is None:
         p.error("--algorithm bayesian needs scikit-learn: pip install scikit-learn")
     return args
+
+
+def search_options(args: Namespace) -> SearchOptions:
+    """The search settings among parsed flags, checked against their ranges (a UserError names the first bad one)."""
+    return SearchOptions(**{name: getattr(args, name) for name in SEARCH_FIELDS})
 
 
 def settings(args: Namespace) -> dict:

@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh and mode != "worker":
             clear_folder(out)
         hypermodel = UltimusHyperModel(
-            args.batch_size,
+            plan,
+            args.space,
+            batch_size=args.batch_size,
             seed=args.seed,
             precision=args.precision,
             jit=args.jit,
             pipeline=pipeline,
-            plan=plan,
-            space=args.space,
         )
         tuner = search.make_tuner(
             args.algorithm,
