@@ -40,8 +40,19 @@ def make_venv(folder: Path, extra: str) -> Path:
         "--quiet",
         "--disable-pip-version-check",
     ]
+    # torch: the README's CPU-only step first (requirements.txt's pin); the machine's pip settings find it.
+    if extra == "torch":
+        subprocess.run([*pip, pinned("torch")], check=True, cwd=folder)
     subprocess.run([*pip, f"{ROOT}[{extra}]"], check=True, cwd=folder)
     return bin_dir
+
+
+def pinned(package: str) -> str:
+    """requirements.txt's pin of `package` (`torch==2.13.0`), the version the README's CPU-only command installs."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.startswith(f"{package}=="):
+            return line.strip()
+    raise LookupError(f"requirements.txt pins no {package}")
 
 
 @pytest.mark.parametrize("extra", ["torch", "jax", "tensorflow"])
