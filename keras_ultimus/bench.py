@@ -268,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Command: `{command}`  \nMachine: {info['machine']['processor']}, {os.cpu_count()} CPUs; "
         f"load average {load_start[0]:.1f} at start, {info['load_average_end'][0]:.1f} at end; "
-        f"commit {info['commit']}  \nVersions: "
-        + "; ".join(
+        f"commit {info['commit']}"
+    )
+    if results:  # --rounds-only: the rounds' section gives each worker's versions
+        header += "  \nVersions: " + "; ".join(
             f"{b}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
             for b, r in results.items()
         )
-    )
     text = (markdown(table, serving, header) if results or serving else header + "\n") + (
         rounds_markdown(rounds) if rounds else ""
     )

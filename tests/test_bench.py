@@ -276,3 +276,25 @@ def test_tiny_bench_run_writes_csv_markdown_and_chart_and_times_two_mirrored_rep
         "processes": 1,
     }
     assert results["tensorflow-mirrored2"]["peak_gflops"]["float32"] > 0
+
+
+def test_rounds_only_report_gives_each_workers_versions_and_no_empty_header(tmp_path, monkeypatch):
+    from keras_ultimus.benchmark.rounds import ratios
+
+    def fake_interleaved(args, backends):
+        result = {
+            "rounds": [{"plain-torch-eager": 100.0, "keras-torch-eager": 120.0}] * 2,
+            "warmup_s": {"plain-torch-eager": 1.0, "keras-torch-eager (jit_compile=False)": 2.0},
+            "versions": {"plain-torch": {"torch": "9.9"}, "keras-torch": {"keras": "3.99"}},
+        }
+        compiled = ratios(result, "plain-torch-compiled")
+        return {**result, "table": ratios(result, "plain-torch-eager"), "compiled_ratio": compiled}
+
+    monkeypatch.setattr(bench, "interleaved", fake_interleaved)
+    out = tmp_path / "bench"
+    argv = ["--rounds-only", "--rounds", "2", "--backends", "tensorflow", "--out", str(out)]
+    assert bench.main(argv) == 0
+    text = (out / "bench.md").read_text()
+    assert "Versions: plain-torch: torch 9.9; keras-torch: keras 3.99" in text
+    assert [line for line in text.splitlines() if line.strip() == "Versions:"] == []
+    assert "| keras-torch-eager | 120 | 1.20 (1.20–1.20) | – |" in text
