@@ -37,6 +37,16 @@ def files(residual_model, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def onnx_file(residual_model, tmp_path_factory):
+    """The model exported to ONNX once for the module (tf2onnx takes seconds); skips without the ONNX extra."""
+    pytest.importorskip("onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)")
+    pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
+    return serving_export.export_onnx(
+        residual_model, tmp_path_factory.mktemp("onnx") / "ultimus.onnx"
+    )
+
+
 @pytest.fixture
 def inputs(tmp_path):
     """A PNG, a JPEG, a text file posing as an image and a .npy batch."""
@@ -131,13 +141,9 @@ def test_batches_fill_each_batch_across_inputs_in_order(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["keras", "run-folder", "version-folder", "base-folder", "onnx"])
-def test_every_model_kind_matches_keras(residual_model, files, kind, tmp_path):
+def test_every_model_kind_matches_keras(residual_model, files, kind, request):
     if kind == "onnx":
-        pytest.importorskip(
-            "onnxruntime", reason="ONNX needs onnxruntime (pip install onnxruntime)"
-        )
-        pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install tf2onnx)")
-        path = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
+        path = request.getfixturevalue("onnx_file")
     else:
         path = {"keras": files / "model.keras", "run-folder": files, "version-folder": files / "ultimus" / "1",
                 "base-folder": files / "ultimus"}[kind]  # fmt: skip
@@ -479,11 +485,13 @@ NO_TENSORFLOW = REPO / "tests" / "no_tensorflow"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_predict_where_tensorflow_is_unimportable(backend, residual_model, files, inputs, tmp_path):
+def test_predict_where_tensorflow_is_unimportable(
+    backend, residual_model, files, inputs, tmp_path, request
+):
     pytest.importorskip(backend)
     models = {"keras": files / "model.keras", "savedmodel": files / "ultimus"}
     if backend == "torch" and find_spec("tf2onnx") and find_spec("onnxruntime"):
-        models["onnx"] = serving_export.export_onnx(residual_model, tmp_path / "ultimus.onnx")
+        models["onnx"] = request.getfixturevalue("onnx_file")
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join([str(NO_TENSORFLOW), str(REPO)])}  # fmt: skip
     want = keras_probabilities(residual_model, smooth_images(3, seed=1))
