@@ -9,24 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.original import TRAIN_FLAGS
+from keras_ultimus.config import BEST_FAMILY
 
 STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "ablation", "search", "confirm")
 PIPELINE = "device"  # the uint8 training set on the GPU, each batch cropped and flipped there
 # The faithful model's candidate recipe (71.61% on seed 0, CPU).
 RECIPE = ["--batch-size", "256", "--max-lr", "0.002"]
 # The best variant so far (reports/whiten-bs256-cpu/) as a train --config, and the ablation's arms: one change each.
-BEST_VARIANT = {
-    "stem": "resnet",
-    "conv_widths": [32, 64, 64],
-    "num_blocks": 1,
-    "key_dim": 16,
-    "pooling": "max",
-    "whiten": True,
-    "max_lr": 0.004,
-    "batch_size": 256,
-    "label_smoothing": 0.1,
-    "tta": "flip",
-}
+BEST_VARIANT = {**BEST_FAMILY, "batch_size": 256}
 ARMS = {
     "base": {},
     "no-whiten": {"whiten": False},

@@ -24,6 +24,15 @@ def smooth_images(n: int, seed: int = 0) -> np.ndarray:
     return low.repeat(8, axis=1).repeat(8, axis=2)
 
 
+def random_arrays(n_train: int = 64, n_test: int = 32):
+    """Random uint8 images and labels as `((x_train, y_train), (x_test, y_test))`, seeded."""
+    rng = np.random.default_rng(0)
+    return (
+        (rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)),
+        (rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)),
+    )
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """NumPy reference softmax over the last axis."""
     e = np.exp(logits - logits.max(-1, keepdims=True))

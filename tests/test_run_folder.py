@@ -2,23 +2,15 @@
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from keras_ultimus.config import default_config
 from keras_ultimus.training import callbacks, recipe
 from keras_ultimus.training.run_folder import RunFolder
+from tests.helpers import random_arrays
 
 pytestmark = pytest.mark.multi_backend
-
-
-def arrays(n_train: int = 64, n_test: int = 32):
-    rng = np.random.default_rng(0)
-    return (
-        (rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)),
-        (rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)),
-    )
 
 
 CONFIG = {
@@ -78,7 +70,7 @@ def test_run_json_is_written_first_and_keeps_every_segments_time(tmp_path):
 def test_final_figures_are_the_last_log_row_also_when_history_holds_only_the_resumed_epochs(
     tmp_path, monkeypatch
 ):
-    out, data = tmp_path / "run", arrays()
+    out, data = tmp_path / "run", random_arrays()
     interrupt_at(monkeypatch, callbacks.EpochStats, "on_epoch_begin", epoch=2)
     with pytest.raises(KeyboardInterrupt):
         recipe.fit_run(CONFIG, data, out, verbose=0)
@@ -92,7 +84,7 @@ def test_final_figures_are_the_last_log_row_also_when_history_holds_only_the_res
 
 
 def test_a_resume_with_no_epoch_left_takes_the_final_figures_from_the_log(tmp_path, monkeypatch):
-    out, data = tmp_path / "run", arrays()
+    out, data = tmp_path / "run", random_arrays()
     # Stopped after the last epoch's backup, before fit's end removes it: a resume trains no epoch.
     interrupt_at(monkeypatch, callbacks.WholeBackup, "on_train_end")
     with pytest.raises(KeyboardInterrupt):

@@ -9,22 +9,15 @@ import pytest
 
 import keras_ultimus
 from keras_ultimus.errors import UserError
+from tests.helpers import random_arrays
 
 pytestmark = pytest.mark.multi_backend
-
-
-def arrays(n_train: int = 64, n_test: int = 32):
-    rng = np.random.default_rng(0)
-    return (
-        (rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)),
-        (rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)),
-    )
 
 
 def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model, history = keras_ultimus.fit(
-        arrays(), epochs=2, batch_size=16, conv_widths=[4, 8], verbose=0
+        random_arrays(), epochs=2, batch_size=16, conv_widths=[4, 8], verbose=0
     )
     assert isinstance(model, keras.Model) and model.get_layer("conv2").filters == 8
     assert history.epoch == [0, 1] and len(history.history["val_accuracy"]) == 2
@@ -32,7 +25,9 @@ def test_fit_on_arrays_returns_the_model_and_history_and_writes_nothing(tmp_path
 
 
 def test_fit_returns_a_frozen_result_with_the_final_figures_and_no_folder():
-    result = keras_ultimus.fit(arrays(), epochs=1, batch_size=16, conv_widths=[4, 8], verbose=0)
+    result = keras_ultimus.fit(
+        random_arrays(), epochs=1, batch_size=16, conv_widths=[4, 8], verbose=0
+    )
     assert result.folder is None and result.info["final"] is result.final
     assert result.final == {"epoch": 0, **{k: v[-1] for k, v in result.history.history.items()}}
     with pytest.raises(AttributeError):
@@ -42,7 +37,7 @@ def test_fit_returns_a_frozen_result_with_the_final_figures_and_no_folder():
 def test_whiten_sets_the_frozen_kernel_from_the_training_images_and_keeps_it():
     from keras_ultimus.models.whitening import whitening_kernel
 
-    data = arrays()
+    data = random_arrays()
     model, _ = keras_ultimus.fit(
         data, epochs=1, batch_size=16, conv_widths=[4, 8], whiten=True, verbose=0
     )
@@ -57,7 +52,7 @@ def test_whitening_uses_the_unsharded_training_images_on_every_data_parallel_pro
     from keras_ultimus.training import distribute, recipe
     from keras_ultimus.training.run_config import default_config
 
-    data = arrays()
+    data = random_arrays()
     config = {
         **default_config(),
         "epochs": 1,
@@ -113,5 +108,5 @@ def test_fit_with_out_writes_the_run_folder_train_writes(tmp_path, fake_cifar_ta
 )
 def test_bad_settings_and_data_are_one_line_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match) as error:
-        keras_ultimus.fit(**{"data": arrays(), "epochs": 1, **kwargs})
+        keras_ultimus.fit(**{"data": random_arrays(), "epochs": 1, **kwargs})
     assert "\n" not in str(error.value)
