@@ -498,9 +498,16 @@ def test_path_errors_come_before_any_setup_data_or_model(tmp_path):
         "try: runpy.run_module('keras_ultimus.train', run_name='__main__')\n"
         "except SystemExit as e: print(sorted(done)); raise"
     )
+    env = {
+        k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"
+    }  # the command's own quiet
     for argv, message in cases.items():
         result = subprocess.run(
-            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path
+            [sys.executable, "-c", probe, *argv],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
         )
         assert result.returncode == 2 and message in one_error_line(result.stderr)
         assert result.stdout.strip() == "[]", "nothing set up, read or built before the path check"
