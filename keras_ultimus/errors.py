@@ -36,7 +36,8 @@ class MissingFileError(UserError, FileNotFoundError):
 
 # Python argument names whose command-line flag is not `--` + the name with dashes.
 FLAG_NAMES = {"num_blocks": "blocks"}
-_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^' ]*)'|(True)\b|(?=\S))?")
+# `name=value`, never a version pin (`tensorflow==2.21.0`) or a comparison.
+_ARGUMENT = re.compile(r"(?<![=<>!~])\b([a-z][a-z0-9_]*)=(?![=])(?:'([^' ]*)'|(True)\b|(?=\S))?")
 
 
 def in_flag_terms(message: str, flag_names: dict[str, str] | None = None) -> str:

@@ -102,6 +102,11 @@ def test_a_user_error_is_a_value_error_and_file_errors_are_their_os_kinds():
             "runs/s: unreadable; start over with --fresh",
         ),
         ("data.tar: truncated (x == 3)", "data.tar: truncated (x == 3)"),
+        (  # a pip command the message prints stays as it is, pins and all
+            "export needs TensorFlow: pip install tensorflow==2.21.0",
+            "export needs TensorFlow: pip install tensorflow==2.21.0",
+        ),
+        ("needs jax>=0.4.30 and a!=b", "needs jax>=0.4.30 and a!=b"),
         (
             "preset='nope': unknown preset; valid presets: a, b",
             "--preset nope: unknown preset; valid presets: a, b",
