@@ -209,9 +209,9 @@ def final_summary(out: Path, info: dict) -> str:
         if "test_accuracy_flip_tta" in final
         else ""
     )
-    images = (
-        f" on the first {config['limit_test']:,} test images" if config.get("limit_test") else ""
-    )
+    limit = config.get("limit_test")
+    shown = min(limit, info.get("test_images", limit)) if limit else None  # the data may hold fewer
+    images = f" on the first {shown:,} test images" if shown else ""
     return (
         f"Run folder: {out}\n"
         f"After {int(final['epoch']) + 1} of {config['epochs']} epochs in {info.get('wall_seconds', 0):.0f} s: "

@@ -234,8 +234,10 @@ def test_the_readme_first_screen_works_in_a_clean_venv(extra, tmp_path):
             "nobackend",
             backend=None,
         )
+        # The commands above imported Keras, which wrote its default ('tensorflow') into KERAS_HOME's keras.json.
+        keras_json = tmp_path / "keras-home" / "keras.json"
         assert done.stderr.strip().splitlines()[0] == (
-            f"note: Keras backend 'tensorflow' (from Keras' default) is not installed; using '{extra}', which is "
+            f"note: Keras backend 'tensorflow' (from {keras_json}) is not installed; using '{extra}', which is "
             "(set KERAS_BACKEND to choose)"
         )
         assert json.loads((work / "nobackend" / "run.json").read_text())["backend"] == extra

@@ -852,3 +852,12 @@ def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
     (run,) = (tmp_path / "runs").iterdir()
     final = json.loads((run / "run.json").read_text())["final"]
     assert final["epoch"] == 1 and final["val_accuracy"] >= 0.60, final
+
+
+def test_final_summary_counts_the_test_images_there_were():
+    info = {
+        "final": {"epoch": 0.0, "accuracy": 0.1, "loss": 2.3, "val_accuracy": 0.125},
+        "config": {"epochs": 1, "limit_test": 2000},
+        "test_images": 40,
+    }
+    assert "test accuracy 12.50% on the first 40 test images;" in train.final_summary("r", info)

@@ -166,7 +166,9 @@ def fit_run(
         )
     whiten_from = x_train  # every process whitens with the same, unsharded images
     x_train, y_train = plan.shard(x_train, y_train)
-    x_test, y_test = plan.shard(x_test[: config["limit_test"]], y_test[: config["limit_test"]])
+    x_test, y_test = x_test[: config["limit_test"]], y_test[: config["limit_test"]]
+    test_images = len(x_test)
+    x_test, y_test = plan.shard(x_test, y_test)
     batch = plan.local_batch_size(config["batch_size"])  # the global batch stays --batch-size
     steps = (
         batches_per_epoch(len(x_train), batch) * config["epochs"]
@@ -185,6 +187,7 @@ def fit_run(
             "pipeline": pipeline,
             "distribute": plan.record(),
             "data_fingerprint": digest,
+            "test_images": test_images,
             "started": datetime.now().isoformat(timespec="seconds"),
             **(extra or {}),
         }
