@@ -53,13 +53,3 @@ def residual_model():
 
     keras.utils.set_random_seed(0)
     return build_model(residual=True)
-
-
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` on a small machine: one worker more than its cores.
-
-    Many slow tests spend their time waiting on child processes (kills, heartbeats, launchers), so a
-    third worker on 2 cores keeps the CPU busy; from 8 cores on, one worker per core as xdist would.
-    """
-    cores = os.cpu_count() or 1
-    return cores + 1 if cores < 8 else cores
