@@ -58,20 +58,17 @@ def test_a_killed_run_parked_in_another_folder_resumes_there_to_the_straight_log
     """The session hand-over on this backend: killed after a backup, parked, resumed elsewhere, same log."""
     out, parked, straight = tmp_path / "run", tmp_path / "pending" / "run", tmp_path / "straight"
     common = ["--data", str(fake_cifar_tarball), *TINY]
-    reference = subprocess.Popen(
-        [*TRAIN, *common, "--out", str(straight)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    child = subprocess.Popen(
-        [*TRAIN, *common, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+
+    def start(folder):
+        return subprocess.Popen(
+            [*TRAIN, *common, "--out", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+
+    reference, child = start(straight), start(out)
     while child.poll() is None and not list((out / "backup").glob("epoch-*")):
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
