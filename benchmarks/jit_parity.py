@@ -13,9 +13,9 @@ import time
 import keras
 import numpy as np
 
+from keras_ultimus.config import RecipeOptions
 from keras_ultimus.models.ultimus import build_model
 from keras_ultimus.training.compiling import compile_model
-from keras_ultimus.training.recipe_options import RecipeOptions
 
 prec, ema = sys.argv[1], float(sys.argv[2])
 keras.mixed_precision.set_dtype_policy(prec)

@@ -7,7 +7,8 @@ backend in fp32 and bf16, and the fraction of it reached
 (img/s × FLOPs per training image ÷ peak). The plain PyTorch reference
 (`benchmarks/plain_torch.py`) runs in the same bench run. Each figure is the
 median of `--repeats` timings. `--serve MODEL...` adds serving latency and
-throughput. Writes bench.csv, bench.md, bench.png and bench.json to `--out`.
+throughput. Writes bench.csv, bench.md, bench.png (rounds.png with the rounds)
+and bench.json to `--out`.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from keras_ultimus.benchmark.workers import (
     installed_backends,
     interleaved,
     plain_torch,
+    rounds_chart,
     rounds_markdown,
     rounds_worker,
     worker,
@@ -279,10 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         rounds_markdown(rounds) if rounds else ""
     )
     (out / "bench.md").write_text(text)
+    written = ["bench.csv", "bench.md"]
     if table and results:
         chart(table, out / "bench.png")
+        written.append("bench.png")
+    if rounds and any("ratio" in row for row in rounds["table"]):
+        rounds_chart(rounds, out / "rounds.png")
+        written.append("rounds.png")
     print(text)
-    print(f"wrote {out}/bench.csv, bench.md, bench.png, bench.json", file=sys.stderr)
+    print(f"wrote {out}/" + ", ".join([*written, "bench.json"]), file=sys.stderr)
     return 0
 
 

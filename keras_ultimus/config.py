@@ -171,7 +171,8 @@ class RunConfig:
     )
     jit: str = setting(
         "auto",
-        "XLA compilation of the train step (auto: Keras' default for the backend)",
+        "compilation of the train step (auto: Keras' default for the backend; torch.compile for torch runs of "
+        "500 steps or more)",
         "str",
         choices=JIT_MODES,
     )

@@ -298,3 +298,4 @@ def test_rounds_only_report_gives_each_workers_versions_and_no_empty_header(tmp_
     assert "Versions: plain-torch: torch 9.9; keras-torch: keras 3.99" in text
     assert [line for line in text.splitlines() if line.strip() == "Versions:"] == []
     assert "| keras-torch-eager | 120 | 1.20 (1.20–1.20) | – |" in text
+    assert (out / "rounds.png").read_bytes()[:4] == b"\x89PNG" and not (out / "bench.png").exists()

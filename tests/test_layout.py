@@ -291,3 +291,55 @@ def test_the_private_keras_and_kerastuner_members_used_are_the_ones_with_contrac
     assert not set(PRIVATE_MEMBERS) - theirs, (
         "listed in tests/test_contracts.py but no longer used: unlist them"
     )
+
+
+def unresolved_imports(folders: list[Path]) -> list[str]:
+    """`from keras_ultimus... import name` lines, in the .py files below `folders`, that name no module or
+    top-level name of the package (scripts outside the tests run only by hand, so a rename can leave them stale)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    broken = []
+    for path in (p for folder in folders for p in folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_ultimus")
+            ):
+                continue
+            namespace = (PACKAGE.parent / node.module.replace(".", "/")).is_dir()
+            if node.module not in modules and not namespace:
+                broken.append(f"{path.name}: {node.module}")
+                continue
+            defined = set()
+            source = modules[node.module].read_text() if node.module in modules else ""
+            for top in ast.parse(source).body:
+                if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    defined.add(top.name)
+                elif isinstance(top, (ast.Import, ast.ImportFrom)):
+                    defined |= {(a.asname or a.name).split(".")[0] for a in top.names}
+                elif isinstance(top, (ast.Assign, ast.AnnAssign)):
+                    targets = top.targets if isinstance(top, ast.Assign) else [top.target]
+                    defined |= {
+                        n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
+                    }
+            broken += [
+                f"{path.name}: {node.module}.{a.name}"
+                for a in node.names
+                if a.name not in defined and f"{node.module}.{a.name}" not in modules
+            ]
+    return broken
+
+
+def test_every_keras_ultimus_import_of_the_scripts_and_tests_resolves():
+    root = PACKAGE.parent
+    assert not unresolved_imports([root / "benchmarks", root / "tools", root / "tests"])
+
+
+def test_the_import_check_finds_a_stale_name(tmp_path):
+    (tmp_path / "script.py").write_text(
+        "from keras_ultimus.config import RecipeOptions\n"
+        "from keras_ultimus.training.recipe_options import RecipeOptions\n"
+        "from keras_ultimus.config import NoSuchName\n"
+    )
+    assert unresolved_imports([tmp_path]) == [
+        "script.py: keras_ultimus.training.recipe_options",
+        "script.py: keras_ultimus.config.NoSuchName",
+    ]

@@ -96,7 +96,7 @@ def rounds_markdown(rounds: dict) -> str:
         compiled = f"{other['ratio']:.2f}" if "ratio" in other else "–"
         lines.append(f"| {row['path']} | {row['img_s']:.0f} | {eager} | {compiled} |")
     lines.append(
-        "\nWarm-up (first step, compilation included), seconds: "
+        "\nWarm-up (first steps, compilation included), seconds: "
         + ", ".join(f"{k} {v:.1f}" for k, v in rounds["warmup_s"].items())
     )
     lines.append(
@@ -149,3 +149,36 @@ def plain_torch(args: argparse.Namespace, out: Path) -> dict | None:
             file=sys.stderr,
         )
     return None
+
+
+def rounds_chart(rounds: dict, path: Path) -> None:
+    """Each path's ratio to plain PyTorch eager: the median over rounds as a bar, the rounds' range as a whisker."""
+    from matplotlib.figure import Figure
+
+    from keras_ultimus.plotting import save_png
+
+    table = [row for row in rounds["table"] if "ratio" in row]
+    fig = Figure(figsize=(7, 0.45 * len(table) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    y = range(len(table))
+    medians = [row["ratio"] for row in table]
+    spread = [
+        [m - row["ratio_min"] for m, row in zip(medians, table)],
+        [row["ratio_max"] - m for m, row in zip(medians, table)],
+    ]
+    ax.barh(y, medians, xerr=spread, color="tab:blue", capsize=3)
+    for i, row in enumerate(table):
+        ax.annotate(
+            f" {row['ratio']:.2f}× ({row['img_s']:.0f} img/s)",
+            (row["ratio_max"], i),
+            va="center",
+            fontsize=7,
+        )
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_yticks(list(y), [row["path"] for row in table], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(row["ratio_max"] for row in table) * 1.35)
+    ax.set_xlabel(
+        f"× plain PyTorch eager (median of {len(rounds['rounds'])} interleaved rounds; whiskers: min–max)"
+    )
+    save_png(fig, path, dpi=120)

@@ -5,17 +5,18 @@ import sys
 import keras
 
 from keras_ultimus.config import RecipeOptions
+from keras_ultimus.training.graph_breaks import keep_train_step_whole
 from keras_ultimus.training.losses import SmoothedSparseCrossentropy
 from keras_ultimus.training.schedules import OneCycle
 
 # --jit flag value -> `jit_compile` of `Model.compile` ("auto": Keras' default for the backend, torch.compile on torch).
 JIT = {"auto": "auto", "on": True, "off": False}
-# Whether jit="auto" trains torch runs of TORCH_COMPILE_MIN_STEPS steps or more with torch.compile. Off, by
-# measurement (reports/speed-cpu/README.md, 2026-12-06): on the 2-core CPU Keras' compiled step was no faster
-# than its eager one with the torch fast paths of `models.conv2d` and `models.batch_normalization`, and
-# compiling took minutes; a GPU is unmeasured. `jit="on"` compiles, and trains as eager does
-# (benchmarks/jit_parity.py: float32, mixed_bfloat16 with EMA, mixed_float16).
-TORCH_COMPILE_ON_AUTO = False
+# Whether jit="auto" trains torch runs of TORCH_COMPILE_MIN_STEPS steps or more with torch.compile. On, by
+# measurement (reports/speed-cpu/README.md, 2026-12-07 whole-graph section): once `graph_breaks` keeps Keras'
+# train step one graph, the compiled step beats the eager one on the 2-core CPU (before, graph breaks at every
+# layer made it no faster). It trains as eager does (benchmarks/jit_parity.py: float32, mixed_bfloat16 with EMA,
+# mixed_float16). A GPU is unmeasured.
+TORCH_COMPILE_ON_AUTO = True
 # Below this many steps, compiling (35 s to minutes on the 2-core CPU) costs more than any speed-up repays.
 TORCH_COMPILE_MIN_STEPS = 500
 
@@ -104,6 +105,8 @@ def compile_model(
     jit_compile, eager_because = resolve_jit(jit, model, total_steps)
     if eager_because:
         print(f"jit='auto': torch.compile off: {eager_because}", file=sys.stderr)
+    if jit_compile is True and keras.backend.backend() == "torch":
+        keep_train_step_whole()
     model.compile(
         optimizer=optimizer,
         loss=loss,
