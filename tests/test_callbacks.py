@@ -108,3 +108,25 @@ def test_claiming_space_past_a_file_size_limit_fails_in_python_and_leaves_nothin
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(errno.EFBIG) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "batches, epochs, printed", [(20, 2, True), (5, 2, True), (2, 2, True), (2, 1, False)]
+)
+def test_compile_time_is_the_first_two_steps_less_two_steady_ones_and_is_printed_once(
+    batches, epochs, printed, monkeypatch, capsys
+):
+    from keras_ultimus.training import callbacks
+
+    clock = iter(
+        [0.0, 25.0, 50.0, *(50.0 + i for i in range(1, 40))]
+    )  # 2 slow steps, then 1 s per step
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    timer = callbacks.CompileTime(steady=10)
+    timer.on_train_begin()
+    for epoch in range(epochs):
+        for batch in range(batches):
+            timer.on_train_batch_end(batch)
+        timer.on_epoch_end(epoch)
+    line = "jit: compiling took about 48 s (the first 2 steps: 50.0 s); then 1.00 s per step"
+    assert capsys.readouterr().err.splitlines() == ([line] if printed else [])

@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,6 +26,42 @@ class EpochStats(keras.callbacks.Callback):
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
         logs["epoch_seconds"] = round(time.perf_counter() - self._start, 2)
+
+
+class CompileTime(keras.callbacks.Callback):
+    """Print once per fit how long a compiled train step took to compile, apart from the steady step time.
+
+    The first two steps compile (torch compiles again once the gradients exist); the next `steady` steps give the
+    step time, and the compile time is the first two steps' time less two steady steps.
+    """
+
+    def __init__(self, steady: int = 10):
+        super().__init__()
+        self.steady = steady
+
+    def on_train_begin(self, logs=None):
+        self._times = [time.perf_counter()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._times and len(self._times) < 3 + self.steady:
+            self._times.append(time.perf_counter())
+            if len(self._times) == 3 + self.steady:
+                self._report()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if len(self._times) >= 4:  # an epoch shorter than the steps wanted: report what it gave
+            self._report()
+
+    def _report(self):
+        times, self._times = self._times, []
+        step = (times[-1] - times[2]) / (len(times) - 3)
+        first = times[2] - times[0]
+        print(
+            f"jit: compiling took about {max(first - 2 * step, 0.0):.0f} s (the first 2 steps: {first:.1f} s); "
+            f"then {step:.2f} s per step",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class OrderedCSVLogger(keras.callbacks.CSVLogger):

@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_ultimus.config import RecipeOptions
 from keras_ultimus.datasets.pipelines import eval_data, train_data
-from keras_ultimus.training.callbacks import EpochStats, recipe_callbacks
+from keras_ultimus.training.callbacks import CompileTime, EpochStats, recipe_callbacks
 
 
 def fit_arrays(
@@ -30,11 +30,14 @@ def fit_arrays(
     """Fit `model` on uint8 arrays through a `pipeline` that shuffles and augments by (seed, epoch).
 
     The pipeline's epoch callback comes first, so each epoch's data is a function of (seed, epoch), also on resume;
-    with `options`, the recipe's callbacks (the EMA swap) and the epoch timer follow; then `callbacks`.
+    with `options`, the recipe's callbacks (the EMA swap), the epoch timer and, for a compiled step, the compile
+    time follow; then `callbacks`.
     """
     train_ds, data_epoch = train_data(x, y, batch_size, seed, augment, kind=pipeline)
     val_ds = eval_data(*validation, batch_size, kind=pipeline) if validation is not None else None
     recipe = [*recipe_callbacks(options), EpochStats()] if options is not None else []
+    if options is not None and model.jit_compile is True:
+        recipe.append(CompileTime())
     if (
         verbose == "auto"
     ):  # a progress bar on a terminal or in a notebook; in a log file, one plain line per epoch
