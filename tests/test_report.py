@@ -83,10 +83,13 @@ def run_with_model(tmp_path):
 
 
 def test_single_run_report_has_csv_numbers_charts_and_model_figures(
-    run_with_model, fake_cifar_tarball, tmp_path
+    run_with_model, fake_cifar_tarball, tmp_path, capsys
 ):
     out = tmp_path / "reports" / "tiny"
     assert main([str(run_with_model), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 0
+    assert (
+        "━" not in capsys.readouterr().out
+    )  # no progress bar where stdout is no terminal (a log file)
     md = (out / "report.md").read_text()
 
     for name in (*CHARTS, *MODEL_CHARTS):

@@ -1,5 +1,6 @@
 """Evaluate saved run models on the CIFAR-10 test split: predictions, attention maps, re-checks."""
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,12 @@ def attention_model(model: keras.Model) -> keras.Model:
 
 
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Predict class probabilities and mean attention maps on the test images, with a progress bar."""
+    """Predict class probabilities and mean attention maps on the test images (a progress bar on a terminal)."""
+    bar = (
+        sys.stdout.isatty() or "ipykernel" in sys.modules
+    )  # in a log file, the caller's one line says it all
     logits, *scores = attention_model(model).predict(
-        images.astype("float32"), batch_size=BATCH_SIZE, verbose=1
+        images.astype("float32"), batch_size=BATCH_SIZE, verbose=1 if bar else 0
     )
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
