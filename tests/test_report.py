@@ -87,9 +87,8 @@ def test_single_run_report_has_csv_numbers_charts_and_model_figures(
 ):
     out = tmp_path / "reports" / "tiny"
     assert main([str(run_with_model), "--out", str(out), "--data", str(fake_cifar_tarball)]) == 0
-    assert (
-        "━" not in capsys.readouterr().out
-    )  # no progress bar where stdout is no terminal (a log file)
+    # No progress bar where stdout is no terminal (a log file).
+    assert "━" not in capsys.readouterr().out
     md = (out / "report.md").read_text()
 
     for name in (*CHARTS, *MODEL_CHARTS):

@@ -72,9 +72,8 @@ def attention_model(model: keras.Model) -> keras.Model:
 
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Predict class probabilities and mean attention maps on the test images (a progress bar on a terminal)."""
-    bar = (
-        sys.stdout.isatty() or "ipykernel" in sys.modules
-    )  # in a log file, the caller's one line says it all
+    # In a log file, the caller's one line ("Evaluating ... on N test images") says it all.
+    bar = sys.stdout.isatty() or "ipykernel" in sys.modules
     logits, *scores = attention_model(model).predict(
         images.astype("float32"), batch_size=BATCH_SIZE, verbose=1 if bar else 0
     )
