@@ -8,10 +8,22 @@ import keras
 import numpy as np
 import pytest
 
-pytestmark = [
-    pytest.mark.multi_backend,
-    pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile is torch's"),
-]
+from keras_ultimus.training.graph_breaks import _import_module
+
+pytestmark = pytest.mark.multi_backend
+torch_only = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile is torch's"
+)
+
+
+def test_the_import_module_stand_in_returns_what_importlib_does(monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)  # not imported yet: the real import
+    for name, package in [("colorsys", None), ("json", None), (".fields", "keras_ultimus")]:
+        assert _import_module(name, package) is importlib.import_module(name, package)
+    assert "colorsys" in sys.modules
+
 
 # Traces a Normalization layer (the backend's module lookup; TensorFlow stays unimported, as the model tests
 # import it) with fullgraph=True, which raises at any graph break; before and after registering the stand-ins.
@@ -32,6 +44,7 @@ print(json.dumps({"before": before, "after": whole()}))
 """
 
 
+@torch_only
 def test_keras_layer_calls_break_the_trace_until_the_stand_ins_are_registered():
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     traced = json.loads(done.stdout.strip().splitlines()[-1])
@@ -40,6 +53,7 @@ def test_keras_layer_calls_break_the_trace_until_the_stand_ins_are_registered():
     np.testing.assert_allclose(traced["after"], [[0.0, -1 / 3]] * 3, rtol=1e-6)
 
 
+@torch_only
 @pytest.mark.parametrize(
     "family",
     [

@@ -165,10 +165,11 @@ def test_committed_models_hold_no_optimizer_state_and_are_deflated():
 
 def test_committed_report_models_are_not_copies_of_each_other():
     digests = {}
+    # A preset is a copy of its report's model; any other copy should link to the one committed.
     for name in COMMITTED_MODELS:
-        if not name.startswith("keras_ultimus/presets/"):  # a preset is a copy of its report's model
+        if not name.startswith("keras_ultimus/presets/"):
             digest = hashlib.md5((ROOT / name).read_bytes()).hexdigest()
-            assert digest not in digests, f"{name} is a copy of {digests[digest]}: link to it instead"
+            assert digest not in digests, f"{name} is a copy of {digests[digest]}"
             digests[digest] = name
 
 

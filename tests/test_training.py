@@ -1,6 +1,9 @@
 """The notebook API: `keras_ultimus.fit` trains from arrays or a path, returns a result (model and History first)."""
 
+import io
 import json
+import sys
+import types
 
 import keras
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 import keras_ultimus
 from keras_ultimus.errors import UserError
+from keras_ultimus.training.fitting import progress_bars
 from tests.helpers import random_arrays
 
 pytestmark = pytest.mark.multi_backend
@@ -110,3 +114,19 @@ def test_bad_settings_and_data_are_one_line_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match) as error:
         keras_ultimus.fit(**{"data": random_arrays(), "epochs": 1, **kwargs})
     assert "\n" not in str(error.value)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_on_a_terminal_or_in_a_notebook_but_not_in_a_log_file(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert not progress_bars()
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert progress_bars()
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert progress_bars()

@@ -1,6 +1,5 @@
 """Evaluate saved run models on the CIFAR-10 test split: predictions, attention maps, re-checks."""
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from keras_ultimus.report.runs import Run, read_info, read_log
 from keras_ultimus.runs.folder import CSV_NAME, INFO_NAME, MODEL_NAME
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.training import evaluation
+from keras_ultimus.training.fitting import progress_bars
 
 BATCH_SIZE = 250
 
@@ -73,9 +73,8 @@ def attention_model(model: keras.Model) -> keras.Model:
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Predict class probabilities and mean attention maps on the test images (a progress bar on a terminal)."""
     # In a log file, the caller's one line ("Evaluating ... on N test images") says it all.
-    bar = sys.stdout.isatty() or "ipykernel" in sys.modules
     logits, *scores = attention_model(model).predict(
-        images.astype("float32"), batch_size=BATCH_SIZE, verbose=1 if bar else 0
+        images.astype("float32"), batch_size=BATCH_SIZE, verbose=1 if progress_bars() else 0
     )
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -11,6 +11,11 @@ from keras_ultimus.datasets.pipelines import eval_data, train_data
 from keras_ultimus.training.callbacks import CompileTime, EpochStats, recipe_callbacks
 
 
+def progress_bars() -> bool:
+    """Whether Keras' progress bars read well here: on a terminal or in a notebook, not in a log file."""
+    return sys.stdout.isatty() or "ipykernel" in sys.modules
+
+
 def fit_arrays(
     model: keras.Model,
     x: np.ndarray,
@@ -38,10 +43,8 @@ def fit_arrays(
     recipe = [*recipe_callbacks(options), EpochStats()] if options is not None else []
     if options is not None and model.jit_compile is True:
         recipe.append(CompileTime())
-    if (
-        verbose == "auto"
-    ):  # a progress bar on a terminal or in a notebook; in a log file, one plain line per epoch
-        verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
+    if verbose == "auto":
+        verbose = 1 if progress_bars() else 2  # in a log file, one plain line per epoch
     return model.fit(
         train_ds,
         validation_data=val_ds,

@@ -19,10 +19,9 @@ graph, the modules asked for are already imported, and a max over axes is
 """
 
 import builtins
+import functools
 import sys
 import warnings
-
-_registered: set[str] = set()
 
 
 def _executing_eagerly() -> bool:
@@ -46,24 +45,32 @@ def _max(x, axis=None, keepdims=False, initial=None):
     return result if initial is None else keras.ops.maximum(result, initial)
 
 
-def keep_train_step_whole() -> None:
-    """Register the stand-ins with torch's compiler, once per process (the TensorFlow one once it is imported)."""
+@functools.cache
+def _substitute_keras_calls() -> None:
     import importlib
 
     import keras
     import torch
 
-    if "keras" not in _registered:
-        # Keras' dtype rules are cached functions; tracing through the cache is right, and the warning noise.
-        warnings.filterwarnings(
-            "ignore",
-            "Dynamo detected a call to a `functools.lru_cache`-wrapped function",
-            UserWarning,
-        )
-        torch.compiler.substitute_in_graph(importlib.import_module)(_import_module)
-        torch.compiler.substitute_in_graph(keras.ops.max)(_max)
-        _registered.add("keras")
-    if "tensorflow" not in _registered and "tensorflow" in sys.modules:
-        tf = sys.modules["tensorflow"]
-        torch.compiler.substitute_in_graph(tf.executing_eagerly)(_executing_eagerly)
-        _registered.add("tensorflow")
+    # Keras' dtype rules are cached functions; tracing through the cache is right, and the warning noise.
+    warnings.filterwarnings(
+        "ignore", "Dynamo detected a call to a `functools.lru_cache`-wrapped function", UserWarning
+    )
+    torch.compiler.substitute_in_graph(importlib.import_module)(_import_module)
+    torch.compiler.substitute_in_graph(keras.ops.max)(_max)
+
+
+@functools.cache
+def _substitute_tensorflow_calls() -> None:
+    import torch
+
+    torch.compiler.substitute_in_graph(sys.modules["tensorflow"].executing_eagerly)(
+        _executing_eagerly
+    )
+
+
+def keep_train_step_whole() -> None:
+    """Register the stand-ins with torch's compiler, once per process (the TensorFlow one once it is imported)."""
+    _substitute_keras_calls()
+    if "tensorflow" in sys.modules:
+        _substitute_tensorflow_calls()
