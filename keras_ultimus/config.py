@@ -105,7 +105,8 @@ class RecipeOptions:
     )
     tta: str = setting(
         "none",
-        "flip: also score the final model with flip test-time augmentation (reported apart)",
+        "also score the final model with test-time augmentation, each figure reported apart: flip (the "
+        "image and its mirror); multicrop (flip, and also 6 views: those two, and each moved one pixel either way)",
         "str",
         choices=TTA,
     )

@@ -31,7 +31,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "data-parallel", "multi-worker")
 
 # The recipe's options.
 OPTIMIZERS = ("adam", "sgd")
-TTA = ("none", "flip")
+TTA = ("none", "flip", "multicrop")
 
 # The tuner's search spaces.
 SPACES = ("reference", "wide")

@@ -23,6 +23,7 @@ from keras_ultimus.runs.folder import (
     check_new_folder,
     drop_partial_last_line,
 )
+from keras_ultimus.training.evaluation import tta_words
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.training.run_config import NOT_CONFIG, RESUME_FLAGS, build_parser, parse_args
 
@@ -204,11 +205,7 @@ def run(config: dict, out: Path, previous: dict | None, plan, argv: list[str] | 
 def final_summary(out: Path, info: dict) -> str:
     """A finished run's closing lines: its folder, and the last epoch's figures in words."""
     final, config = info["final"], info["config"]
-    tta = (
-        f" ({final['test_accuracy_flip_tta']:.2%} with flip TTA)"
-        if "test_accuracy_flip_tta" in final
-        else ""
-    )
+    tta = f" ({tta_words(final)})" if tta_words(final) else ""
     limit = config.get("limit_test")
     shown = min(limit, info.get("test_images", limit)) if limit else None  # the data may hold fewer
     images = f" on the first {shown:,} test images" if shown else ""

@@ -124,6 +124,36 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     ).sum() > 5  # the data tell a plain score from a TTA one
 
 
+def test_multicrop_tta_adds_the_flip_logits_of_images_moved_a_pixel_with_reflected_edges():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    kernel = np.random.default_rng(0).normal(size=(48, 10))
+    model.layers[-1].set_weights([kernel - kernel.mean(0), np.zeros(10)])
+    images = np.random.default_rng(1).integers(0, 256, (60, 4, 4, 3)).astype("uint8")
+    labels = np.random.default_rng(2).integers(0, 10, 60)
+    kernel, bias = (keras.ops.convert_to_numpy(w).astype(np.float64) for w in model.weights)
+
+    def flip_logits(x):
+        x = x.astype(np.float64)
+        return (x.reshape(len(x), -1) + x[:, :, ::-1].reshape(len(x), -1)) @ kernel / 2 + bias
+
+    def moved(offset):  # pixel (i, j) shows pixel (i + offset, j + offset), reflected at the edges
+        index = np.abs(np.arange(4) + offset)
+        index = np.where(index > 3, 6 - index, index)
+        return images[:, index][:, :, index]
+
+    assert (moved(-1)[:, 0] == images[:, 1][:, [1, 0, 1, 2]]).all()
+    want = flip_logits(images) / 2 + (flip_logits(moved(-1)) + flip_logits(moved(1))) / 4
+    got = accuracies(model, images, labels, batch_size=16, tta="multicrop")
+    assert got["test_accuracy_multicrop_tta"] == pytest.approx(np.mean(want.argmax(1) == labels))
+    assert (
+        want.argmax(1) != flip_logits(images).argmax(1)
+    ).sum() > 3  # it differs from flip TTA here
+    assert "test_accuracy_multicrop_tta" not in accuracies(model, images, labels, 16, tta="flip")
+
+
 def test_options_come_from_a_config_with_defaults_for_older_runs_and_check_their_values():
     assert RecipeOptions.from_config({"seed": 0}) == RecipeOptions()
     assert RecipeOptions.from_config({"ema": 0.99, "tta": "flip"}).ema == 0.99

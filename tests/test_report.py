@@ -621,6 +621,21 @@ def test_evaluate_recomputes_the_logged_final_test_accuracy(trained_run, capsys)
     tta_correct = int((((plain + mirrored) / 2).argmax(1) == y_test[:18]).sum())
     assert f"with flip TTA {100 * tta_correct / 18:.2f}% ({tta_correct} of 18)" in tta_line
 
+    def flip_logits(images):
+        images = images.astype("float32")
+        return (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+
+    def moved(offset):  # pixel (i, j) shows pixel (i + offset, j + offset), reflected at the edges
+        index = np.abs(np.arange(32) + offset)
+        index = np.where(index > 31, 62 - index, index)
+        return x_test[:18][:, index][:, :, index]
+
+    multicrop = flip_logits(x_test[:18]) / 2 + (flip_logits(moved(-1)) + flip_logits(moved(1))) / 4
+    multicrop_correct = int((multicrop.argmax(1) == y_test[:18]).sum())
+    assert (
+        f"with multi-crop TTA {100 * multicrop_correct / 18:.2f}% ({multicrop_correct})" in tta_line
+    )
+
 
 def test_evaluate_reads_the_data_path_run_json_recorded(trained_run, capsys, monkeypatch):
     run, data = trained_run

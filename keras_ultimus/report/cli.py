@@ -112,7 +112,8 @@ def evaluate_main(target: Path, data: str | None, tolerance: int) -> int:
     )
     print(
         f"{shown_path(check.model_path)}: with flip TTA {pct(check.tta_accuracy)} "
-        f"({check.tta_correct:,} of {check.images:,}); a separate figure, not the one the log holds"
+        f"({check.tta_correct:,} of {check.images:,}), with multi-crop TTA {pct(check.multicrop_accuracy)} "
+        f"({check.multicrop_correct:,}); separate figures, not the one the log holds"
     )
     return 0 if abs(diff) <= tolerance else 1
 

@@ -33,7 +33,9 @@ class Check:
     log_name: (
         str  # the log file it was checked against: log.csv, or NAME-log.csv in a multi-run report
     )
-    tta_correct: int = 0  # with flip test-time augmentation: a separate figure, never the one checked against the log
+    # With flip and multi-crop test-time augmentation: separate figures, never the ones checked against the log.
+    tta_correct: int = 0
+    multicrop_correct: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -44,6 +46,11 @@ class Check:
     def tta_accuracy(self) -> float:
         """The test accuracy with flip TTA (the mean of the logits of each image and its mirror image)."""
         return self.tta_correct / self.images
+
+    @property
+    def multicrop_accuracy(self) -> float:
+        """The test accuracy with multi-crop TTA (flip plus one-pixel shifts, 6 views)."""
+        return self.multicrop_correct / self.images
 
     @property
     def logged_correct(self) -> int:
@@ -148,7 +155,10 @@ def check_saved_model(path: Path, data: str | None) -> Check:
     x_test, y_test = x_test[:limit], y_test[:limit]
     plain = evaluation.logits(model, x_test, batch_size)
     tta = (plain + evaluation.logits(model, x_test, batch_size, mirrored=True)) / 2
-    correct, tta_correct = (int(np.sum(np.argmax(x, axis=-1) == y_test)) for x in (plain, tta))
+    multicrop = evaluation.multicrop_logits(model, x_test, batch_size, tta)
+    correct, tta_correct, multicrop_correct = (
+        int(np.sum(np.argmax(x, axis=-1) == y_test)) for x in (plain, tta, multicrop)
+    )
     model_path = path / MODEL_NAME if path.is_dir() else path
     return Check(
         model_path,
@@ -158,6 +168,7 @@ def check_saved_model(path: Path, data: str | None) -> Check:
         int(log["epoch"].iloc[-1]),
         f"{prefix}{CSV_NAME}",
         tta_correct,
+        multicrop_correct,
     )
 
 

@@ -22,7 +22,7 @@ from keras_ultimus.provenance import git_state
 from keras_ultimus.training import distribute
 from keras_ultimus.training.callbacks import HeldOutScore
 from keras_ultimus.training.compiling import compile_model
-from keras_ultimus.training.evaluation import accuracies
+from keras_ultimus.training.evaluation import accuracies, tta_words
 from keras_ultimus.training.fitting import fit_arrays
 from keras_ultimus.training.result import FitResult
 from keras_ultimus.training.run_folder import RunFolder
@@ -230,10 +230,11 @@ def fit_run(
         if folder is not None
         else {"epoch": history.epoch[-1], **{k: v[-1] for k, v in history.history.items()}}
     )
-    if options.tta == "flip":  # val_accuracy stays the plain figure; the TTA one has its own key
-        tta = accuracies(model, x_test, y_test, batch)["test_accuracy_flip_tta"]
-        final["test_accuracy_flip_tta"] = tta
-        print(f"Test accuracy: {final['val_accuracy']:.2%} plain, {tta:.2%} with flip TTA")
+    if options.tta != "none":  # val_accuracy stays the plain figure; each TTA one has its own key
+        figures = accuracies(model, x_test, y_test, batch, options.tta)
+        del figures["test_accuracy"]
+        final.update(figures)
+        print(f"Test accuracy: {final['val_accuracy']:.2%} plain, {tta_words(final)}")
     if folder is not None:
         folder.finish(finished, final)  # run.json: the final figures and the wall time
     else:

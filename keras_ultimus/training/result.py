@@ -14,8 +14,9 @@ class FitResult:
         model: the trained `keras.Model`.
         history: its `keras.callbacks.History`; after a resume, of the resumed epochs only.
         final: the last epoch's figures (`epoch`, `loss`, `accuracy`, `val_loss`, `val_accuracy`,
-            `learning_rate`, ...), and `test_accuracy_flip_tta` with `tta="flip"`; with a run folder,
-            as its log.csv's last row reads (every figure a float).
+            `learning_rate`, ...), `test_accuracy_flip_tta` with `tta="flip"` or `"multicrop"`, and
+            `test_accuracy_multicrop_tta` with `tta="multicrop"`; with a run folder, as its log.csv's last row
+            reads (every figure a float).
         folder: the run folder, or `None` when nothing was written.
         info: the run record: run.json's contents when there is a run folder.
     """
