@@ -26,6 +26,7 @@ ARMS = {
     "weight-decay": {"weight_decay": 0.04},
     "ema": {"ema": 0.99},
     "sgd": {"optimizer": "sgd", "max_lr": 0.1},
+    "no-ultimus-block": {"num_blocks": 0},
 }  # SGD's peak LR is a guess, not tuned
 ATTENTIONS = (
     "sample",

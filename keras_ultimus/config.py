@@ -32,7 +32,12 @@ from keras_ultimus.fields import check_range, check_value, setting
 class ModelConfig:
     """The `build_model` arguments of a run (`sync_bn`, also one, is in `RunConfig`: it concerns replicas)."""
 
-    num_blocks: int = setting(4, "number of Ultimus blocks", "int", flag="--blocks")
+    num_blocks: int = setting(
+        4,
+        "number of Ultimus blocks (0: the pooled features go straight to the logits, an ablation)",
+        "int",
+        flag="--blocks",
+    )
     key_dim: int = setting(8, "size of the q, k and v projections", "int")
     scale: str = setting("pre", "scale before or after softmax", "str", choices=SCALES)
     residual: bool = setting(False, "x + block(x) (a variant, not the reference)", "bool")

@@ -106,6 +106,7 @@ STEMS = [
         conv_widths=(32, 64, 64, 128, 96, 48), downsample=("pool", "none", "stride", "none", "none")
     ),
     dict(conv_widths=(8,) * 6, num_blocks=8, key_dim=16, residual=True, scale="post"),
+    dict(conv_widths=(8, 16), num_blocks=0),  # the ablation: pooling, then the logits
 ]
 
 
@@ -138,7 +139,7 @@ def test_pooling_and_stride_shrink_the_feature_map_as_planned():
         (dict(conv_widths=(8, 8), downsample=("pool", "pool")), "one entry per gap"),
         (dict(conv_widths=(8, 8), downsample=("avg",)), "downsample"),
         (dict(conv_widths=(8,) * 6, downsample=("pool",) * 5), "smaller than its 3x3 kernel"),
-        (dict(num_blocks=0), "num_blocks"),
+        (dict(num_blocks=-1), "num_blocks"),
         (dict(key_dim=2.5), "key_dim"),
         (dict(scale="mid"), "scale"),
         (dict(bn_momentum=1.0), "bn_momentum"),

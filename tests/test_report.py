@@ -564,6 +564,15 @@ def test_attention_maps_match_a_numpy_computation_from_the_block_weights():
         np.testing.assert_allclose(got, maps.mean(axis=0), rtol=1e-4, atol=1e-6)
 
 
+def test_a_model_without_ultimus_blocks_is_evaluated_and_has_no_attention_maps():
+    model = build_model(num_blocks=0, conv_widths=[4, 4])
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    ev = evaluate(model, images, np.arange(5))
+    logits = model.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_array_equal(ev.predicted, logits.argmax(1))
+    assert ev.attention == [] and ev.probs.shape == (5, 10)
+
+
 # ---------------------------------------------------------------- --evaluate: a saved model re-checked
 
 

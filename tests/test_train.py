@@ -174,7 +174,7 @@ BAD_INPUTS = [
     (["--max-lr", "0"], "--max-lr 0.0: must be a positive number"),
     (["--max-lr", "nan"], "--max-lr nan: must be a positive number"),
     (["--pct-start", "1.5"], "--pct-start 1.5: must be in [0, 1)"),
-    (["--blocks", "0"], "model settings: `num_blocks` must be an integer of at least 1, got 0"),
+    (["--blocks", "-1"], "model settings: `num_blocks` must be an integer of at least 0, got -1"),
     (["--key-dim", "0"], "model settings: `key_dim` must be an integer of at least 1, got 0"),
     (["--bn-momentum", "1.5"], "model settings: `bn_momentum` must be a number in [0, 1), got 1.5"),
     (

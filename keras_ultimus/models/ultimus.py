@@ -114,7 +114,7 @@ def check_head(
 ) -> None:
     """Check the non-stem arguments of `build_model` with a clear ValueError."""
     for name, value, low in (
-        ("num_blocks", num_blocks, 1),
+        ("num_blocks", num_blocks, 0),
         ("key_dim", key_dim, 1),
         ("num_classes", num_classes, 2),
     ):
@@ -169,7 +169,9 @@ def build_model(
     of `conv_widths`, as in ResNet-9 and airbench: a 3x3 "same" conv, BN and
     GELU, a 2x2 max-pool, then `x + block(x)` where the block is two such
     convs. `pooling` is the global pooling between stem and blocks, `"avg"`
-    (the reference) or `"max"`; `attention` is `UltimusLayer`'s.
+    (the reference) or `"max"`; `attention` is `UltimusLayer`'s. `num_blocks=0`
+    feeds the pooled features straight to the logits: the ablation that shows
+    what the Ultimus blocks add.
 
     `whiten=True` puts a frozen 2x2 conv and GELU before the stem, as in
     airbench: the kernel whitens the training set's 2x2 patches, each direction

@@ -80,9 +80,11 @@ def attention_model(model: keras.Model) -> keras.Model:
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Predict class probabilities and mean attention maps on the test images (a progress bar on a terminal)."""
     # In a log file, the caller's one line ("Evaluating ... on N test images") says it all.
-    logits, *scores = attention_model(model).predict(
+    outputs = attention_model(model).predict(
         images.astype("float32"), batch_size=BATCH_SIZE, verbose=1 if progress_bars() else 0
     )
+    # Without an Ultimus block (`num_blocks=0`), the model has one output and predict returns it bare.
+    logits, *scores = outputs if isinstance(outputs, list) else [outputs]
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
