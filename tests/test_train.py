@@ -14,7 +14,7 @@ import pytest
 
 import keras_ultimus
 from keras_ultimus import train
-from keras_ultimus.config import QUICK
+from keras_ultimus.config import QUICK, RunConfig
 from keras_ultimus.serving.loading import load_keras_model
 from keras_ultimus.training.recipe import check_model
 from keras_ultimus.training.schedules import OneCycle
@@ -112,7 +112,7 @@ def test_end_to_end_run_folder(tmp_path, fake_cifar_tarball, capsys):
     assert model.get_layer("conv3").kernel.shape == (3, 3, 8, 8)
     assert "ultimus4" in (out / "summary.txt").read_text()
     # 100 images / 32 = 4 steps per epoch, 8 in all; the logged LR is the next step's.
-    schedule = OneCycle(0.003, 8)
+    schedule = OneCycle(RunConfig().max_lr, 8)
     expected = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (4, 8)]
     np.testing.assert_allclose(log["learning_rate"], expected, rtol=1e-4)
     assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tensorboard_scalars(
@@ -396,11 +396,22 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     run = fake_run_folder(tmp_path / "run", epochs=3)
     before = (run / "run.json").read_text()
     assert (
-        train.main(["--resume", str(run), "--epochs", "5", "--blocks", "2", "--max-lr", "0.003"])
+        train.main(
+            [
+                "--resume",
+                str(run),
+                "--epochs",
+                "5",
+                "--blocks",
+                "2",
+                "--max-lr",
+                str(RunConfig().max_lr),
+            ]
+        )
         == 2
     )
-    line = one_error_line(capsys.readouterr().err)
-    assert line.endswith("not --epochs, --blocks")  # --max-lr 0.003 is the run's value: no change
+    # --max-lr is the run's value (the default): no change.
+    assert one_error_line(capsys.readouterr().err).endswith("not --epochs, --blocks")
     assert train.main(["--resume", str(run), "--out", str(tmp_path / "x")]) == 2
     assert one_error_line(capsys.readouterr().err).endswith("not --out")
     assert (run / "run.json").read_text() == before and sorted(p.name for p in run.iterdir()) == [
