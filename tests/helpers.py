@@ -3,7 +3,9 @@
 Fixtures live in conftest.py; test modules import these helpers with `from tests.helpers import ...`.
 """
 
+import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,21 @@ def assert_same_log(run: Path, reference: Path) -> None:
         rtol=1e-3,
         atol=1e-4,
     )
+
+
+def computed_once(tmp_path_factory, name: str, compute: Callable[[Path], None]) -> Path:
+    """A folder that `compute(folder)` fills once per test run, however many xdist workers ask for it.
+
+    The workers of one run share their base temp folder's parent; the first to take the lock computes, the
+    others wait for it and reuse the folder. A failed `compute` leaves no "done" mark, so the next one retries.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            compute(folder)
+            (folder / "done").touch()
+    return folder

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from keras_ultimus.backend import INSTALL
+from tests.helpers import computed_once
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +44,17 @@ def require(*backends: str) -> None:
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
-    """Run the probe in ORDER over the installed backends; each backend's merged results."""
-    folder = tmp_path_factory.mktemp("backends")
+    """Run the probe in ORDER over the installed backends (once per test run); each backend's merged results."""
+    folder = computed_once(tmp_path_factory, "backends", run_probes)
     results = {backend: {} for backend in BACKENDS}
+    for out in sorted(folder.glob("*.npz"), key=lambda p: int(p.name.split("-")[0])):
+        with np.load(out) as saved:
+            results[str(saved["backend"])].update(saved)
+    return results
+
+
+def run_probes(folder: Path) -> None:
+    """Each installed backend's probe in ORDER, each loading the files the earlier ones saved in `folder`."""
     for i, backend in enumerate(ORDER):
         if find_spec(backend) is None:
             continue
@@ -63,8 +72,6 @@ def probed(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
             pytest.fail(f"{backend} probe failed:\n{run.stderr[-3000:]}")
         with np.load(out) as saved:
             assert str(saved["backend"]) == backend
-            results[backend].update(saved)
-    return results
 
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -196,10 +196,18 @@ def finish(
 
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
-    """One child: 1 device, then MirroredStrategy over 2 logical CPUs with and without sync BN."""
-    out = tmp_path_factory.mktemp("mirrored")
-    probe("equivalence", str(out), "tensorflow", env={"KERAS_BACKEND": "tensorflow"})
-    return out
+    """One child (once per test run): 1 device, then MirroredStrategy over 2 logical CPUs with and without sync BN."""
+    from tests.helpers import (
+        computed_once,
+    )  # this file also runs as a script (its probes), without `tests`
+
+    return computed_once(
+        tmp_path_factory,
+        "mirrored",
+        lambda out: probe(
+            "equivalence", str(out), "tensorflow", env={"KERAS_BACKEND": "tensorflow"}
+        ),
+    )
 
 
 def max_weight_difference(a: dict, b: dict) -> float:
