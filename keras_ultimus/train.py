@@ -205,7 +205,8 @@ def run(config: dict, out: Path, previous: dict | None, plan, argv: list[str] | 
 def final_summary(out: Path, info: dict) -> str:
     """A finished run's closing lines: its folder, and the last epoch's figures in words."""
     final, config = info["final"], info["config"]
-    tta = f" ({tta_words(final)})" if tta_words(final) else ""
+    words = tta_words(final)
+    tta = f" ({words})" if words else ""
     limit = config.get("limit_test")
     shown = min(limit, info.get("test_images", limit)) if limit else None  # the data may hold fewer
     images = f" on the first {shown:,} test images" if shown else ""

@@ -296,7 +296,7 @@ sys.exit(train.main(sys.argv[4:]))
 def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(
     tmp_path, fake_cifar_tarball
 ):
-    """10 kills, 7 of them inside a write; every resume reads a moved copy of the data. Same log and weights.
+    """8 kills, 7 of them inside a write; every resume reads a moved copy of the data. Same log and weights.
 
     The writes are the run folder's own, whatever the backend; torch and JAX resume a killed run in
     tests/test_park_run.py, which CI runs on every backend.
@@ -342,9 +342,9 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(
             text=True,
             env=ENV,
         )
-        if kills < 10:
+        if kills < 8:
             # The first 7 kills land inside the n-th write of a process, n = 1..7 in a random order (a lock,
-            # run.json, the log row, best.keras, the backup's weights and epoch); the next 3 a moment after one.
+            # run.json, the log row, best.keras, the backup's weights and epoch); the 8th a moment after one.
             writes = order[kills % 7]
             delay = rng.uniform(0.0, 0.1) if kills < 7 else rng.uniform(0.15, 0.5)
             while child.poll() is None and (
@@ -363,7 +363,7 @@ def test_sigkill_at_random_moments_and_resume_equals_an_uninterrupted_run(
         assert child.wait(timeout=300) == 0, child.stderr.read()[-2000:]
         finished = True
         break
-    assert finished and kills >= 10
+    assert finished and kills >= 8
     # Kills half-way through a write of each kind a resume reads: the backup's weights and epoch, the log, run.json.
     hit = {os.path.basename(p) for p in inside}
     assert {"latest.weights.h5", "training_metadata.json", "log.csv", ".run.json.tmp"} <= hit, (

@@ -5,6 +5,7 @@ Both build from a copy of the sources in tmp (so nothing lands in the checkout) 
 """
 
 import email
+import importlib
 import os
 import shutil
 import subprocess
@@ -142,11 +143,33 @@ def test_wheel_installs_package_and_console_scripts(tmp_path):
     assert listed.stdout.split() == sorted(
         p.name for p in (ROOT / "keras_ultimus" / "presets").iterdir()
     )
-    for script in SCRIPTS:
-        result = run([bin_dir / script, "--help"], cwd=tmp_path)
-        assert result.stdout.startswith(f"usage: {script} "), result.stdout[
-            :200
-        ]  # as the user ran it
+    # Every console script is installed and names a function the wheel holds (one process for all: each
+    # start imports Keras); one of them runs as the user runs it. Each one's --help: the next test.
+    loaded = run(
+        [
+            bin_dir / "python",
+            "-c",
+            "from importlib.metadata import entry_points\n"
+            "for e in entry_points(group='console_scripts'):\n"
+            "    if e.name.startswith('ultimus-'): print(e.name, e.value, callable(e.load()))",
+        ],
+        cwd=tmp_path,
+    )
+    assert sorted(loaded.stdout.splitlines()) == sorted(
+        f"{name} {target} True" for name, target in SCRIPTS.items()
+    )
+    assert all((bin_dir / script).is_file() for script in SCRIPTS)
+    result = run([bin_dir / "ultimus-train", "--help"], cwd=tmp_path)
+    assert result.stdout.startswith("usage: ultimus-train "), result.stdout[:200]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_console_script_answers_help(script, capsys):
+    module, function = SCRIPTS[script].split(":")
+    with pytest.raises(SystemExit) as done:
+        getattr(importlib.import_module(module), function)(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
 
 
 def test_editable_install_imports_the_source_tree(tmp_path):

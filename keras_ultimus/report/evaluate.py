@@ -155,11 +155,9 @@ def check_saved_model(path: Path, data: str | None) -> Check:
         info["config"].get("batch_size", BATCH_SIZE),
     )
     x_test, y_test = x_test[:limit], y_test[:limit]
-    plain = evaluation.logits(model, x_test, batch_size)
-    tta = (plain + evaluation.logits(model, x_test, batch_size, mirrored=True)) / 2
-    multicrop = evaluation.multicrop_logits(model, x_test, batch_size, tta)
     correct, tta_correct, multicrop_correct = (
-        int(np.sum(np.argmax(x, axis=-1) == y_test)) for x in (plain, tta, multicrop)
+        int(np.sum(np.argmax(x, axis=-1) == y_test))
+        for x in evaluation.tta_logits(model, x_test, batch_size, "multicrop").values()
     )
     model_path = path / MODEL_NAME if path.is_dir() else path
     return Check(

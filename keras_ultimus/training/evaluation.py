@@ -40,11 +40,10 @@ def multicrop_logits(
     return flipped / 2 + (moved[0] + moved[1]) / 4
 
 
-def accuracies(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int, tta: str = "flip"
-) -> dict[str, float]:
-    """Plain test accuracy and with flip TTA; with `tta="multicrop"`, also with multi-crop TTA."""
-    labels = np.asarray(labels).reshape(-1)
+def tta_logits(
+    model: keras.Model, images: np.ndarray, batch_size: int, tta: str = "flip"
+) -> dict[str, np.ndarray]:
+    """The logits by their record key: plain, with flip TTA, and with `tta="multicrop"` with multi-crop TTA too."""
     plain = logits(model, images, batch_size)
     flipped = (plain + logits(model, images, batch_size, mirrored=True)) / 2
     figures = {"test_accuracy": plain, "test_accuracy_flip_tta": flipped}
@@ -52,7 +51,18 @@ def accuracies(
         figures["test_accuracy_multicrop_tta"] = multicrop_logits(
             model, images, batch_size, flipped
         )
-    return {name: float(np.mean(x.argmax(-1) == labels)) for name, x in figures.items()}
+    return figures
+
+
+def accuracies(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int, tta: str = "flip"
+) -> dict[str, float]:
+    """Plain test accuracy and with flip TTA; with `tta="multicrop"`, also with multi-crop TTA."""
+    labels = np.asarray(labels).reshape(-1)
+    return {
+        name: float(np.mean(x.argmax(-1) == labels))
+        for name, x in tta_logits(model, images, batch_size, tta).items()
+    }
 
 
 TTA_NAMES = {"test_accuracy_flip_tta": "flip TTA", "test_accuracy_multicrop_tta": "multi-crop TTA"}
