@@ -155,20 +155,20 @@ def check_saved_model(path: Path, data: str | None) -> Check:
         info["config"].get("batch_size", BATCH_SIZE),
     )
     x_test, y_test = x_test[:limit], y_test[:limit]
-    correct, tta_correct, multicrop_correct = (
-        int(np.sum(np.argmax(x, axis=-1) == y_test))
-        for x in evaluation.tta_logits(model, x_test, batch_size, "multicrop").values()
-    )
+    correct = {
+        key: int(np.sum(np.argmax(x, axis=-1) == y_test))
+        for key, x in evaluation.tta_logits(model, x_test, batch_size, "multicrop").items()
+    }
     model_path = path / MODEL_NAME if path.is_dir() else path
     return Check(
         model_path,
         len(y_test),
-        correct,
+        correct["test_accuracy"],
         float(log["val_accuracy"].iloc[-1]),
         int(log["epoch"].iloc[-1]),
         f"{prefix}{CSV_NAME}",
-        tta_correct,
-        multicrop_correct,
+        correct["test_accuracy_flip_tta"],
+        correct["test_accuracy_multicrop_tta"],
     )
 
 
