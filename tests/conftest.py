@@ -23,6 +23,15 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow and real-data tests first, so that under xdist the run ends on short tests, not one long one."""
+    items.sort(
+        key=lambda item: (
+            not any(item.iter_markers("slow")) and not any(item.iter_markers("real_data"))
+        )
+    )
+
+
 @pytest.fixture
 def fake_cifar_dir(tmp_path):
     return write_fake_folder(tmp_path)
