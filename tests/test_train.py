@@ -500,28 +500,35 @@ def test_path_errors_come_before_any_setup_data_or_model(tmp_path):
         ("--data", str(tmp_path / "empty.tar.gz")): "empty file (0 bytes)",
         ("--out", str(tmp_path / "run")): "run folder exists",
     }
+    # One process runs the command once per case (as `python -m` would), each with its own stderr.
     probe = (
-        "import sys, runpy; sys.argv = ['train', *sys.argv[1:]]; done = []\n"
+        "import contextlib, io, json, runpy, sys; done = []\n"
         "import keras_ultimus.backend as b, keras_ultimus.datasets.cifar10 as c, keras_ultimus.training.recipe as r\n"
         "b.prepare = lambda *a, **k: done.append('prepare')\n"
         "c.load_cifar10 = lambda *a, **k: done.append('data')\n"
         "r.build_model = lambda *a, **k: done.append('model')\n"
-        "try: runpy.run_module('keras_ultimus.train', run_name='__main__')\n"
-        "except SystemExit as e: print(sorted(done)); raise"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    sys.argv, err = ['train', *argv], io.StringIO()\n"
+        "    try:\n"
+        "        with contextlib.redirect_stderr(err): runpy.run_module('keras_ultimus.train', run_name='__main__')\n"
+        "    except SystemExit as e: print(json.dumps([e.code, err.getvalue(), sorted(done)]))"
     )
     env = {
         k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"
     }  # the command's own quiet
-    for argv, message in cases.items():
-        result = subprocess.run(
-            [sys.executable, "-c", probe, *argv],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=env,
-        )
-        assert result.returncode == 2 and message in one_error_line(result.stderr)
-        assert result.stdout.strip() == "[]", "nothing set up, read or built before the path check"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(list(cases))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == len(cases), result.stdout
+    for (code, err, done), message in zip(answers, cases.values(), strict=True):
+        assert code == 2 and message in one_error_line(err)
+        assert done == [], "nothing set up, read or built before the path check"
 
 
 @pytest.mark.slow
@@ -637,6 +644,7 @@ def test_a_few_steps_on_real_cifar10(tmp_path, real_cifar):
                 "1024",
                 "--limit-test",
                 "512",
+                *TINY,  # the real data is under test, not the model: the default one takes 9 s a step here
             ]
         )
         == 0

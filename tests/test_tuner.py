@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -423,13 +424,15 @@ def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, m
     assert not (out / "oracle.json").exists()
 
 
-def test_clis_answer_help_as_modules():
-    for argv in (TUNE, LAUNCH):
-        done = subprocess.run(
-            [*argv, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith("usage: python -m keras_ultimus.tuner.")
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")
+@pytest.mark.parametrize("argv", [TUNE, LAUNCH], ids=["tune", "launch"])
+def test_clis_answer_help_as_modules(argv, capsys, monkeypatch):
+    # In process, as `python -m` runs them (runpy, run_name "__main__"): a subprocess would only add an import.
+    monkeypatch.setattr(sys, "argv", [argv[-1], "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module(argv[-1], run_name="__main__", alter_sys=True)
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m keras_ultimus.tuner.")
     assert not (REPO / "tuner").exists()  # the old top-level package is gone
 
 
