@@ -425,12 +425,12 @@ def test_bad_inputs_exit_2_with_one_line(fake_cifar_tarball, tmp_path, capsys, m
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")
-@pytest.mark.parametrize("argv", [TUNE, LAUNCH], ids=["tune", "launch"])
-def test_clis_answer_help_as_modules(argv, capsys, monkeypatch):
+@pytest.mark.parametrize("module", [TUNE[-1], LAUNCH[-1]], ids=["tune", "launch"])
+def test_clis_answer_help_as_modules(module, capsys, monkeypatch):
     # In process, as `python -m` runs them (runpy, run_name "__main__"): a subprocess would only add an import.
-    monkeypatch.setattr(sys, "argv", [argv[-1], "--help"])
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
     with pytest.raises(SystemExit) as done:
-        runpy.run_module(argv[-1], run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m keras_ultimus.tuner.")
     assert not (REPO / "tuner").exists()  # the old top-level package is gone
