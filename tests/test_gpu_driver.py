@@ -249,7 +249,7 @@ def fake_session(
         )
         final = {"val_accuracy": accs[-1]} | (
             {"test_accuracy_flip_tta": accs[-1] + 0.01}
-            if "tta" in config and config["tta"] == "flip"
+            if config.get("tta") in ("flip", "multicrop")  # train logs flip TTA under both
             else {}
         )
         (folder / "run.json").write_text(

@@ -37,7 +37,7 @@ def test_list_presets_names_each_with_its_accuracy_and_the_run_that_made_it():
 
 
 def test_preset_accuracy_is_the_report_figure():
-    run = json.loads((ROOT / "reports/whiten-bs256-cpu/s2-run.json").read_text())["final"]
+    run = json.loads((ROOT / "reports/whiten-bs256-avgpool-cpu/s1-run.json").read_text())["final"]
     meta = keras_ultimus.list_presets()["ultimus_whiten_resnet_cifar10"]
     assert meta["test_accuracy"] == round(run["val_accuracy"], 4)
     assert meta["test_accuracy_flip_tta"] == run["test_accuracy_flip_tta"]

@@ -471,7 +471,7 @@ def test_quick_resolves_to_the_quick_table_and_flags_override_it(tmp_path):
 
 
 def test_quick_settings_are_the_best_family_models(tmp_path):
-    report = json.loads((ROOT / "reports" / "whiten-bs256-cpu" / "s0-run.json").read_text())[
+    report = json.loads((ROOT / "reports" / "whiten-bs256-avgpool-cpu" / "s0-run.json").read_text())[
         "config"
     ]
     args = vars(train.parse_args(["--quick"]))
@@ -859,8 +859,8 @@ def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
     os.environ.get("ULTIMUS_ACCURACY_TESTS") != "1",
     reason="trains 2 epochs on 25,000 real images (about 90 s of both cores); set ULTIMUS_ACCURACY_TESTS=1",
 )
-def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
-    """The README's quick start: `train --quick` (minutes on a CPU) reaches 60% on its 2,000 test images.
+def test_quick_learns_past_65_percent_on_real_cifar10(tmp_path, real_cifar):
+    """The README's quick start: `train --quick` (minutes on a CPU) reaches 65% on its 2,000 test images (68.00% measured).
 
     Opt-in, to keep CI under its time budget: `ULTIMUS_ACCURACY_TESTS=1 python -m pytest -k quick_learns`.
     """
@@ -872,7 +872,7 @@ def test_quick_learns_past_60_percent_on_real_cifar10(tmp_path, real_cifar):
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "runs").iterdir()
     final = json.loads((run / "run.json").read_text())["final"]
-    assert final["epoch"] == 1 and final["val_accuracy"] >= 0.60, final
+    assert final["epoch"] == 1 and final["val_accuracy"] >= 0.65, final
 
 
 def test_final_summary_counts_the_test_images_there_were():
