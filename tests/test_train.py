@@ -471,9 +471,9 @@ def test_quick_resolves_to_the_quick_table_and_flags_override_it(tmp_path):
 
 
 def test_quick_settings_are_the_best_family_models(tmp_path):
-    report = json.loads((ROOT / "reports" / "whiten-bs256-avgpool-cpu" / "s0-run.json").read_text())[
-        "config"
-    ]
+    report = json.loads(
+        (ROOT / "reports" / "whiten-bs256-avgpool-cpu" / "s0-run.json").read_text()
+    )["config"]
     args = vars(train.parse_args(["--quick"]))
     args.update(check_model(args))
     model_keys = (
