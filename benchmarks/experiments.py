@@ -15,7 +15,8 @@ STAGES = ("bench", "train", "bf16", "seeds", "recipe", "repro", "ablation", "sea
 PIPELINE = "device"  # the uint8 training set on the GPU, each batch cropped and flipped there
 # The faithful model's candidate recipe (71.61% on seed 0, CPU).
 RECIPE = ["--batch-size", "256", "--max-lr", "0.002"]
-# The best variant so far (reports/whiten-bs256-avgpool-cpu/) as a train --config, and the ablation's arms: one change each.
+# The best variant so far (reports/whiten-bs256-avgpool-cpu/) as a train --config, and the ablation's arms: one
+# change each.
 BEST_VARIANT = {**BEST_FAMILY, "batch_size": 256}
 ARMS = {
     "base": {},

@@ -860,7 +860,7 @@ def test_the_library_starts_tensorflow_without_its_start_up_lines(tmp_path):
     reason="trains 2 epochs on 25,000 real images (about 90 s of both cores); set ULTIMUS_ACCURACY_TESTS=1",
 )
 def test_quick_learns_past_65_percent_on_real_cifar10(tmp_path, real_cifar):
-    """The README's quick start: `train --quick` (minutes on a CPU) reaches 65% on its 2,000 test images (68.00% measured).
+    """The README's quick start: `train --quick` (minutes on a CPU) reaches 65% on its 2,000 test images (68.00% here).
 
     Opt-in, to keep CI under its time budget: `ULTIMUS_ACCURACY_TESTS=1 python -m pytest -k quick_learns`.
     """
